@@ -1,0 +1,2 @@
+//! reasonq: durable, offline batch reasoning with LLMs.
+#![forbid(unsafe_code)]
