@@ -1,0 +1,85 @@
+//! Every redb table of the database, typed, in one place.
+//!
+//! Keys are redb tuples of fixed-width integers and strings. redb compares integer key parts
+//! numerically and tuples part by part, so `(created_at, id)` and `(queue, priority, run_at, id)`
+//! iterate in exactly the order range scans need (the effect big-endian byte keys would have).
+//! Values that are records are `&[u8]` produced by [`super::codec`].
+
+use redb::{ReadableTable, TableDefinition};
+
+/// Schema version and id counters. Keys: [`SCHEMA_VERSION`], [`NEXT_EXPERIENCE_ID`], ...
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const SCHEMA_VERSION: &str = "schema_version";
+pub const NEXT_EXPERIENCE_ID: &str = "next_experience_id";
+pub const NEXT_JOB_ID: &str = "next_job_id";
+
+// ---- experiences and patterns (store/experience.rs, store/pattern.rs) ----
+
+/// Experience id -> encoded `Experience`.
+pub const EXPERIENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("experiences");
+/// (created_at ms, experience id) -> (): time-range queries and retention by age.
+pub const EXPERIENCES_BY_TIME: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("experiences_by_time");
+/// (domain, experience id) -> ().
+pub const EXPERIENCES_BY_DOMAIN: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("experiences_by_domain");
+/// (tag, experience id) -> ().
+pub const EXPERIENCES_BY_TAG: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("experiences_by_tag");
+/// (domain, strategy) -> encoded `Pattern`.
+pub const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("patterns");
+
+// ---- job queue (queue/) ----
+
+/// Job id -> encoded `Job`.
+pub const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// (queue, job id) -> (): a queue's (batch's) jobs in enqueue order, for export and listing.
+pub const JOBS_BY_QUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("jobs_by_queue");
+/// (queue, 255 - priority, run_at ms, job id) -> (): due jobs, best first, without a scan.
+/// Holds available and scheduled jobs only.
+pub const JOBS_DUE: TableDefinition<(&str, u8, u64, u64), ()> = TableDefinition::new("jobs_due");
+/// (lease expiry ms, job id) -> (): running jobs, for the lease rescuer.
+pub const JOBS_LEASED: TableDefinition<(u64, u64), ()> = TableDefinition::new("jobs_leased");
+/// (queue, dedup key) -> job id.
+pub const JOBS_DEDUP: TableDefinition<(&str, &str), u64> = TableDefinition::new("jobs_dedup");
+/// (state code, finished_at ms, job id) -> (): terminal jobs, for pruning by age.
+pub const JOBS_FINISHED: TableDefinition<(u8, u64, u64), ()> =
+    TableDefinition::new("jobs_finished");
+/// Job id -> checkpoint bytes of multi-step work.
+pub const JOB_CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_checkpoints");
+
+// ---- response cache (cache.rs) ----
+
+/// SHA-256 key of a canonical request -> encoded cached response (with its expiry).
+pub const CACHE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("cache");
+/// (expiry ms, key) -> (): pruning expired entries without a scan.
+pub const CACHE_BY_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> =
+    TableDefinition::new("cache_by_expiry");
+
+/// Creates every table so that read transactions never meet a missing one.
+pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(META)?;
+    txn.open_table(EXPERIENCES)?;
+    txn.open_table(EXPERIENCES_BY_TIME)?;
+    txn.open_table(EXPERIENCES_BY_DOMAIN)?;
+    txn.open_table(EXPERIENCES_BY_TAG)?;
+    txn.open_table(PATTERNS)?;
+    txn.open_table(JOBS)?;
+    txn.open_table(JOBS_BY_QUEUE)?;
+    txn.open_table(JOBS_DUE)?;
+    txn.open_table(JOBS_LEASED)?;
+    txn.open_table(JOBS_DEDUP)?;
+    txn.open_table(JOBS_FINISHED)?;
+    txn.open_table(JOB_CHECKPOINTS)?;
+    txn.open_table(CACHE)?;
+    txn.open_table(CACHE_BY_EXPIRY)?;
+    Ok(())
+}
+
+/// Reserves `n` consecutive ids from a META counter and returns the first one.
+pub fn allocate_ids(txn: &redb::WriteTransaction, counter: &str, n: u64) -> crate::Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let first = meta.get(counter)?.map(|v| v.value()).unwrap_or(1);
+    meta.insert(counter, first + n)?;
+    Ok(first)
+}
