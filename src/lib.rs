@@ -7,7 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod config;
 pub mod error;
+pub mod shutdown;
 pub mod store;
 
 pub use error::{Error, Result};
+pub mod batch;

@@ -1,0 +1,498 @@
+//! Reading a batch input file: OpenAI batch request lines or the short form, validated whole
+//! before anything is enqueued.
+//!
+//! Accepted lines:
+//! - OpenAI's batch request format, exactly as documented:
+//!   `{"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}`.
+//! - The short form `{"id", "question", "system"?, "model"?, "params"?, "domain"?,
+//!   "strategy"?}`, which becomes the same request.
+//!
+//! Every problem is reported with the file, the line and the field, and nothing is enqueued
+//! unless every line is valid (or the caller asked to skip invalid lines).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The only endpoint a batch line may name.
+pub const CHAT_COMPLETIONS_URL: &str = "/v1/chat/completions";
+
+/// Input limits: a line larger than this is refused before it is parsed.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// One valid input line, ready to become a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// 1-based line number in the input file.
+    pub line: usize,
+    /// The caller's id for this request (OpenAI's `custom_id`, or `id` in the short form).
+    pub custom_id: String,
+    /// The chat-completions request body as JSON text, with `model` filled in.
+    pub body: String,
+    /// Domain for memory and pattern statistics ("general" when not given).
+    pub domain: String,
+    /// Strategy name, if the line names one.
+    pub strategy: Option<String>,
+    /// The expected answer, for evaluation batches (kept as given; used by the memory layer).
+    pub expected: Option<Value>,
+}
+
+/// A line that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    pub file: String,
+    pub line: usize,
+    /// The offending field as a path (`body.messages[0].role`), when one field is to blame.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if let Some(field) = &self.field {
+            write!(f, "field `{field}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// The result of reading a whole file.
+#[derive(Debug, Default)]
+pub struct ParsedInput {
+    /// Valid lines, in file order.
+    pub items: Vec<BatchItem>,
+    /// Invalid lines, in file order.
+    pub errors: Vec<InputError>,
+}
+
+/// Reads and validates every line of `path`. `default_model` fills requests that name none.
+/// I/O errors (a missing file) are returned as `Err`; bad lines are collected in `errors`.
+pub fn read_file(path: &Path, default_model: &str) -> std::io::Result<ParsedInput> {
+    let file = std::fs::File::open(path)?;
+    read(
+        std::io::BufReader::new(file),
+        &path.display().to_string(),
+        default_model,
+    )
+}
+
+/// [`read_file`] over any reader; `name` is used in error messages.
+pub fn read(reader: impl BufRead, name: &str, default_model: &str) -> std::io::Result<ParsedInput> {
+    let mut parsed = ParsedInput::default();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (index, line) in split_lines(reader) {
+        let line_no = index + 1;
+        let err = |field: Option<&str>, message: String| InputError {
+            file: name.to_string(),
+            line: line_no,
+            field: field.map(str::to_string),
+            message,
+        };
+        let bytes = line?;
+        if bytes.len() > MAX_LINE_BYTES {
+            parsed.errors.push(err(
+                None,
+                format!(
+                    "line is {} bytes, over the limit of {MAX_LINE_BYTES}",
+                    bytes.len()
+                ),
+            ));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            parsed
+                .errors
+                .push(err(None, "line is not valid UTF-8".into()));
+            continue;
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        match parse_line(text, default_model) {
+            Ok(mut item) => {
+                item.line = line_no;
+                if let Some(first) = seen.get(&item.custom_id) {
+                    parsed.errors.push(err(
+                        Some(id_field(text)),
+                        format!(
+                            "duplicate id {:?} (first used on line {first})",
+                            item.custom_id
+                        ),
+                    ));
+                    continue;
+                }
+                seen.insert(item.custom_id.clone(), line_no);
+                parsed.items.push(item);
+            }
+            Err((field, message)) => parsed.errors.push(err(field.as_deref(), message)),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Lines as raw bytes (so one bad byte is reported for its line, not as an I/O error), with a
+/// cap on what is buffered for a single over-long line.
+fn split_lines(
+    mut reader: impl BufRead,
+) -> impl Iterator<Item = (usize, std::io::Result<Vec<u8>>)> {
+    let mut index = 0;
+    std::iter::from_fn(move || {
+        let mut buf = Vec::new();
+        let mut total = 0usize;
+        loop {
+            let chunk = match reader.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Some((index, Err(e))),
+            };
+            if chunk.is_empty() {
+                if total == 0 {
+                    return None;
+                }
+                break;
+            }
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(pos) => (pos + 1, true),
+                None => (chunk.len(), false),
+            };
+            // Keep at most one byte past the limit: enough to know the line is too long.
+            let room = (MAX_LINE_BYTES + 1).saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..take.min(room)]);
+            total += take;
+            reader.consume(take);
+            if done {
+                break;
+            }
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        let out = (index, Ok(buf));
+        index += 1;
+        Some(out)
+    })
+}
+
+fn id_field(text: &str) -> &'static str {
+    if text.contains("\"custom_id\"") {
+        "custom_id"
+    } else {
+        "id"
+    }
+}
+
+type LineError = (Option<String>, String);
+
+fn field_err(field: &str, message: impl Into<String>) -> LineError {
+    (Some(field.to_string()), message.into())
+}
+
+/// Parses one non-empty line into an item (line number filled by the caller).
+pub fn parse_line(text: &str, default_model: &str) -> Result<BatchItem, LineError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| (None, format!("malformed JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err((None, "expected a JSON object".into()));
+    };
+    if obj.contains_key("custom_id") || obj.contains_key("body") || obj.contains_key("url") {
+        parse_openai(obj, default_model)
+    } else {
+        parse_short(obj, default_model)
+    }
+}
+
+fn required_string(obj: &Map<String, Value>, field: &str) -> Result<String, LineError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(field_err(field, "missing")),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(field_err(field, "must not be empty")),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(field_err(field, "must be a string")),
+    }
+}
+
+fn optional_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, LineError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(field_err(field, "must not be empty")),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(field_err(field, "must be a string")),
+    }
+}
+
+fn parse_openai(mut obj: Map<String, Value>, default_model: &str) -> Result<BatchItem, LineError> {
+    let custom_id = required_string(&obj, "custom_id")?;
+    let method = required_string(&obj, "method")?;
+    if method != "POST" {
+        return Err(field_err(
+            "method",
+            format!("must be \"POST\", found {method:?}"),
+        ));
+    }
+    let url = required_string(&obj, "url")?;
+    if url != CHAT_COMPLETIONS_URL {
+        return Err(field_err(
+            "url",
+            format!("unsupported endpoint {url:?}; only {CHAT_COMPLETIONS_URL:?} is supported"),
+        ));
+    }
+    let body = match obj.remove("body") {
+        Some(Value::Object(body)) => body,
+        None | Some(Value::Null) => return Err(field_err("body", "missing")),
+        Some(_) => return Err(field_err("body", "must be a JSON object")),
+    };
+    let domain = optional_string(&obj, "domain")?.unwrap_or_else(|| "general".into());
+    let strategy = optional_string(&obj, "strategy")?;
+    finish(
+        custom_id,
+        body,
+        default_model,
+        "body.",
+        domain,
+        strategy,
+        obj.remove("expected"),
+    )
+}
+
+fn parse_short(mut obj: Map<String, Value>, default_model: &str) -> Result<BatchItem, LineError> {
+    const KNOWN: &[&str] = &[
+        "id", "question", "system", "model", "params", "domain", "strategy", "expected", "match",
+        "memory",
+    ];
+    if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(field_err(
+            unknown,
+            format!("unknown field; the short form takes {}", KNOWN.join(", ")),
+        ));
+    }
+    let custom_id = required_string(&obj, "id")?;
+    let question = required_string(&obj, "question")?;
+    let system = optional_string(&obj, "system")?;
+    let model = optional_string(&obj, "model")?;
+    let mut body = match obj.remove("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(params)) => {
+            if params.contains_key("messages") {
+                return Err(field_err(
+                    "params.messages",
+                    "not allowed in the short form; use `question` and `system`",
+                ));
+            }
+            params
+        }
+        Some(_) => return Err(field_err("params", "must be a JSON object")),
+    };
+    if let Some(model) = model {
+        body.insert("model".into(), Value::String(model));
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": question}));
+    body.insert("messages".into(), Value::Array(messages));
+    let domain = optional_string(&obj, "domain")?.unwrap_or_else(|| "general".into());
+    let strategy = optional_string(&obj, "strategy")?;
+    finish(
+        custom_id,
+        body,
+        default_model,
+        "params.",
+        domain,
+        strategy,
+        obj.remove("expected"),
+    )
+}
+
+/// Checks the request body shared by both forms and fills in the model.
+fn finish(
+    custom_id: String,
+    mut body: Map<String, Value>,
+    default_model: &str,
+    prefix: &str,
+    domain: String,
+    strategy: Option<String>,
+    expected: Option<Value>,
+) -> Result<BatchItem, LineError> {
+    let f = |name: &str| format!("{prefix}{name}");
+    match body.get("model") {
+        None | Some(Value::Null) => {
+            body.insert("model".into(), Value::String(default_model.to_string()));
+        }
+        Some(Value::String(m)) if !m.trim().is_empty() => {}
+        Some(_) => return Err(field_err(&f("model"), "must be a non-empty string")),
+    }
+    let messages = match body.get("messages") {
+        None | Some(Value::Null) => return Err(field_err(&f("messages"), "missing")),
+        Some(Value::Array(m)) if m.is_empty() => {
+            return Err(field_err(&f("messages"), "must not be empty"))
+        }
+        Some(Value::Array(m)) => m,
+        Some(_) => return Err(field_err(&f("messages"), "must be an array")),
+    };
+    for (i, message) in messages.iter().enumerate() {
+        let at = |name: &str| f(&format!("messages[{i}]{name}"));
+        let Value::Object(m) = message else {
+            return Err(field_err(&at(""), "must be an object"));
+        };
+        match m.get("role") {
+            Some(Value::String(r))
+                if ["system", "developer", "user", "assistant", "tool"].contains(&r.as_str()) => {}
+            Some(Value::String(r)) => {
+                return Err(field_err(&at(".role"), format!("unknown role {r:?}")))
+            }
+            Some(_) => return Err(field_err(&at(".role"), "must be a string")),
+            None => return Err(field_err(&at(".role"), "missing")),
+        }
+        match m.get("content") {
+            Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            // Assistant messages with tool calls may have no content.
+            None | Some(Value::Null) if m.contains_key("tool_calls") => {}
+            None => return Err(field_err(&at(".content"), "missing")),
+            Some(_) => return Err(field_err(&at(".content"), "must be a string or an array")),
+        }
+    }
+    if let Some(stream) = body.get("stream") {
+        if stream != &Value::Bool(false) {
+            return Err(field_err(
+                &f("stream"),
+                "streaming is not supported in a batch",
+            ));
+        }
+    }
+    let body = serde_json::to_string(&Value::Object(body))
+        .map_err(|e| (None, format!("cannot encode body: {e}")))?;
+    Ok(BatchItem {
+        line: 0,
+        custom_id,
+        body,
+        domain,
+        strategy,
+        expected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> ParsedInput {
+        read(text.as_bytes(), "in.jsonl", "grok-4").unwrap()
+    }
+
+    fn only_error(text: &str) -> String {
+        let p = parse(text);
+        assert!(p.items.is_empty(), "expected no items, got {:?}", p.items);
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        p.errors[0].to_string()
+    }
+
+    #[test]
+    fn openai_line_is_kept_as_written_with_model_filled() {
+        let p = parse(
+            r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"hi"}],"temperature":0,"reasoning_effort":"low"}}"#,
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let body: Value = serde_json::from_str(&p.items[0].body).unwrap();
+        assert_eq!(body["model"], "grok-4");
+        assert_eq!(body["reasoning_effort"], "low");
+        assert_eq!(p.items[0].custom_id, "a");
+        assert_eq!(p.items[0].line, 1);
+    }
+
+    #[test]
+    fn short_form_becomes_a_chat_request() {
+        let p = parse(
+            "\n{\"id\":\"q1\",\"question\":\"2+2?\",\"system\":\"be brief\",\"model\":\"m\",\"params\":{\"temperature\":0},\"domain\":\"math\"}\n",
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let item = &p.items[0];
+        assert_eq!(item.line, 2);
+        assert_eq!(item.domain, "math");
+        let body: Value = serde_json::from_str(&item.body).unwrap();
+        assert_eq!(body["model"], "m");
+        assert_eq!(body["temperature"], 0);
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][1]["content"], "2+2?");
+    }
+
+    #[test]
+    fn bad_lines_name_line_and_field() {
+        assert_eq!(
+            only_error("{nope"),
+            "in.jsonl:1: malformed JSON: key must be a string at line 1 column 2"
+        );
+        assert_eq!(only_error("[1]"), "in.jsonl:1: expected a JSON object");
+        assert_eq!(
+            only_error(
+                r#"{"custom_id":"a","method":"GET","url":"/v1/chat/completions","body":{}}"#
+            ),
+            "in.jsonl:1: field `method`: must be \"POST\", found \"GET\""
+        );
+        assert!(only_error(
+            r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{}}"#
+        )
+        .starts_with("in.jsonl:1: field `url`: unsupported endpoint \"/v1/embeddings\""));
+        assert_eq!(
+            only_error(r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions"}"#),
+            "in.jsonl:1: field `body`: missing"
+        );
+        assert_eq!(
+            only_error(
+                r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"robot","content":"x"}]}}"#
+            ),
+            "in.jsonl:1: field `body.messages[0].role`: unknown role \"robot\""
+        );
+        assert_eq!(
+            only_error(r#"{"question":"x"}"#),
+            "in.jsonl:1: field `id`: missing"
+        );
+        assert_eq!(
+            only_error(r#"{"id":"x"}"#),
+            "in.jsonl:1: field `question`: missing"
+        );
+        assert!(only_error(r#"{"id":"x","question":"q","temprature":0}"#)
+            .starts_with("in.jsonl:1: field `temprature`: unknown field"));
+        assert_eq!(
+            only_error(r#"{"id":"x","question":"q","params":{"stream":true}}"#),
+            "in.jsonl:1: field `params.stream`: streaming is not supported in a batch"
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused_with_both_lines() {
+        let p = parse("{\"id\":\"a\",\"question\":\"1\"}\n{\"id\":\"a\",\"question\":\"2\"}\n");
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(
+            p.errors[0].to_string(),
+            "in.jsonl:2: field `id`: duplicate id \"a\" (first used on line 1)"
+        );
+    }
+
+    #[test]
+    fn over_long_and_non_utf8_lines_are_errors() {
+        let mut text = format!(
+            "{{\"id\":\"a\",\"question\":\"{}\"}}\n",
+            "x".repeat(MAX_LINE_BYTES)
+        );
+        text.push_str("{\"id\":\"b\",\"question\":\"ok\"}");
+        let p = parse(&text);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].line, 2);
+        assert!(p.errors[0].to_string().contains("over the limit"));
+        let p = read(&b"\xff\xfe\n"[..], "in.jsonl", "m").unwrap();
+        assert_eq!(
+            p.errors[0].to_string(),
+            "in.jsonl:1: line is not valid UTF-8"
+        );
+    }
+}
