@@ -1,0 +1,482 @@
+//! Workers: tokio tasks that drain a queue through the cache and the LLM client.
+//!
+//! The dispatcher never leases more jobs than it has free workers (backpressure), so nothing
+//! sits leased while waiting. Each job is: decode, look up the cache (single flight), call the
+//! API while a heartbeat extends the lease, then complete the job **and** record its
+//! experience in one transaction. Failures go through the client's classification: retryable
+//! ones back to the queue (a server's `Retry-After` snoozes the job without spending an
+//! attempt), fatal ones are discarded with the provider's message.
+//!
+//! On shutdown the dispatcher stops leasing, lets in-flight jobs finish within the drain
+//! deadline, then aborts the rest and returns their jobs to the queue at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::batch::output::{FailureRecord, ResponseRecord};
+use crate::batch::ChatJob;
+use crate::cache::{Cache, CacheKey, CachePolicy, CachedResponse, Hit};
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::llm::{ChatOutcome, LlmClient, LlmError};
+use crate::queue::{Failure, Lease, Queue};
+use crate::shutdown::{Listener, Phase};
+use crate::store::codec;
+use crate::store::experience::{self, NewExperience, Outcome};
+
+/// How workers run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs in flight at once.
+    pub concurrency: usize,
+    /// Lease length; a heartbeat extends it every third of it while a call runs.
+    pub lease: Duration,
+    /// After a shutdown signal, how long in-flight calls may finish.
+    pub drain_timeout: Duration,
+    pub cache_policy: CachePolicy,
+    /// What identifies the endpoint in cache keys (the base URL, or `simulated`).
+    pub endpoint: String,
+    /// Lease owner name, unique per process.
+    pub owner: String,
+    /// How often an idle dispatcher looks for scheduled jobs that became due.
+    pub poll: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for `endpoint`.
+    pub fn new(endpoint: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            concurrency: 16,
+            lease: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(30),
+            cache_policy: CachePolicy::Deterministic,
+            endpoint: endpoint.into(),
+            owner: format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Live counters of a run, for progress output.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub cached: AtomicU64,
+    /// Jobs sent back to the queue to be tried again later (backoff or snooze).
+    pub retried: AtomicU64,
+    /// Jobs returned to the queue by a shutdown.
+    pub returned: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+/// A point-in-time copy of [`RunStats`].
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RunCounts {
+    pub completed: u64,
+    pub failed: u64,
+    pub cached: u64,
+    pub retried: u64,
+    pub returned: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl RunStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> RunCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RunCounts {
+            completed: get(&self.completed),
+            failed: get(&self.failed),
+            cached: get(&self.cached),
+            retried: get(&self.retried),
+            returned: get(&self.returned),
+            prompt_tokens: get(&self.prompt_tokens),
+            completion_tokens: get(&self.completion_tokens),
+        }
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// The queue has no job left to run.
+    Finished,
+    /// A shutdown stopped it; holds the phase that did.
+    Stopped(Phase),
+}
+
+/// Everything a worker needs; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Workers {
+    pub queue: Queue,
+    pub client: LlmClient,
+    pub cache: Cache,
+    pub config: Arc<WorkerConfig>,
+    pub stats: Arc<RunStats>,
+}
+
+/// Leases currently held by running tasks, so a shutdown can return them.
+type InFlight = Arc<Mutex<HashMap<u64, Lease>>>;
+
+impl Workers {
+    /// Assembles workers.
+    pub fn new(queue: Queue, client: LlmClient, cache: Cache, config: WorkerConfig) -> Workers {
+        Workers {
+            queue,
+            client,
+            cache,
+            config: Arc::new(config),
+            stats: Arc::new(RunStats::default()),
+        }
+    }
+
+    /// Drains `queue_name` until no job is left to run or `shutdown` stops it.
+    pub async fn drain(&self, queue_name: &str, mut shutdown: Listener) -> Result<DrainEnd> {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let in_flight: InFlight = Arc::default();
+        let mut tasks = JoinSet::new();
+        let end = loop {
+            if shutdown.is_stopping() {
+                break DrainEnd::Stopped(shutdown.phase());
+            }
+            // Reap finished tasks; a task's error is the store failing, which is fatal here.
+            while let Some(done) = tasks.try_join_next() {
+                flatten(done)?;
+            }
+            let free = slots.available_permits();
+            let leases = if free > 0 {
+                self.queue
+                    .lease(queue_name, free, self.config.lease, &self.config.owner)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            if leases.is_empty() {
+                if tasks.is_empty() && !self.has_pending(queue_name).await? {
+                    break DrainEnd::Finished;
+                }
+                tokio::select! {
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => flatten(done)?,
+                    _ = tokio::time::sleep(self.config.poll) => {}
+                    _ = shutdown.stopping() => {}
+                }
+                continue;
+            }
+            for lease in leases {
+                let permit = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Closed)?;
+                let me = self.clone();
+                let held = in_flight.clone();
+                if let Ok(mut map) = held.lock() {
+                    map.insert(lease.job.id, lease.clone());
+                }
+                tasks.spawn(async move {
+                    let id = lease.job.id;
+                    let result = me.run_job(lease).await;
+                    if let Ok(mut map) = held.lock() {
+                        map.remove(&id);
+                    }
+                    drop(permit);
+                    result
+                });
+            }
+        };
+        self.finish_in_flight(tasks, in_flight, &mut shutdown).await?;
+        Ok(end)
+    }
+
+    /// Whether the queue still has jobs that will become runnable (due, scheduled or leased).
+    async fn has_pending(&self, queue_name: &str) -> Result<bool> {
+        let c = self.queue.counts(Some(queue_name)).await?;
+        Ok(c.available + c.scheduled + c.retryable + c.running > 0)
+    }
+
+    /// The drain: wait for in-flight jobs up to the deadline (or a second signal), then abort
+    /// the rest and return their jobs to the queue without spending an attempt.
+    async fn finish_in_flight(
+        &self,
+        mut tasks: JoinSet<Result<()>>,
+        in_flight: InFlight,
+        shutdown: &mut Listener,
+    ) -> Result<()> {
+        let deadline = tokio::time::sleep(self.config.drain_timeout);
+        tokio::pin!(deadline);
+        let mut first_error = None;
+        loop {
+            tokio::select! {
+                done = tasks.join_next() => match done {
+                    None => break,
+                    Some(done) => if let Err(e) = flatten(done) { first_error.get_or_insert(e); },
+                },
+                _ = &mut deadline => break,
+                _ = shutdown.aborted() => break,
+            }
+        }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let leftovers: Vec<Lease> = in_flight
+            .lock()
+            .map(|mut m| m.drain().map(|(_, l)| l).collect())
+            .unwrap_or_default();
+        for lease in leftovers {
+            match self.queue.release(&lease).await {
+                Ok(()) => {
+                    self.stats.returned.fetch_add(1, Ordering::Relaxed);
+                }
+                // It completed (or was rescued) just before the abort: nothing to return.
+                Err(Error::LeaseLost { .. } | Error::InvalidState(_)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Runs one job to a durable end state.
+    async fn run_job(&self, lease: Lease) -> Result<()> {
+        let job: ChatJob = match codec::decode(&lease.job.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                let failure = failure("bad_payload", format!("cannot read the job: {e}"));
+                return self.fail(&lease, &failure, Failure::Fatal).await;
+            }
+        };
+        let body: serde_json::Value = match serde_json::from_str(&job.body) {
+            Ok(body) => body,
+            Err(e) => {
+                let failure = failure("bad_payload", format!("request body is not JSON: {e}"));
+                return self.fail(&lease, &failure, Failure::Fatal).await;
+            }
+        };
+        let heartbeat = self.spawn_heartbeat(lease.clone());
+        let started = Instant::now();
+        let outcome = self.call(&body).await;
+        heartbeat.abort();
+        match outcome {
+            Ok((response, hit)) => self.complete(&lease, &job, response, hit, started).await,
+            Err(CallError::Store(e)) => Err(e),
+            Err(CallError::Llm(e)) => self.handle_llm_error(&lease, e).await,
+        }
+    }
+
+    /// Looks up the cache and calls the API on a miss.
+    async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
+        let key = CacheKey::new(&self.config.endpoint, "/chat/completions", body);
+        let allowed = self.config.cache_policy.allows(body);
+        let client = self.client.clone();
+        let (cached, hit) = self
+            .cache
+            .get_or_fetch(key, allowed, || async move {
+                let outcome = client.chat(body).await.map_err(CallError::Llm)?;
+                Ok::<_, CallError>(CachedResponse::new(
+                    outcome.status,
+                    outcome.request_id.clone(),
+                    outcome.body.clone(),
+                ))
+            })
+            .await?;
+        let outcome = ChatOutcome::from_parts(
+            cached.status,
+            cached.request_id.clone(),
+            Bytes::from(cached.body.to_vec()),
+        )
+        .map_err(CallError::Llm)?;
+        Ok((outcome, hit))
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        job: &ChatJob,
+        outcome: ChatOutcome,
+        hit: Hit,
+        started: Instant,
+    ) -> Result<()> {
+        let cached = matches!(hit, Hit::Memory | Hit::Disk);
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let record = ResponseRecord {
+            status_code: outcome.status,
+            request_id: outcome.request_id.clone(),
+            body: String::from_utf8_lossy(&outcome.body).into_owned(),
+            cached,
+            latency_ms,
+        };
+        let result = codec::encode(&record)?;
+        let usage = outcome.response.usage.clone().unwrap_or_default();
+        let experience = NewExperience {
+            question: question_of(&job.body),
+            context: None,
+            reasoning: outcome
+                .response
+                .choices
+                .first()
+                .and_then(|c| c.message.reasoning_content.clone())
+                .into_iter()
+                .collect(),
+            answer: outcome.response.content().unwrap_or_default().to_string(),
+            confidence: None,
+            outcome: Outcome::Unknown,
+            domain: job.domain.clone(),
+            strategy: job.strategy.clone().unwrap_or_else(|| "direct".into()),
+            tags: Vec::new(),
+            model: outcome.response.model.clone().unwrap_or_default(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            latency_ms,
+            job_id: Some(lease.job.id),
+            used_experiences: Vec::new(),
+        };
+        let lease_for_txn = lease.clone();
+        self.queue
+            .store()
+            .write(move |txn| {
+                let now = now_ms();
+                crate::queue::complete_in(txn, &lease_for_txn, &result, now)?;
+                experience::record_in(txn, &experience, now)?;
+                Ok(())
+            })
+            .await?;
+        self.stats.completed.fetch_add(1, Ordering::Relaxed);
+        if cached {
+            self.stats.cached.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats
+                .prompt_tokens
+                .fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+            self.stats
+                .completion_tokens
+                .fetch_add(usage.completion_tokens, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn handle_llm_error(&self, lease: &Lease, err: LlmError) -> Result<()> {
+        let record = FailureRecord {
+            code: err.code().to_string(),
+            message: err.to_string(),
+            status_code: err.status(),
+            request_id: err.request_id().map(str::to_string),
+            body: match &err {
+                LlmError::Api { body, .. } if !body.is_empty() => {
+                    Some(String::from_utf8_lossy(body).into_owned())
+                }
+                _ => None,
+            },
+        };
+        if !err.is_retryable() {
+            return self.fail(lease, &record, Failure::Fatal).await;
+        }
+        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        match err.retry_after() {
+            // The server said when to come back: wait without spending an attempt.
+            Some(delay) => self.queue.snooze(lease, delay).await.or_else(ignore_lost),
+            None => self
+                .queue
+                .fail(lease, &record.to_last_error(), Failure::Retryable)
+                .await
+                .map(|_| ())
+                .or_else(ignore_lost),
+        }
+    }
+
+    async fn fail(&self, lease: &Lease, record: &FailureRecord, how: Failure) -> Result<()> {
+        let state = self
+            .queue
+            .fail(lease, &record.to_last_error(), how)
+            .await
+            .or_else(|e| ignore_lost(e).map(|()| crate::queue::JobState::Running))?;
+        if state == crate::queue::JobState::Discarded {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Extends the lease every third of its length while the call runs.
+    fn spawn_heartbeat(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
+        let queue = self.queue.clone();
+        let every = self.config.lease / 3;
+        let lease_for = self.config.lease;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = queue.heartbeat(&lease, lease_for).await {
+                    tracing::warn!(job = lease.job.id, error = %e, "lease heartbeat failed");
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// A lost lease means another worker owns the job now: its result wins, ours is dropped.
+fn ignore_lost(e: Error) -> Result<()> {
+    match e {
+        Error::LeaseLost { job_id } => {
+            tracing::warn!(job = job_id, "lease lost; result discarded");
+            Ok(())
+        }
+        other => Err(other),
+    }
+}
+
+fn failure(code: &str, message: String) -> FailureRecord {
+    FailureRecord {
+        code: code.into(),
+        message,
+        status_code: None,
+        request_id: None,
+        body: None,
+    }
+}
+
+fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    match done {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(Error::Invalid(format!("worker task panicked: {e}"))),
+    }
+}
+
+/// The last user message of a request body, for the experience record.
+fn question_of(body: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    value["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .map(|m| match &m["content"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+/// Why a call produced no response: the API's error, or the store (cache tier 2) failing.
+#[derive(Debug)]
+pub enum CallError {
+    Llm(LlmError),
+    Store(Error),
+}
+
+impl From<Error> for CallError {
+    fn from(e: Error) -> Self {
+        CallError::Store(e)
+    }
+}
