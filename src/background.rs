@@ -1,0 +1,176 @@
+//! Background upkeep, all in one place so it is started, cancelled and joined together
+//! before the database closes: the lease rescuer, retention cleanup of old experiences,
+//! finished jobs and expired cache entries, and a memory watchdog that shrinks the in-memory
+//! cache when the process grows past its RSS limit.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::app::App;
+use crate::cache::Cache;
+use crate::clock::now_ms;
+use crate::error::Result;
+use crate::queue::Queue;
+use crate::store::Store;
+
+/// What one cleanup pass removed.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub jobs_pruned: usize,
+    pub experiences_deleted: usize,
+    pub cache_entries_expired: usize,
+    pub leases_rescued: usize,
+}
+
+/// Retention limits for experiences.
+#[derive(Debug, Clone, Copy)]
+pub struct ExperienceRetention {
+    /// Delete experiences older than this (None = keep).
+    pub max_age: Option<Duration>,
+    /// Keep at most this many (None = no limit).
+    pub max_count: Option<u64>,
+}
+
+/// Runs one cleanup pass: rescue expired leases, prune finished jobs, apply experience
+/// retention and drop expired cache entries. `reasonq cleanup` and the background task both
+/// call this.
+pub async fn cleanup_pass(
+    queue: &Queue,
+    cache: &Cache,
+    store: &Store,
+    experiences: ExperienceRetention,
+) -> Result<CleanupReport> {
+    let leases_rescued = queue.rescue_expired().await?;
+    let jobs_pruned = queue.prune().await?;
+    let mut experiences_deleted = 0;
+    if let Some(age) = experiences.max_age {
+        let cutoff = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        experiences_deleted += store.delete_experiences_older_than(cutoff).await?;
+    }
+    if let Some(max) = experiences.max_count {
+        experiences_deleted += store.delete_experiences_beyond(max).await?;
+    }
+    let cache_entries_expired = cache.prune_expired().await?;
+    cache.sweep();
+    Ok(CleanupReport {
+        jobs_pruned,
+        experiences_deleted,
+        cache_entries_expired,
+        leases_rescued,
+    })
+}
+
+/// The experience retention configured for `app`.
+pub fn experience_retention(app: &App) -> ExperienceRetention {
+    let r = &app.config.retention;
+    ExperienceRetention {
+        max_age: (r.experiences_days > 0).then(|| Duration::from_secs(r.experiences_days * 86_400)),
+        max_count: (r.max_experiences > 0).then_some(r.max_experiences),
+    }
+}
+
+/// The running background tasks. [`Background::stop`] cancels and joins them all.
+pub struct Background {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Background {
+    /// Starts the upkeep tasks for `app`.
+    pub fn start(app: &App) -> Background {
+        let (stop, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let lease = Duration::from_secs(app.config.queue.lease_s.max(2));
+        let queue = app.queue.clone();
+        every(&mut tasks, &stop, lease / 2, move || {
+            let queue = queue.clone();
+            async move {
+                if let Ok(n @ 1..) = queue.rescue_expired().await {
+                    tracing::info!(rescued = n, "expired leases returned to the queue");
+                }
+            }
+        });
+        let (queue, cache, store) = (app.queue.clone(), app.cache.clone(), app.store.clone());
+        let retention = experience_retention(app);
+        let interval = Duration::from_secs(app.config.retention.interval_s.max(1));
+        every(&mut tasks, &stop, interval, move || {
+            let (queue, cache, store) = (queue.clone(), cache.clone(), store.clone());
+            async move {
+                match cleanup_pass(&queue, &cache, &store, retention).await {
+                    Ok(report) => tracing::debug!(?report, "cleanup pass"),
+                    Err(e) => tracing::warn!(error = %e, "cleanup pass failed"),
+                }
+            }
+        });
+        let limit = app.config.cache.rss_limit_mb * 1024 * 1024;
+        if limit > 0 {
+            let cache = app.cache.clone();
+            every(&mut tasks, &stop, Duration::from_secs(2), move || {
+                let cache = cache.clone();
+                async move {
+                    if let Some(rss) = resident_bytes() {
+                        if rss > limit {
+                            tracing::warn!(rss, limit, "memory above limit; shrinking the cache");
+                            cache.clear_memory();
+                        }
+                    }
+                }
+            });
+        }
+        Background { stop, tasks }
+    }
+
+    /// Cancels every task and waits for them to end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Tasks still running (for tests: zero after `stop`).
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// True when no task runs.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+/// Runs `tick` every `period` until `stop` turns true; a tick in progress finishes first.
+fn every<F, Fut>(tasks: &mut JoinSet<()>, stop: &watch::Sender<bool>, period: Duration, tick: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut stopped = stop.subscribe();
+    tasks.spawn(async move {
+        let mut timer = tokio::time::interval(period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer.tick().await;
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                _ = timer.tick() => tick().await,
+            }
+        }
+    });
+}
+
+/// The process's resident set size, from /proc (None where unavailable).
+pub fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Peak resident set size (VmHWM), from /proc.
+pub fn peak_resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

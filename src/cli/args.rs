@@ -1,0 +1,194 @@
+//! Command-line arguments (clap). Every subcommand's `--help` ends with an example.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Durable, offline batch reasoning with LLMs.
+#[derive(Debug, Parser)]
+#[command(name = "reasonq", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes; each overrides reasonq.toml and REASONQ_* variables.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Global {
+    /// Configuration file (default: ./reasonq.toml when present).
+    #[arg(long, global = true, env = "REASONQ_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Database file.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// OpenAI-compatible API base URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Model for requests that name none.
+    #[arg(long, global = true, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Run against a built-in loopback server that answers like an LLM API (labelled
+    /// "[simulated]"), with realistic latency and occasional 429s. Costs nothing.
+    #[arg(long, global = true)]
+    pub simulate: bool,
+    /// Log level filter (e.g. info, debug, reasonq=trace); logs go to stderr.
+    #[arg(long, global = true, env = "REASONQ_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a batch file of prompts to completion, resumably.
+    #[command(after_help = "Example:\n  reasonq batch questions.jsonl -o answers.jsonl --concurrency 32\n  reasonq --simulate batch docs/examples/questions.jsonl -o answers.jsonl")]
+    Batch(BatchArgs),
+    /// Ask one question and print the answer.
+    #[command(after_help = "Example:\n  reasonq submit \"What is 17 * 23?\" --domain math")]
+    Submit(SubmitArgs),
+    /// Job counts by state for every batch, and tokens spent.
+    #[command(after_help = "Example:\n  reasonq status --json")]
+    Status(JsonFlag),
+    /// Export a batch's results again (OpenAI batch output format).
+    #[command(after_help = "Example:\n  reasonq results questions-1a2b3c4d -o answers.jsonl\n  reasonq results questions-1a2b3c4d --json   # with cache, attempts, latency")]
+    Results(ResultsArgs),
+    /// Inspect and manage jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Inspect recorded reasoning experiences.
+    #[command(subcommand)]
+    Experiences(ExperiencesCommand),
+    /// Learned statistics per domain and strategy.
+    #[command(after_help = "Example:\n  reasonq patterns --json")]
+    Patterns(JsonFlag),
+    /// Delete finished jobs and old experiences past retention, and expired cache entries.
+    #[command(after_help = "Example:\n  reasonq cleanup")]
+    Cleanup(JsonFlag),
+    /// Store, cache and queue statistics.
+    #[command(after_help = "Example:\n  reasonq stats --json")]
+    Stats(JsonFlag),
+    /// List the models the endpoint offers.
+    #[command(after_help = "Example:\n  reasonq models --base-url http://localhost:8000/v1")]
+    Models(JsonFlag),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BatchArgs {
+    /// Input file: OpenAI batch request lines or the short form ({"id","question",...}).
+    pub input: PathBuf,
+    /// Output file (default: INPUT with `.out.jsonl`).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Where failed lines go, in the same format (default: INPUT with `.errors.jsonl`).
+    #[arg(long, value_name = "PATH")]
+    pub errors: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(short, long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Batch name (default: the file's name and a hash of its path).
+    #[arg(long, value_name = "NAME")]
+    pub batch: Option<String>,
+    /// Record invalid lines in the errors file and run the rest, instead of refusing the file.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Cache policy: never, deterministic or always.
+    #[arg(long, value_name = "POLICY")]
+    pub cache: Option<String>,
+    /// Seconds in-flight calls may finish after the first SIGINT/SIGTERM.
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
+    /// Print plain progress lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SubmitArgs {
+    /// The question.
+    pub question: String,
+    /// A system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Domain for experiences and patterns.
+    #[arg(long, default_value = "general")]
+    pub domain: String,
+    /// Sampling temperature (0 makes the answer cacheable under the default policy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Print the whole response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ResultsArgs {
+    /// Batch name, as shown by `reasonq status`.
+    pub batch: String,
+    /// Write to this file instead of stdout.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// One JSON object per job with our own details (state, cached, attempts, latency, domain).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    #[command(after_help = "Example:\n  reasonq jobs list --state discarded --limit 20")]
+    List {
+        /// Only this batch (queue).
+        #[arg(long)]
+        batch: Option<String>,
+        /// Only this state (available, scheduled, running, completed, retryable, discarded, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job in full.
+    #[command(after_help = "Example:\n  reasonq jobs show 42")]
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a discarded or cancelled job again.
+    #[command(after_help = "Example:\n  reasonq jobs retry 42")]
+    Retry { id: u64 },
+    /// Cancel a job that has not finished.
+    #[command(after_help = "Example:\n  reasonq jobs cancel 42")]
+    Cancel { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperiencesCommand {
+    /// List experiences, newest first.
+    #[command(after_help = "Example:\n  reasonq experiences list --domain math --limit 10")]
+    List {
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one experience in full.
+    #[command(after_help = "Example:\n  reasonq experiences show 7")]
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
