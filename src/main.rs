@@ -1,2 +1,6 @@
+//! The `reasonq` binary: a thin shell over the library's CLI.
 #![forbid(unsafe_code)]
-fn main() {}
+
+fn main() {
+    std::process::exit(reasonq::cli::main());
+}

@@ -3,6 +3,7 @@
 
 pub mod input;
 pub mod output;
+pub mod export;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -1,0 +1,118 @@
+//! Turning a batch's jobs back into output lines, in input order.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::output::{failure_line, success_line, FailureRecord, ResponseRecord};
+use super::ChatJob;
+use crate::error::{Error, Result};
+use crate::queue::{Job, JobState};
+use crate::store::codec;
+
+/// A batch's results, one entry per request id.
+#[derive(Debug, Default)]
+pub struct Export {
+    /// Output lines of finished requests, in input order.
+    pub lines: Vec<Value>,
+    /// The failed ones among them (also in `lines`), for the errors file.
+    pub errors: Vec<Value>,
+    /// Our own details per request, for `reasonq results --json`.
+    pub details: Vec<Value>,
+    /// Requests not finished yet.
+    pub pending: usize,
+}
+
+/// Builds the export of `jobs`. With `only`, just the jobs whose dedup key is in it (the
+/// lines of the current input file); otherwise the newest job of every request id.
+pub fn export(jobs: Vec<Job>, only: Option<&HashSet<String>>) -> Result<Export> {
+    let mut latest: HashMap<String, (Job, ChatJob)> = HashMap::new();
+    for job in jobs {
+        if let Some(keys) = only {
+            if !job.dedup_key.as_ref().is_some_and(|k| keys.contains(k)) {
+                continue;
+            }
+        }
+        let chat: ChatJob = codec::decode(&job.payload)?;
+        match latest.get(&chat.custom_id) {
+            Some((kept, _)) if kept.id > job.id => {}
+            _ => {
+                latest.insert(chat.custom_id.clone(), (job, chat));
+            }
+        }
+    }
+    let mut entries: Vec<(Job, ChatJob)> = latest.into_values().collect();
+    entries.sort_by_key(|(job, chat)| (chat.line, job.id));
+    let mut out = Export::default();
+    for (job, chat) in entries {
+        let mut detail = json!({
+            "custom_id": chat.custom_id,
+            "job_id": job.id,
+            "state": job.state.as_str(),
+            "attempts": job.attempt,
+            "domain": chat.domain,
+            "strategy": chat.strategy,
+        });
+        let line = match job.state {
+            JobState::Completed => {
+                let bytes = job.result.as_deref().ok_or_else(|| {
+                    Error::InvalidState(format!("completed job {} has no result", job.id))
+                })?;
+                let response: ResponseRecord = codec::decode(bytes)?;
+                detail["cached"] = json!(response.cached);
+                detail["latency_ms"] = json!(response.latency_ms);
+                detail["status_code"] = json!(response.status_code);
+                success_line(job.id, &chat.custom_id, &response)
+            }
+            JobState::Discarded | JobState::Cancelled => {
+                let failure = match (&job.last_error, job.state) {
+                    (Some(text), JobState::Discarded) => FailureRecord::from_last_error(text),
+                    _ => FailureRecord {
+                        code: "cancelled".into(),
+                        message: "the job was cancelled".into(),
+                        status_code: None,
+                        request_id: None,
+                        body: None,
+                    },
+                };
+                detail["error"] = json!({"code": failure.code, "message": failure.message});
+                let line = failure_line(Some(job.id), &chat.custom_id, &failure);
+                out.errors.push(line.clone());
+                line
+            }
+            _ => {
+                out.pending += 1;
+                out.details.push(detail);
+                continue;
+            }
+        };
+        out.lines.push(line);
+        out.details.push(detail);
+    }
+    Ok(out)
+}
+
+/// Writes JSON lines to `path` atomically (a temporary file renamed over it), so a crash
+/// never leaves a half-written output.
+pub fn write_jsonl(path: &Path, lines: &[Value]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().map_or_else(
+        || "output".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for line in lines {
+            serde_json::to_writer(&mut file, line)?;
+            file.write_all(b"\n")?;
+        }
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}

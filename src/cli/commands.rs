@@ -1,0 +1,440 @@
+//! The smaller subcommands: one function each, printing a table or `--json`.
+
+use serde_json::{json, Value};
+
+use super::args::{ExperiencesCommand, JobsCommand, ResultsArgs, SubmitArgs};
+use super::{fail, CliResult, Outcome};
+use crate::app::App;
+use crate::background::{cleanup_pass, experience_retention};
+use crate::batch::export::{export, write_jsonl};
+use crate::batch::output::{FailureRecord, ResponseRecord};
+use crate::batch::ChatJob;
+use crate::config::Config;
+use crate::queue::{JobState, NewJob};
+use crate::runs;
+use crate::shutdown::{exit_code, Shutdown};
+use crate::store::codec;
+use crate::store::experience::{Experience, Order};
+use crate::worker::{DrainEnd, Workers};
+
+/// The queue `reasonq submit` uses.
+const SUBMIT_QUEUE: &str = "submit";
+
+/// Prints rows as aligned columns under a header.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn print_json(value: &Value) -> CliResult {
+    let text = serde_json::to_string_pretty(value).map_err(fail)?;
+    println!("{text}");
+    Ok(Outcome::Done)
+}
+
+fn short(text: &str, max: usize) -> String {
+    let one_line = text.replace('\n', " ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+/// `reasonq submit`: one question through the same durable path as a batch.
+pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResult {
+    let mut body = json!({
+        "model": config.model,
+        "messages": [],
+        "temperature": args.temperature,
+    });
+    if let Some(system) = &args.system {
+        body["messages"]
+            .as_array_mut()
+            .map(|m| m.push(json!({"role": "system", "content": system})));
+    }
+    body["messages"]
+        .as_array_mut()
+        .map(|m| m.push(json!({"role": "user", "content": args.question})));
+    let app = App::open(config).await.map_err(fail)?;
+    let connected = app.connect(simulate).await.map_err(fail)?;
+    let job = ChatJob {
+        custom_id: format!("submit-{}", crate::clock::now_ms()),
+        line: 0,
+        body: body.to_string(),
+        domain: args.domain.clone(),
+        strategy: None,
+        expected: None,
+    };
+    let mut new = NewJob::new(SUBMIT_QUEUE, "chat", codec::encode(&job).map_err(fail)?);
+    new.dedup_key = Some(job.dedup_key(&connected.endpoint));
+    let enqueued = app.queue.enqueue(new).await.map_err(fail)?;
+    let workers = Workers::new(
+        app.queue.clone(),
+        connected.client.clone(),
+        app.cache.clone(),
+        app.worker_config(&connected.endpoint).map_err(fail)?,
+    );
+    let shutdown = Shutdown::new();
+    let _signals = shutdown.listen_for_signals().map_err(fail)?;
+    let end = workers
+        .drain(SUBMIT_QUEUE, shutdown.listener())
+        .await
+        .map_err(fail)?;
+    let job = app
+        .queue
+        .get(enqueued.id)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| fail("the submitted job disappeared"))?;
+    app.close().await.map_err(fail)?;
+    if let DrainEnd::Stopped(phase) = end {
+        eprintln!("stopped; the question stays queued as job {}", job.id);
+        return Ok(Outcome::Exit(exit_code(phase.signal())));
+    }
+    match (job.state, &job.result, &job.last_error) {
+        (JobState::Completed, Some(bytes), _) => {
+            let response: ResponseRecord = codec::decode(bytes).map_err(fail)?;
+            if args.json {
+                let body: Value = serde_json::from_str(&response.body).map_err(fail)?;
+                return print_json(&body);
+            }
+            let body: Value = serde_json::from_str(&response.body).map_err(fail)?;
+            println!(
+                "{}",
+                body["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+            );
+            Ok(Outcome::Done)
+        }
+        (_, _, Some(error)) => Err(fail(FailureRecord::from_last_error(error).message)),
+        (state, _, _) => Err(fail(format!("the job ended {state}"))),
+    }
+}
+
+/// `reasonq status`: counts by state per batch, and tokens spent.
+pub async fn status(config: Config, as_json: bool) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let mut rows = Vec::new();
+    for queue in app.queue.queues().await.map_err(fail)? {
+        let counts = app.queue.counts(Some(&queue)).await.map_err(fail)?;
+        let tokens = runs::tokens_of(&app.queue.jobs_in_queue(&queue).await.map_err(fail)?);
+        rows.push((queue, counts, tokens));
+    }
+    app.close().await.map_err(fail)?;
+    if as_json {
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(q, c, t)| {
+                let mut states = serde_json::Map::new();
+                for s in JobState::ALL {
+                    states.insert(s.as_str().into(), json!(c.get(s)));
+                }
+                json!({"batch": q, "states": states, "total": c.total(),
+                       "prompt_tokens": t.0, "completion_tokens": t.1})
+            })
+            .collect();
+        return print_json(&Value::Array(list));
+    }
+    if rows.is_empty() {
+        println!("no batches yet");
+        return Ok(Outcome::Done);
+    }
+    let mut header = vec!["batch"];
+    header.extend(JobState::ALL.iter().map(|s| s.as_str()));
+    header.extend(["total", "tokens (prompt/completion)"]);
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(q, c, t)| {
+            let mut row = vec![q.clone()];
+            row.extend(JobState::ALL.iter().map(|s| c.get(*s).to_string()));
+            row.push(c.total().to_string());
+            row.push(format!("{}/{}", t.0, t.1));
+            row
+        })
+        .collect();
+    table(&header, &body);
+    Ok(Outcome::Done)
+}
+
+/// `reasonq results BATCH`: export again.
+pub async fn results(config: Config, args: ResultsArgs) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let jobs = app.queue.jobs_in_queue(&args.batch).await.map_err(fail)?;
+    app.close().await.map_err(fail)?;
+    if jobs.is_empty() {
+        return Err(fail(format!(
+            "no batch named {:?}; `reasonq status` lists them",
+            args.batch
+        )));
+    }
+    let out = export(jobs, None).map_err(fail)?;
+    let lines = if args.json { &out.details } else { &out.lines };
+    match &args.output {
+        Some(path) => {
+            write_jsonl(path, lines).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            eprintln!("{} lines written to {}", lines.len(), path.display());
+        }
+        None => {
+            for line in lines {
+                println!("{line}");
+            }
+        }
+    }
+    if out.pending > 0 {
+        eprintln!("{} requests are not finished yet", out.pending);
+    }
+    Ok(Outcome::Done)
+}
+
+/// `reasonq jobs ...`.
+pub async fn jobs(config: Config, cmd: JobsCommand) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let result = jobs_inner(&app, cmd).await;
+    app.close().await.map_err(fail)?;
+    result
+}
+
+fn job_json(job: &crate::queue::Job) -> Value {
+    let chat: Option<ChatJob> = codec::decode(&job.payload).ok();
+    let result: Option<ResponseRecord> = job.result.as_deref().and_then(|b| codec::decode(b).ok());
+    json!({
+        "id": job.id,
+        "batch": job.queue,
+        "kind": job.kind,
+        "state": job.state.as_str(),
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+        "run_at": job.run_at,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "lease_owner": job.lease_owner,
+        "lease_expires_at": job.lease_expires_at,
+        "custom_id": chat.as_ref().map(|c| c.custom_id.clone()),
+        "request": chat.as_ref().and_then(|c| serde_json::from_str::<Value>(&c.body).ok()),
+        "response": result.as_ref().map(|r| json!({
+            "status_code": r.status_code, "request_id": r.request_id, "cached": r.cached,
+            "latency_ms": r.latency_ms,
+            "body": serde_json::from_str::<Value>(&r.body).unwrap_or(Value::String(r.body.clone())),
+        })),
+        "last_error": job.last_error.as_deref().map(FailureRecord::from_last_error),
+    })
+}
+
+async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
+    match cmd {
+        JobsCommand::List {
+            batch,
+            state,
+            limit,
+            json: as_json,
+        } => {
+            let state = match state {
+                Some(s) => Some(s.parse::<JobState>().map_err(fail)?),
+                None => None,
+            };
+            let jobs = app
+                .queue
+                .list(batch.as_deref(), state, limit)
+                .await
+                .map_err(fail)?;
+            if as_json {
+                return print_json(&Value::Array(jobs.iter().map(job_json).collect()));
+            }
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|j| {
+                    let id: Option<ChatJob> = codec::decode(&j.payload).ok();
+                    vec![
+                        j.id.to_string(),
+                        j.queue.clone(),
+                        id.map(|c| c.custom_id).unwrap_or_default(),
+                        j.state.as_str().to_string(),
+                        format!("{}/{}", j.attempt, j.max_attempts),
+                        j.last_error
+                            .as_deref()
+                            .map(|e| short(&FailureRecord::from_last_error(e).message, 60))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(&["id", "batch", "custom_id", "state", "attempts", "last error"], &rows);
+            Ok(Outcome::Done)
+        }
+        JobsCommand::Show { id, json: _ } => {
+            let job = app
+                .queue
+                .get(id)
+                .await
+                .map_err(fail)?
+                .ok_or_else(|| fail(format!("no job {id}")))?;
+            print_json(&job_json(&job))
+        }
+        JobsCommand::Retry { id } => {
+            app.queue.retry(id).await.map_err(fail)?;
+            println!("job {id} will run again");
+            Ok(Outcome::Done)
+        }
+        JobsCommand::Cancel { id } => {
+            app.queue.cancel(id).await.map_err(fail)?;
+            println!("job {id} cancelled");
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn experience_json(e: &Experience) -> Value {
+    serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
+/// `reasonq experiences ...`.
+pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let store = app.store.clone();
+    let result = async {
+        match cmd {
+            ExperiencesCommand::List {
+                domain,
+                tag,
+                limit,
+                json: as_json,
+            } => {
+                let list = match (domain, tag) {
+                    (Some(d), _) => store.experiences_by_domain(&d, limit, Order::NewestFirst).await,
+                    (None, Some(t)) => store.experiences_by_tag(&t, limit, Order::NewestFirst).await,
+                    (None, None) => {
+                        store
+                            .experiences_by_time(0, u64::MAX, limit, Order::NewestFirst)
+                            .await
+                    }
+                }
+                .map_err(fail)?;
+                if as_json {
+                    return print_json(&Value::Array(list.iter().map(experience_json).collect()));
+                }
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.id.to_string(),
+                            e.domain.clone(),
+                            e.strategy.clone(),
+                            format!("{:?}", e.outcome).to_lowercase(),
+                            short(&e.question, 40),
+                            short(&e.answer, 40),
+                        ]
+                    })
+                    .collect();
+                table(&["id", "domain", "strategy", "outcome", "question", "answer"], &rows);
+                Ok(Outcome::Done)
+            }
+            ExperiencesCommand::Show { id, json: _ } => {
+                let e = store
+                    .experience(id)
+                    .await
+                    .map_err(fail)?
+                    .ok_or_else(|| fail(format!("no experience {id}")))?;
+                print_json(&experience_json(&e))
+            }
+        }
+    }
+    .await;
+    app.close().await.map_err(fail)?;
+    result
+}
+
+/// `reasonq patterns`.
+pub async fn patterns(config: Config, as_json: bool) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let list = app.store.patterns(None).await.map_err(fail)?;
+    app.close().await.map_err(fail)?;
+    if as_json {
+        return print_json(&serde_json::to_value(&list).map_err(fail)?);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|p| {
+            vec![
+                p.domain.clone(),
+                p.strategy.clone(),
+                p.uses.to_string(),
+                p.successes.to_string(),
+                p.failures.to_string(),
+                p.success_rate()
+                    .map_or_else(|| "-".into(), |r| format!("{:.0}%", r * 100.0)),
+                p.mean_confidence
+                    .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
+                format!("{:.0}", p.mean_latency_ms),
+            ]
+        })
+        .collect();
+    table(
+        &["domain", "strategy", "uses", "successes", "failures", "success rate", "confidence", "latency ms"],
+        &rows,
+    );
+    Ok(Outcome::Done)
+}
+
+/// `reasonq cleanup`.
+pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let report = cleanup_pass(&app.queue, &app.cache, &app.store, experience_retention(&app))
+        .await
+        .map_err(fail)?;
+    app.close().await.map_err(fail)?;
+    if as_json {
+        return print_json(&serde_json::to_value(report).map_err(fail)?);
+    }
+    println!(
+        "pruned {} finished jobs, deleted {} experiences, dropped {} expired cache entries, rescued {} expired leases",
+        report.jobs_pruned, report.experiences_deleted, report.cache_entries_expired, report.leases_rescued
+    );
+    Ok(Outcome::Done)
+}
+
+/// `reasonq stats`: figures of the recorded runs.
+pub async fn stats(config: Config, as_json: bool) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let summary = runs::summary(&app).await.map_err(fail)?;
+    app.close().await.map_err(fail)?;
+    if as_json {
+        return print_json(&serde_json::to_value(&summary).map_err(fail)?);
+    }
+    println!("{summary}");
+    Ok(Outcome::Done)
+}
+
+/// `reasonq models`.
+pub async fn models(config: Config, as_json: bool, simulate: bool) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let connected = app.connect(simulate).await.map_err(fail)?;
+    let models = connected.client.models().await.map_err(fail);
+    app.close().await.map_err(fail)?;
+    let models = models?;
+    if as_json {
+        return print_json(&json!(models));
+    }
+    for m in models {
+        println!("{m}");
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,114 @@
+//! The command-line interface: parse arguments, load configuration, run one subcommand.
+//! `main.rs` only calls [`main`].
+
+pub mod args;
+mod batch;
+mod commands;
+pub mod progress;
+
+use std::fmt::Display;
+
+use clap::Parser;
+
+pub use args::Cli;
+use args::{Command, Global};
+
+use crate::config::Config;
+
+/// How a command ended successfully.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Finished early with this exit code (e.g. 130 after SIGINT).
+    Exit(i32),
+}
+
+/// A command's failure: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+pub type CliResult = Result<Outcome, CliError>;
+
+/// A failure with exit code 1.
+pub fn fail(message: impl Display) -> CliError {
+    CliError {
+        message: message.to_string(),
+        code: 1,
+    }
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(&cli.global.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(Outcome::Done) => 0,
+        Ok(Outcome::Exit(code)) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Configuration from file and environment, then the global flags on top.
+pub fn load_config(global: &Global) -> Result<Config, CliError> {
+    let mut config = Config::load(global.config.as_deref(), std::env::vars()).map_err(fail)?;
+    if let Some(db) = &global.db {
+        config.db = db.clone();
+    }
+    if let Some(url) = &global.base_url {
+        config.base_url = url.clone();
+    }
+    if let Some(model) = &global.model {
+        config.model = model.clone();
+    }
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let mut config = load_config(&cli.global)?;
+    let simulate = cli.global.simulate;
+    match cli.command {
+        Command::Batch(args) => {
+            if let Some(c) = args.concurrency {
+                config.concurrency = c.max(1);
+            }
+            if let Some(p) = &args.cache {
+                config.cache_policy = p.clone();
+            }
+            batch::run(config, args, simulate).await
+        }
+        Command::Submit(args) => commands::submit(config, args, simulate).await,
+        Command::Status(f) => commands::status(config, f.json).await,
+        Command::Results(args) => commands::results(config, args).await,
+        Command::Jobs(cmd) => commands::jobs(config, cmd).await,
+        Command::Experiences(cmd) => commands::experiences(config, cmd).await,
+        Command::Patterns(f) => commands::patterns(config, f.json).await,
+        Command::Cleanup(f) => commands::cleanup(config, f.json).await,
+        Command::Stats(f) => commands::stats(config, f.json).await,
+        Command::Models(f) => commands::models(config, f.json, simulate).await,
+    }
+}

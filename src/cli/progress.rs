@@ -1,0 +1,122 @@
+//! Progress of a running batch: a bar on a terminal, plain lines otherwise (logs, CI, pipes).
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::worker::{RunCounts, RunStats};
+
+/// Where the run started from: jobs already finished before this run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baseline {
+    pub total: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// Reports progress until dropped or [`Progress::finish`]ed.
+pub struct Progress {
+    task: tokio::task::JoinHandle<()>,
+    bar: Option<ProgressBar>,
+}
+
+/// One line of progress text.
+pub fn describe(base: Baseline, now: RunCounts, elapsed: Duration) -> String {
+    let done = base.completed + now.completed;
+    let failed = base.failed + now.failed;
+    let this_run = now.completed + now.failed;
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = this_run as f64 / secs;
+    let left = base.total.saturating_sub(done + failed);
+    let eta = if rate > 0.0 && left > 0 {
+        format!(", ETA {}s", (left as f64 / rate).ceil() as u64)
+    } else {
+        String::new()
+    };
+    format!(
+        "{done}/{total} done, {failed} failed, {cached} cached, {retried} retried, {rate:.1}/s{eta}",
+        total = base.total,
+        cached = now.cached,
+        retried = now.retried,
+    )
+}
+
+impl Progress {
+    /// Starts reporting `stats` against `base`. `plain` forces lines even on a terminal.
+    pub fn start(base: Baseline, stats: Arc<RunStats>, plain: bool) -> Progress {
+        let started = Instant::now();
+        let fancy = !plain && std::io::stderr().is_terminal();
+        let bar = fancy.then(|| {
+            let bar = ProgressBar::with_draw_target(Some(base.total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let task_bar = bar.clone();
+        let task = tokio::spawn(async move {
+            let period = if fancy {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(2)
+            };
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(period).await;
+                let now = stats.snapshot();
+                let text = describe(base, now, started.elapsed());
+                match &task_bar {
+                    Some(bar) => {
+                        bar.set_position(base.completed + base.failed + now.completed + now.failed);
+                        bar.set_message(text);
+                    }
+                    None if text != last => eprintln!("progress: {text}"),
+                    None => {}
+                }
+                last = text;
+            }
+        });
+        Progress { task, bar }
+    }
+
+    /// Stops reporting and clears the bar.
+    pub fn finish(self) {
+        self.task.abort();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_earlier_runs_and_estimates_time_left() {
+        let base = Baseline {
+            total: 100,
+            completed: 40,
+            failed: 0,
+        };
+        let now = RunCounts {
+            completed: 20,
+            failed: 1,
+            cached: 5,
+            ..RunCounts::default()
+        };
+        assert_eq!(
+            describe(base, now, Duration::from_secs(7)),
+            "60/100 done, 1 failed, 5 cached, 0 retried, 3.0/s, ETA 13s"
+        );
+    }
+}
