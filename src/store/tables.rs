@@ -12,6 +12,7 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const SCHEMA_VERSION: &str = "schema_version";
 pub const NEXT_EXPERIENCE_ID: &str = "next_experience_id";
 pub const NEXT_JOB_ID: &str = "next_job_id";
+pub const NEXT_RUN_ID: &str = "next_run_id";
 
 // ---- experiences and patterns (store/experience.rs, store/pattern.rs) ----
 
@@ -56,6 +57,11 @@ pub const CACHE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("cache
 pub const CACHE_BY_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> =
     TableDefinition::new("cache_by_expiry");
 
+// ---- run records (runs.rs) ----
+
+/// Run id -> encoded `RunRecord`: the figures of each batch run, for `reasonq stats`.
+pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
+
 /// Creates every table so that read transactions never meet a missing one.
 pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(META)?;
@@ -73,6 +79,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(JOB_CHECKPOINTS)?;
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_BY_EXPIRY)?;
+    txn.open_table(RUNS)?;
     Ok(())
 }
 

@@ -1,0 +1,200 @@
+//! A durable record of each batch run's figures, so `reasonq stats` can report cache hit
+//! ratio, connection reuse, latency percentiles, retries and tokens after the process is gone.
+
+use std::fmt;
+
+use redb::{ReadableDatabase as _, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::batch::output::ResponseRecord;
+use crate::cache::CacheStats;
+use crate::error::Result;
+use crate::llm::MetricsSnapshot;
+use crate::queue::{Job, JobState};
+use crate::store::{codec, tables, Store};
+use crate::worker::RunCounts;
+
+/// The figures of one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub batch: String,
+    pub started_at: u64,
+    pub finished_at: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cached: u64,
+    pub retried: u64,
+    pub returned: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub requests_sent: u64,
+    pub connections_opened: u64,
+    pub http_retries: u64,
+    pub latency_p50_us: u64,
+    pub latency_p95_us: u64,
+    pub latency_p99_us: u64,
+    pub cache_hits_memory: u64,
+    pub cache_hits_disk: u64,
+    pub cache_misses: u64,
+}
+
+impl RunRecord {
+    /// Collects a run's figures.
+    pub fn new(
+        batch: &str,
+        started_at: u64,
+        finished_at: u64,
+        counts: RunCounts,
+        http: &MetricsSnapshot,
+        cache: &CacheStats,
+    ) -> RunRecord {
+        RunRecord {
+            batch: batch.to_string(),
+            started_at,
+            finished_at,
+            completed: counts.completed,
+            failed: counts.failed,
+            cached: counts.cached,
+            retried: counts.retried,
+            returned: counts.returned,
+            prompt_tokens: counts.prompt_tokens,
+            completion_tokens: counts.completion_tokens,
+            requests_sent: http.requests_sent,
+            connections_opened: http.connections_opened,
+            http_retries: http.retries,
+            latency_p50_us: http.latency_p50_us,
+            latency_p95_us: http.latency_p95_us,
+            latency_p99_us: http.latency_p99_us,
+            cache_hits_memory: cache.hits_memory,
+            cache_hits_disk: cache.hits_disk,
+            cache_misses: cache.misses,
+        }
+    }
+}
+
+/// Stores a run record (keyed by its start time and a counter, so none overwrites another).
+pub fn record_in(txn: &WriteTransaction, run: &RunRecord) -> Result<()> {
+    let id = tables::allocate_ids(txn, tables::NEXT_RUN_ID, 1)?;
+    txn.open_table(tables::RUNS)?
+        .insert(id, codec::encode(run)?.as_slice())?;
+    Ok(())
+}
+
+/// [`record_in`] through the writer.
+pub async fn record(store: &Store, run: RunRecord) -> Result<()> {
+    store.write(move |txn| record_in(txn, &run)).await
+}
+
+/// What `reasonq stats` shows.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    pub runs: u64,
+    pub totals: RunRecord,
+    pub cache_hit_ratio: Option<f64>,
+    pub connection_reuse_ratio: Option<f64>,
+    pub last_run: Option<RunRecord>,
+    pub experiences: u64,
+    pub cached_responses_on_disk: u64,
+}
+
+/// Sums every recorded run.
+pub async fn summary(app: &App) -> Result<Summary> {
+    let runs: Vec<RunRecord> = app
+        .store
+        .read(|txn| {
+            let table = txn.open_table(tables::RUNS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (_, bytes) = row?;
+                out.push(codec::decode(bytes.value())?);
+            }
+            Ok(out)
+        })
+        .await?;
+    let mut totals = RunRecord {
+        batch: "all".into(),
+        ..RunRecord::default()
+    };
+    for r in &runs {
+        totals.completed += r.completed;
+        totals.failed += r.failed;
+        totals.cached += r.cached;
+        totals.retried += r.retried;
+        totals.returned += r.returned;
+        totals.prompt_tokens += r.prompt_tokens;
+        totals.completion_tokens += r.completion_tokens;
+        totals.requests_sent += r.requests_sent;
+        totals.connections_opened += r.connections_opened;
+        totals.http_retries += r.http_retries;
+        totals.cache_hits_memory += r.cache_hits_memory;
+        totals.cache_hits_disk += r.cache_hits_disk;
+        totals.cache_misses += r.cache_misses;
+        totals.started_at = if totals.started_at == 0 { r.started_at } else { totals.started_at.min(r.started_at) };
+        totals.finished_at = totals.finished_at.max(r.finished_at);
+    }
+    let lookups = totals.cache_hits_memory + totals.cache_hits_disk + totals.cache_misses;
+    let experiences = app.store.experience_counts().await?.total;
+    let cached_responses_on_disk = app
+        .store
+        .read(|txn| Ok(txn.open_table(tables::CACHE)?.len()?))
+        .await?;
+    Ok(Summary {
+        runs: runs.len() as u64,
+        cache_hit_ratio: (lookups > 0)
+            .then(|| (totals.cache_hits_memory + totals.cache_hits_disk) as f64 / lookups as f64),
+        connection_reuse_ratio: (totals.requests_sent > 0).then(|| {
+            1.0 - totals.connections_opened.min(totals.requests_sent) as f64
+                / totals.requests_sent as f64
+        }),
+        last_run: runs.last().cloned(),
+        totals,
+        experiences,
+        cached_responses_on_disk,
+    })
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        let t = &self.totals;
+        writeln!(f, "runs recorded:        {}", self.runs)?;
+        writeln!(f, "jobs completed:       {} ({} from cache), {} failed, {} retried", t.completed, t.cached, t.failed, t.retried)?;
+        writeln!(f, "tokens:               {} prompt, {} completion", t.prompt_tokens, t.completion_tokens)?;
+        writeln!(f, "cache hit ratio:      {} ({} memory, {} disk, {} misses; {} responses on disk)", pct(self.cache_hit_ratio), t.cache_hits_memory, t.cache_hits_disk, t.cache_misses, self.cached_responses_on_disk)?;
+        writeln!(f, "HTTP:                 {} requests, {} connections, reuse {}, {} retries", t.requests_sent, t.connections_opened, pct(self.connection_reuse_ratio), t.http_retries)?;
+        if let Some(last) = &self.last_run {
+            writeln!(
+                f,
+                "last run ({}):        latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+                last.batch,
+                last.latency_p50_us as f64 / 1000.0,
+                last.latency_p95_us as f64 / 1000.0,
+                last.latency_p99_us as f64 / 1000.0
+            )?;
+        }
+        write!(f, "experiences stored:   {}", self.experiences)
+    }
+}
+
+/// Prompt and completion tokens of a batch's completed jobs (cache hits cost nothing).
+pub fn tokens_of(jobs: &[Job]) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for job in jobs.iter().filter(|j| j.state == JobState::Completed) {
+        let Some(record) = job
+            .result
+            .as_deref()
+            .and_then(|b| codec::decode::<ResponseRecord>(b).ok())
+        else {
+            continue;
+        };
+        if record.cached {
+            continue;
+        }
+        if let Ok(body) = serde_json::from_str::<serde_json::Value>(&record.body) {
+            sum.0 += body["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+            sum.1 += body["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+        }
+    }
+    sum
+}
