@@ -16,6 +16,7 @@ use crate::batch::output::{failure_line, FailureRecord};
 use crate::batch::ChatJob;
 use crate::config::Config;
 use crate::queue::{JobState, NewJob};
+use crate::runs::{self, RunRecord};
 use crate::shutdown::{exit_code, Shutdown};
 use crate::store::codec;
 use crate::worker::{DrainEnd, Workers};
@@ -116,6 +117,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
         workers.stats.clone(),
         args.plain,
     );
+    let started_at = crate::clock::now_ms();
     let drained = workers.drain(&batch, shutdown.listener()).await;
     progress.finish();
     background.stop().await;
@@ -145,6 +147,15 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     }
     let stats = workers.stats.snapshot();
     let metrics = connected.client.metrics();
+    let run = RunRecord::new(
+        &batch,
+        started_at,
+        crate::clock::now_ms(),
+        stats,
+        &metrics,
+        &app.cache.stats(),
+    );
+    runs::record(&app.store, run).await.map_err(fail)?;
     app.close().await.map_err(fail)?;
 
     eprintln!(
