@@ -1,0 +1,127 @@
+//! The batch command end to end: the real binary against a simulated API on loopback.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reasonq::sim::{RandomFaults, SimConfig};
+use support::{answer, questions, read_jsonl, stderr, Env};
+
+fn with_latency(ms: u64) -> SimConfig {
+    SimConfig {
+        random: Some(RandomFaults {
+            latency_min: Duration::from_millis(ms / 2),
+            latency_max: Duration::from_millis(ms),
+            ..RandomFaults::default()
+        }),
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_batch_answers_every_line_in_input_order_and_reruns_for_free() {
+    let env = Env::start(SimConfig::default()).await;
+    let input = env.path("questions.jsonl");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/questions.jsonl");
+    std::fs::copy(example, &input).unwrap();
+    let out = env.run(&["batch", "questions.jsonl", "-o", "answers.jsonl"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let lines = read_jsonl(&env.path("answers.jsonl"));
+    assert_eq!(lines.len(), 50);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["custom_id"], format!("q{:02}", i + 1));
+        let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "custom_id", "response", "error"]);
+        assert_eq!(line["response"]["status_code"], 200);
+        assert!(line["error"].is_null());
+        assert!(answer(line).starts_with("[simulated]"), "{line}");
+    }
+    let q3 = std::fs::read_to_string(&input).unwrap();
+    let q3: serde_json::Value = serde_json::from_str(q3.lines().nth(2).unwrap()).unwrap();
+    assert!(answer(&lines[2]).contains(q3["question"].as_str().unwrap()));
+    let calls = env.server.stats().requests;
+
+    // The same file again: nothing new is enqueued and nothing is sent.
+    let again = env.run(&["batch", "questions.jsonl", "-o", "answers2.jsonl"]).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("0 new"), "{}", stderr(&again));
+    assert_eq!(env.server.stats().requests, calls);
+    assert_eq!(read_jsonl(&env.path("answers2.jsonl")), lines);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_are_refused_with_line_and_field_and_nothing_is_enqueued() {
+    let env = Env::start(SimConfig::default()).await;
+    let lines: Vec<String> = vec![
+        r#"{"id":"ok","question":"fine"}"#.into(),
+        r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"messages":[]}}"#.into(),
+        "{not json".into(),
+        r#"{"id":"ok","question":"duplicate"}"#.into(),
+        r#"{"custom_id":"b","method":"POST","url":"/v1/chat/completions"}"#.into(),
+        r#"{"id":"c"}"#.into(),
+    ];
+    env.write_input("in.jsonl", &lines);
+    let out = env.run(&["batch", "in.jsonl"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for expected in [
+        "in.jsonl:2: field `url`: unsupported endpoint \"/v1/embeddings\"",
+        "in.jsonl:3: malformed JSON",
+        "in.jsonl:4: field `id`: duplicate id \"ok\" (first used on line 1)",
+        "in.jsonl:5: field `body`: missing",
+        "in.jsonl:6: field `question`: missing",
+        "5 invalid line(s); nothing was enqueued",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert_eq!(env.server.stats().requests, 0);
+    let status = env.run(&["status", "--json"]).await;
+    assert_eq!(support::stdout(&status).trim(), "[]");
+
+    // With --skip-invalid exactly the bad lines go to the errors file.
+    let out = env
+        .run(&["batch", "in.jsonl", "--skip-invalid", "-o", "out.jsonl", "--errors", "err.jsonl"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_jsonl(&env.path("out.jsonl")).len(), 1);
+    let errors = read_jsonl(&env.path("err.jsonl"));
+    let ids: Vec<&str> = errors.iter().map(|e| e["custom_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["line-2", "line-3", "line-4", "line-5", "line-6"]);
+    assert!(errors.iter().all(|e| e["error"]["code"] == "invalid_request"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_returns_unfinished_jobs_and_the_next_run_finishes() {
+    let env = Env::start(with_latency(400)).await;
+    env.write_input("in.jsonl", &questions(120));
+    let mut child = env
+        .command(&["batch", "in.jsonl", "-o", "out.jsonl", "--concurrency", "8", "--drain-timeout", "5"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(signalled.elapsed() < Duration::from_secs(5 + 5), "drain took {:?}", signalled.elapsed());
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    assert!(stderr(&out).contains("returned to the queue"), "{}", stderr(&out));
+    let partial = read_jsonl(&env.path("out.jsonl"));
+    assert!(partial.len() < 120, "the batch was not interrupted");
+
+    let out = env.run(&["batch", "in.jsonl", "-o", "out.jsonl"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = read_jsonl(&env.path("out.jsonl"));
+    assert_eq!(lines.len(), 120);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["custom_id"], format!("q{i:04}"));
+        assert!(answer(line).contains(&format!("question number {i}")));
+    }
+}
