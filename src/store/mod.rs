@@ -9,6 +9,8 @@
 //! the writer).
 
 pub mod codec;
+pub mod experience;
+pub mod pattern;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
