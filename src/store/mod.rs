@@ -9,6 +9,8 @@
 //! the writer).
 
 pub mod codec;
+pub mod experience;
+pub mod pattern;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
@@ -23,9 +25,14 @@ use crate::error::{Error, Result};
 /// Current schema version. Bump it and add a step to [`MIGRATIONS`] when the layout changes.
 pub const SCHEMA_VERSION: u64 = 1;
 
+/// One schema upgrade step, run inside the open transaction.
+type Migration = fn(&WriteTransaction) -> Result<()>;
+
 /// `MIGRATIONS[i]` upgrades a database from schema version `i + 1` to `i + 2`.
 /// Empty while version 1 is the only one; the open path already runs it.
-const MIGRATIONS: &[fn(&WriteTransaction) -> Result<()>] = &[];
+const MIGRATIONS: &[Migration] = &[];
+
+const _: () = assert!(MIGRATIONS.len() as u64 + 1 == SCHEMA_VERSION);
 
 /// How durable a commit is before the caller is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -298,24 +305,21 @@ fn check_schema(txn: &WriteTransaction) -> Result<()> {
         }
         Some(v) => {
             drop(meta);
-            migrate(txn, v)?;
+            migrate(txn, v, MIGRATIONS)?;
         }
     }
     Ok(())
 }
 
-fn migrate(txn: &WriteTransaction, from: u64) -> Result<()> {
-    let mut version = from.max(1);
-    while version < SCHEMA_VERSION {
-        let step = usize::try_from(version - 1)
-            .ok()
-            .and_then(|i| MIGRATIONS.get(i))
-            .ok_or_else(|| Error::Invalid(format!("no migration from schema version {version}")))?;
+/// Runs `steps[from - 1..]` in order (version 0 counts as 1) and records version
+/// `steps.len() + 1`. `steps` is a parameter so tests can run a chain longer than the real one.
+fn migrate(txn: &WriteTransaction, from: u64, steps: &[Migration]) -> Result<()> {
+    let from = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
+    for step in steps.iter().skip(from) {
         step(txn)?;
-        version += 1;
     }
     txn.open_table(tables::META)?
-        .insert(tables::SCHEMA_VERSION, SCHEMA_VERSION)?;
+        .insert(tables::SCHEMA_VERSION, steps.len() as u64 + 1)?;
     Ok(())
 }
 
@@ -337,7 +341,10 @@ where
     R: Send,
 {
     fn apply(&mut self, txn: &WriteTransaction) -> Result<()> {
-        self.out = Some((self.f)(txn)?);
+        // A panicking write must fail alone, not kill the writer thread (and the store) for
+        // every other caller; its transaction is then rolled back like any failed write.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(txn)));
+        self.out = Some(run.map_err(|_| Error::Invalid("a store write panicked".into()))??);
         Ok(())
     }
 
@@ -415,5 +422,136 @@ fn commit_group(db: &redb::Database, mut group: Vec<Box<dyn WriteOp>>, durabilit
             txn.commit().map_err(Error::from)
         });
         op.reply(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    fn temp_db() -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        tables::create_all(&txn).unwrap();
+        txn.commit().unwrap();
+        (dir, db)
+    }
+
+    /// A write setting meta key `key`, failing or panicking on demand.
+    fn op(
+        key: &'static str,
+        behaviour: &'static str,
+    ) -> (Box<dyn WriteOp>, oneshot::Receiver<Result<u64>>) {
+        let (reply, rx) = oneshot::channel();
+        let f = move |txn: &WriteTransaction| {
+            txn.open_table(tables::META)?.insert(key, 1)?;
+            match behaviour {
+                "fail" => Err(Error::Invalid(format!("{key} fails"))),
+                "panic" => panic!("{key} panics"),
+                _ => Ok(7),
+            }
+        };
+        let op = TypedOp {
+            f,
+            out: None,
+            reply: Some(reply),
+        };
+        (Box::new(op), rx)
+    }
+
+    fn meta_keys(db: &redb::Database) -> Vec<String> {
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(tables::META).unwrap();
+        let keys = meta
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value().to_owned());
+        keys.collect()
+    }
+
+    #[test]
+    fn a_failing_or_panicking_write_in_a_group_fails_alone() {
+        let (_dir, db) = temp_db();
+        let (ops, replies): (Vec<_>, Vec<_>) = [
+            op("a", "ok"),
+            op("b", "fail"),
+            op("c", "ok"),
+            op("d", "panic"),
+            op("e", "ok"),
+        ]
+        .into_iter()
+        .unzip();
+        commit_group(&db, ops, Durability::Immediate);
+        let results: Vec<_> = replies
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap())
+            .collect();
+        assert!(matches!(results[0], Ok(7)));
+        assert!(matches!(&results[1], Err(Error::Invalid(m)) if m == "b fails"));
+        assert!(matches!(results[2], Ok(7)));
+        assert!(matches!(&results[3], Err(Error::Invalid(m)) if m.contains("panicked")));
+        assert!(matches!(results[4], Ok(7)));
+        assert_eq!(meta_keys(&db), ["a", "c", "e"]);
+    }
+
+    #[test]
+    fn a_group_of_good_writes_commits_together() {
+        let (_dir, db) = temp_db();
+        let (ops, replies): (Vec<_>, Vec<_>) = [op("a", "ok"), op("b", "ok")].into_iter().unzip();
+        commit_group(&db, ops, Durability::None);
+        for mut rx in replies {
+            assert!(matches!(rx.try_recv().unwrap(), Ok(7)));
+        }
+        assert_eq!(meta_keys(&db), ["a", "b"]);
+    }
+
+    fn version(db: &redb::Database) -> Option<u64> {
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(tables::META).unwrap();
+        let v = meta.get(tables::SCHEMA_VERSION).unwrap().map(|v| v.value());
+        v
+    }
+
+    #[test]
+    fn migration_runs_the_missing_steps_in_order_and_records_the_new_version() {
+        fn step(txn: &WriteTransaction, name: &'static str) -> Result<()> {
+            let mut meta = txn.open_table(tables::META)?;
+            let n = meta.len()?;
+            meta.insert(name, n)?;
+            Ok(())
+        }
+        let steps: [Migration; 3] = [
+            |txn| step(txn, "1to2"),
+            |txn| step(txn, "2to3"),
+            |txn| step(txn, "3to4"),
+        ];
+        let (_dir, db) = temp_db();
+        let txn = db.begin_write().unwrap();
+        migrate(&txn, 2, &steps).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(meta_keys(&db), ["2to3", "3to4", "schema_version"]);
+        assert_eq!(version(&db), Some(4));
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(tables::META).unwrap();
+        assert_eq!(meta.get("2to3").unwrap().unwrap().value(), 0, "ran first");
+        assert_eq!(meta.get("3to4").unwrap().unwrap().value(), 1, "ran second");
+    }
+
+    #[test]
+    fn a_failing_migration_step_leaves_the_old_version() {
+        let steps: [Migration; 1] = [|_| Err(Error::Invalid("step failed".into()))];
+        let (_dir, db) = temp_db();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::META)
+            .unwrap()
+            .insert(tables::SCHEMA_VERSION, 1)
+            .unwrap();
+        txn.commit().unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(migrate(&txn, 1, &steps).is_err());
+        drop(txn);
+        assert_eq!(version(&db), Some(1));
     }
 }

@@ -27,6 +27,8 @@ pub const EXPERIENCES_BY_DOMAIN: TableDefinition<(&str, u64), ()> =
 /// (tag, experience id) -> ().
 pub const EXPERIENCES_BY_TAG: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("experiences_by_tag");
+/// Domain -> number of stored experiences (absent when zero): counts without a scan.
+pub const EXPERIENCE_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("experience_counts");
 /// (domain, strategy) -> encoded `Pattern`.
 pub const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("patterns");
 
@@ -69,6 +71,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(EXPERIENCES_BY_TIME)?;
     txn.open_table(EXPERIENCES_BY_DOMAIN)?;
     txn.open_table(EXPERIENCES_BY_TAG)?;
+    txn.open_table(EXPERIENCE_COUNTS)?;
     txn.open_table(PATTERNS)?;
     txn.open_table(JOBS)?;
     txn.open_table(JOBS_BY_QUEUE)?;

@@ -1,0 +1,513 @@
+//! Experiences: past reasoning (question, steps, answer, outcome) kept for later prompts.
+//!
+//! Each experience lives in [`EXPERIENCES`] and in three index tables (by time, by domain, by
+//! tag) plus a per-domain counter; every write here keeps all of them, and the experience's
+//! [`Pattern`](super::pattern::Pattern), consistent in the same transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::codec;
+use super::pattern::{self, PatternTable};
+use super::tables::{
+    allocate_ids, EXPERIENCES, EXPERIENCES_BY_DOMAIN, EXPERIENCES_BY_TAG, EXPERIENCES_BY_TIME,
+    EXPERIENCE_COUNTS, NEXT_EXPERIENCE_ID, PATTERNS,
+};
+use super::Store;
+use crate::error::{Error, Result};
+
+/// Longest domain, strategy or tag, in bytes: they are index keys, kept short.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// How an experience turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The answer was judged right.
+    Success,
+    /// The answer was judged wrong.
+    Failure,
+    /// Not judged (yet).
+    #[default]
+    Unknown,
+}
+
+/// One recorded piece of reasoning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Experience {
+    /// Unique, increasing in recording order.
+    pub id: u64,
+    /// When it happened, ms since the Unix epoch.
+    pub created_at: u64,
+    /// The question asked.
+    pub question: String,
+    /// Extra context given with the question.
+    pub context: Option<String>,
+    /// Reasoning steps, in order.
+    pub reasoning: Vec<String>,
+    /// The final answer.
+    pub answer: String,
+    /// Self-reported confidence in 0..=1.
+    pub confidence: Option<f32>,
+    /// How it turned out.
+    pub outcome: Outcome,
+    /// Subject area, e.g. "math".
+    pub domain: String,
+    /// How it was reasoned, e.g. "chain_of_thought".
+    pub strategy: String,
+    /// Free labels, without duplicates.
+    pub tags: Vec<String>,
+    /// Model that answered.
+    pub model: String,
+    /// Prompt tokens billed.
+    pub prompt_tokens: u32,
+    /// Completion tokens billed.
+    pub completion_tokens: u32,
+    /// Time to answer, ms.
+    pub latency_ms: u64,
+    /// Queue job that produced it, if any.
+    pub job_id: Option<u64>,
+    /// Experiences that were put in its prompt as memory.
+    pub used_experiences: Vec<u64>,
+}
+
+/// An experience to record: the id is assigned, and `created_at` defaults to now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExperience {
+    /// Overrides the recording time (imports, tests); `None` means now.
+    pub created_at: Option<u64>,
+    /// See [`Experience::question`].
+    pub question: String,
+    /// See [`Experience::context`].
+    pub context: Option<String>,
+    /// See [`Experience::reasoning`].
+    pub reasoning: Vec<String>,
+    /// See [`Experience::answer`].
+    pub answer: String,
+    /// See [`Experience::confidence`]; must be finite and in 0..=1.
+    pub confidence: Option<f32>,
+    /// See [`Experience::outcome`].
+    pub outcome: Outcome,
+    /// See [`Experience::domain`]; non-empty.
+    pub domain: String,
+    /// See [`Experience::strategy`]; non-empty.
+    pub strategy: String,
+    /// See [`Experience::tags`]; duplicates are dropped, empty tags refused.
+    pub tags: Vec<String>,
+    /// See [`Experience::model`].
+    pub model: String,
+    /// See [`Experience::prompt_tokens`].
+    pub prompt_tokens: u32,
+    /// See [`Experience::completion_tokens`].
+    pub completion_tokens: u32,
+    /// See [`Experience::latency_ms`].
+    pub latency_ms: u64,
+    /// See [`Experience::job_id`].
+    pub job_id: Option<u64>,
+    /// See [`Experience::used_experiences`].
+    pub used_experiences: Vec<u64>,
+}
+
+impl NewExperience {
+    /// A question and its answer in domain "general", strategy "direct", everything else empty.
+    pub fn new(question: impl Into<String>, answer: impl Into<String>) -> Self {
+        NewExperience {
+            created_at: None,
+            question: question.into(),
+            context: None,
+            reasoning: Vec::new(),
+            answer: answer.into(),
+            confidence: None,
+            outcome: Outcome::Unknown,
+            domain: "general".into(),
+            strategy: "direct".into(),
+            tags: Vec::new(),
+            model: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_ms: 0,
+            job_id: None,
+            used_experiences: Vec::new(),
+        }
+    }
+
+    /// Refuses values that would corrupt statistics or indexes, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(c) = self.confidence {
+            if !c.is_finite() || !(0.0..=1.0).contains(&c) {
+                return Err(Error::Invalid(format!(
+                    "experience confidence must be a number in 0..=1, got {c}"
+                )));
+            }
+        }
+        check_label("domain", &self.domain)?;
+        check_label("strategy", &self.strategy)?;
+        self.tags.iter().try_for_each(|t| check_label("tag", t))
+    }
+
+    fn to_experience(&self, id: u64, now: u64) -> Experience {
+        let mut seen = BTreeSet::new();
+        Experience {
+            id,
+            created_at: self.created_at.unwrap_or(now),
+            question: self.question.clone(),
+            context: self.context.clone(),
+            reasoning: self.reasoning.clone(),
+            answer: self.answer.clone(),
+            confidence: self.confidence,
+            outcome: self.outcome,
+            domain: self.domain.clone(),
+            strategy: self.strategy.clone(),
+            tags: self
+                .tags
+                .iter()
+                .filter(|t| seen.insert(t.as_str()))
+                .cloned()
+                .collect(),
+            model: self.model.clone(),
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            latency_ms: self.latency_ms,
+            job_id: self.job_id,
+            used_experiences: self.used_experiences.clone(),
+        }
+    }
+}
+
+fn check_label(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::Invalid(format!(
+            "experience {field} must not be empty"
+        )));
+    }
+    if value.len() > MAX_LABEL_BYTES {
+        return Err(Error::Invalid(format!(
+            "experience {field} is {} bytes long, at most {MAX_LABEL_BYTES} allowed",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Which end of an ordered list comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Oldest (smallest time or id) first.
+    OldestFirst,
+    /// Newest first (default: what prompts want).
+    #[default]
+    NewestFirst,
+}
+
+/// How many experiences are stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExperienceCounts {
+    /// All of them.
+    pub total: u64,
+    /// Per domain (domains with none are absent).
+    pub by_domain: BTreeMap<String, u64>,
+}
+
+/// Every table an experience write touches, opened once per transaction.
+struct Tables<'t> {
+    records: redb::Table<'t, u64, &'static [u8]>,
+    by_time: redb::Table<'t, (u64, u64), ()>,
+    by_domain: redb::Table<'t, (&'static str, u64), ()>,
+    by_tag: redb::Table<'t, (&'static str, u64), ()>,
+    counts: redb::Table<'t, &'static str, u64>,
+    patterns: PatternTable<'t>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        Ok(Tables {
+            records: txn.open_table(EXPERIENCES)?,
+            by_time: txn.open_table(EXPERIENCES_BY_TIME)?,
+            by_domain: txn.open_table(EXPERIENCES_BY_DOMAIN)?,
+            by_tag: txn.open_table(EXPERIENCES_BY_TAG)?,
+            counts: txn.open_table(EXPERIENCE_COUNTS)?,
+            patterns: txn.open_table(PATTERNS)?,
+        })
+    }
+
+    fn add_to_count(&mut self, domain: &str, delta: i64) -> Result<()> {
+        let old = self.counts.get(domain)?.map(|v| v.value()).unwrap_or(0);
+        match old.saturating_add_signed(delta) {
+            0 => self.counts.remove(domain).map(drop)?,
+            n => self.counts.insert(domain, n).map(drop)?,
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, exp: &Experience) -> Result<()> {
+        self.records
+            .insert(exp.id, codec::encode(exp)?.as_slice())?;
+        self.by_time.insert((exp.created_at, exp.id), ())?;
+        self.by_domain.insert((exp.domain.as_str(), exp.id), ())?;
+        for tag in &exp.tags {
+            self.by_tag.insert((tag.as_str(), exp.id), ())?;
+        }
+        self.add_to_count(&exp.domain, 1)?;
+        pattern::observe_in(&mut self.patterns, exp)
+    }
+
+    /// Deletes experiences and all their index entries; patterns keep their statistics.
+    fn delete(&mut self, ids: &[u64]) -> Result<u64> {
+        let mut forgotten: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
+        let mut deleted = 0;
+        for &id in ids {
+            let Some(bytes) = self.records.remove(id)? else {
+                continue;
+            };
+            let exp: Experience = codec::decode(bytes.value())?;
+            drop(bytes);
+            self.by_time.remove((exp.created_at, exp.id))?;
+            self.by_domain.remove((exp.domain.as_str(), exp.id))?;
+            for tag in &exp.tags {
+                self.by_tag.remove((tag.as_str(), exp.id))?;
+            }
+            self.add_to_count(&exp.domain, -1)?;
+            forgotten
+                .entry((exp.domain, exp.strategy))
+                .or_default()
+                .insert(exp.id);
+            deleted += 1;
+        }
+        pattern::forget_examples_in(&mut self.patterns, &forgotten)?;
+        Ok(deleted)
+    }
+}
+
+/// Records experiences in one transaction, updating indexes and patterns; returns their ids
+/// in input order. `now` is the default `created_at` (passed in so a re-run is identical).
+/// Nothing is written if any of them is invalid.
+pub fn record_many_in(
+    txn: &WriteTransaction,
+    items: &[NewExperience],
+    now: u64,
+) -> Result<Vec<u64>> {
+    items.iter().try_for_each(NewExperience::validate)?;
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first = allocate_ids(txn, NEXT_EXPERIENCE_ID, items.len() as u64)?;
+    let mut tables = Tables::open(txn)?;
+    let mut ids = Vec::with_capacity(items.len());
+    for (id, item) in (first..).zip(items) {
+        tables.insert(&item.to_experience(id, now))?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Records one experience; see [`record_many_in`].
+pub fn record_in(txn: &WriteTransaction, item: &NewExperience, now: u64) -> Result<u64> {
+    record_many_in(txn, std::slice::from_ref(item), now)?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Invalid("recording produced no id".into()))
+}
+
+/// Deletes every experience with `created_at < cutoff_ms`; returns how many.
+pub fn delete_older_than_in(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64> {
+    let mut tables = Tables::open(txn)?;
+    let ids = index_ids(
+        tables.by_time.range(..(cutoff_ms, 0))?,
+        usize::MAX,
+        Order::OldestFirst,
+    )?;
+    tables.delete(&ids)
+}
+
+/// Deletes the oldest experiences (by `created_at`) until at most `max_count` remain;
+/// returns how many were deleted.
+pub fn delete_beyond_in(txn: &WriteTransaction, max_count: u64) -> Result<u64> {
+    let mut tables = Tables::open(txn)?;
+    let excess = tables.records.len()?.saturating_sub(max_count);
+    let excess = usize::try_from(excess).unwrap_or(usize::MAX);
+    let ids = index_ids(tables.by_time.iter()?, excess, Order::OldestFirst)?;
+    tables.delete(&ids)
+}
+
+/// Deletes experiences by id (missing ids are skipped); returns how many were deleted.
+pub fn delete_in(txn: &WriteTransaction, ids: &[u64]) -> Result<u64> {
+    Tables::open(txn)?.delete(ids)
+}
+
+/// Takes up to `limit` ids (the last key part) from an index range, in `order`.
+fn index_ids<K>(range: redb::Range<'_, K, ()>, limit: usize, order: Order) -> Result<Vec<u64>>
+where
+    K: redb::Key + 'static,
+    for<'a> K::SelfType<'a>: LastId,
+{
+    let ids = |row: std::result::Result<(redb::AccessGuard<'_, K>, _), redb::StorageError>| {
+        row.map(|(k, _)| k.value().last_id()).map_err(Error::from)
+    };
+    match order {
+        Order::OldestFirst => range.take(limit).map(ids).collect(),
+        Order::NewestFirst => range.rev().take(limit).map(ids).collect(),
+    }
+}
+
+/// The experience id at the end of an index key.
+trait LastId {
+    fn last_id(&self) -> u64;
+}
+
+impl LastId for (u64, u64) {
+    fn last_id(&self) -> u64 {
+        self.1
+    }
+}
+
+impl LastId for (&str, u64) {
+    fn last_id(&self) -> u64 {
+        self.1
+    }
+}
+
+fn load_all(txn: &ReadTransaction, ids: &[u64]) -> Result<Vec<Experience>> {
+    let records = txn.open_table(EXPERIENCES)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let bytes = records.get(id)?.ok_or_else(|| Error::BadDatabase {
+            path: "experiences".into(),
+            message: format!("index points at missing experience {id}"),
+        })?;
+        out.push(codec::decode(bytes.value())?);
+    }
+    Ok(out)
+}
+
+/// The experience with this id.
+pub fn get_read(txn: &ReadTransaction, id: u64) -> Result<Option<Experience>> {
+    match txn.open_table(EXPERIENCES)?.get(id)? {
+        Some(bytes) => Ok(Some(codec::decode(bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Up to `limit` experiences with `from_ms <= created_at < to_ms`, by time.
+pub fn list_by_time_read(
+    txn: &ReadTransaction,
+    from_ms: u64,
+    to_ms: u64,
+    limit: usize,
+    order: Order,
+) -> Result<Vec<Experience>> {
+    if from_ms >= to_ms {
+        return Ok(Vec::new());
+    }
+    let index = txn.open_table(EXPERIENCES_BY_TIME)?;
+    let ids = index_ids(index.range((from_ms, 0)..(to_ms, 0))?, limit, order)?;
+    load_all(txn, &ids)
+}
+
+/// Up to `limit` experiences of a domain, in recording (id) order.
+pub fn list_by_domain_read(
+    txn: &ReadTransaction,
+    domain: &str,
+    limit: usize,
+    order: Order,
+) -> Result<Vec<Experience>> {
+    let index = txn.open_table(EXPERIENCES_BY_DOMAIN)?;
+    let ids = index_ids(index.range((domain, 0)..=(domain, u64::MAX))?, limit, order)?;
+    load_all(txn, &ids)
+}
+
+/// Up to `limit` experiences carrying a tag, in recording (id) order.
+pub fn list_by_tag_read(
+    txn: &ReadTransaction,
+    tag: &str,
+    limit: usize,
+    order: Order,
+) -> Result<Vec<Experience>> {
+    let index = txn.open_table(EXPERIENCES_BY_TAG)?;
+    let ids = index_ids(index.range((tag, 0)..=(tag, u64::MAX))?, limit, order)?;
+    load_all(txn, &ids)
+}
+
+/// How many experiences are stored, in total and per domain (no scan of the records).
+pub fn counts_read(txn: &ReadTransaction) -> Result<ExperienceCounts> {
+    let total = txn.open_table(EXPERIENCES)?.len()?;
+    let mut by_domain = BTreeMap::new();
+    for row in txn.open_table(EXPERIENCE_COUNTS)?.iter()? {
+        let (domain, n) = row?;
+        by_domain.insert(domain.value().to_owned(), n.value());
+    }
+    Ok(ExperienceCounts { total, by_domain })
+}
+
+impl Store {
+    /// [`record_in`] as its own (group-committed) write.
+    pub async fn record_experience(&self, item: NewExperience) -> Result<u64> {
+        let now = crate::clock::now_ms();
+        self.write(move |txn| record_in(txn, &item, now)).await
+    }
+
+    /// [`record_many_in`] as one write.
+    pub async fn record_experiences(&self, items: Vec<NewExperience>) -> Result<Vec<u64>> {
+        let now = crate::clock::now_ms();
+        self.write(move |txn| record_many_in(txn, &items, now))
+            .await
+    }
+
+    /// [`get_read`] off the async runtime.
+    pub async fn experience(&self, id: u64) -> Result<Option<Experience>> {
+        self.read(move |txn| get_read(txn, id)).await
+    }
+
+    /// [`list_by_time_read`] off the async runtime.
+    pub async fn experiences_by_time(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Experience>> {
+        self.read(move |txn| list_by_time_read(txn, from_ms, to_ms, limit, order))
+            .await
+    }
+
+    /// [`list_by_domain_read`] off the async runtime.
+    pub async fn experiences_by_domain(
+        &self,
+        domain: &str,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Experience>> {
+        let domain = domain.to_owned();
+        self.read(move |txn| list_by_domain_read(txn, &domain, limit, order))
+            .await
+    }
+
+    /// [`list_by_tag_read`] off the async runtime.
+    pub async fn experiences_by_tag(
+        &self,
+        tag: &str,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Experience>> {
+        let tag = tag.to_owned();
+        self.read(move |txn| list_by_tag_read(txn, &tag, limit, order))
+            .await
+    }
+
+    /// [`counts_read`] off the async runtime.
+    pub async fn experience_counts(&self) -> Result<ExperienceCounts> {
+        self.read(counts_read).await
+    }
+
+    /// [`delete_older_than_in`] as its own write.
+    pub async fn delete_experiences_older_than(&self, cutoff_ms: u64) -> Result<u64> {
+        self.write(move |txn| delete_older_than_in(txn, cutoff_ms))
+            .await
+    }
+
+    /// [`delete_beyond_in`] as its own write.
+    pub async fn delete_experiences_beyond(&self, max_count: u64) -> Result<u64> {
+        self.write(move |txn| delete_beyond_in(txn, max_count))
+            .await
+    }
+}
