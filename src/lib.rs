@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod queue;
 pub mod store;
 
 pub use error::{Error, Result};
