@@ -3,7 +3,7 @@
 //! takes `now` (ms) explicitly: they stay pure functions of the transaction (a group commit
 //! may re-run them) and tests can drive time.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
@@ -38,27 +38,9 @@ pub fn enqueue_many_in(
     for job in jobs {
         validate(job)?;
     }
-    // Resolve dedup keys first, so ids are only allocated for jobs that will be inserted.
-    let mut holders: Vec<Option<u64>> = Vec::with_capacity(jobs.len());
-    let mut batch_keys: HashMap<(&str, &str), usize> = HashMap::new();
-    {
-        let dedup = txn.open_table(tables::JOBS_DEDUP)?;
-        for (i, job) in jobs.iter().enumerate() {
-            let holder = match job.dedup_key.as_deref() {
-                None => None,
-                Some(key) => match dedup.get((job.queue.as_str(), key))? {
-                    Some(id) => Some(id.value()),
-                    None => {
-                        batch_keys.entry((job.queue.as_str(), key)).or_insert(i);
-                        None
-                    }
-                },
-            };
-            holders.push(holder);
-        }
-    }
-    let fresh = holders.iter().filter(|h| h.is_none()).count() as u64;
-    let first_id = if fresh > 0 {
+    let plan = plan_dedup(txn, jobs)?;
+    let fresh = plan.iter().filter(|p| matches!(p, Slot::New)).count() as u64;
+    let mut next_id = if fresh > 0 {
         tables::allocate_ids(txn, tables::NEXT_JOB_ID, fresh)?
     } else {
         0
@@ -67,67 +49,94 @@ pub fn enqueue_many_in(
     let mut t = JobTables::open(txn)?;
     let mut by_queue = txn.open_table(tables::JOBS_BY_QUEUE)?;
     let mut dedup = txn.open_table(tables::JOBS_DEDUP)?;
-    let mut next_id = first_id;
-    let mut ids_by_index: Vec<u64> = Vec::with_capacity(jobs.len());
-    let mut out = Vec::with_capacity(jobs.len());
-    for (i, (new, holder)) in jobs.iter().zip(&holders).enumerate() {
-        if let Some(id) = holder {
-            ids_by_index.push(*id);
-            out.push(Enqueued {
-                id: *id,
-                inserted: false,
-            });
-            continue;
-        }
-        let key = new.dedup_key.as_deref();
-        if let Some(first) = key.and_then(|k| batch_keys.get(&(new.queue.as_str(), k))) {
-            if *first != i {
-                let id = ids_by_index[*first];
-                ids_by_index.push(id);
-                out.push(Enqueued {
-                    id,
-                    inserted: false,
-                });
+    let mut out: Vec<Enqueued> = Vec::with_capacity(jobs.len());
+    for (new, slot) in jobs.iter().zip(plan) {
+        let id = match slot {
+            Slot::Stored(id) => id,
+            Slot::SameAs(first) => out[first].id,
+            Slot::New => {
+                let id = next_id;
+                next_id += 1;
+                let job = new_job(config, new, id, now);
+                t.save(None, &job)?;
+                by_queue.insert((job.queue.as_str(), id), ())?;
+                if let Some(key) = job.dedup_key.as_deref() {
+                    dedup.insert((job.queue.as_str(), key), id)?;
+                }
+                out.push(Enqueued { id, inserted: true });
                 continue;
             }
-        }
-        let id = next_id;
-        next_id += 1;
-        let run_at = new.run_at.unwrap_or(now);
-        let job = Job {
-            id,
-            queue: new.queue.clone(),
-            kind: new.kind.clone(),
-            payload: new.payload.clone(),
-            priority: new.priority,
-            run_at,
-            attempt: 0,
-            max_attempts: new.max_attempts.unwrap_or(config.default_max_attempts),
-            state: if run_at > now {
-                JobState::Scheduled
-            } else {
-                JobState::Available
-            },
-            lease_expires_at: None,
-            lease_owner: None,
-            lease_token: 0,
-            last_error: None,
-            dedup_key: new.dedup_key.clone(),
-            created_at: now,
-            finished_at: None,
-            result: None,
-            interruptions: 0,
         };
-        t.save(None, &job)?;
-        by_queue.insert((job.queue.as_str(), id), ())?;
-        if let Some(key) = key {
-            dedup.insert((job.queue.as_str(), key), id)?;
-        }
-        ids_by_index.push(id);
-        out.push(Enqueued { id, inserted: true });
+        out.push(Enqueued {
+            id,
+            inserted: false,
+        });
     }
     t.finish()?;
     Ok(out)
+}
+
+/// Where each job of a batch goes.
+enum Slot {
+    /// Inserted with a fresh id.
+    New,
+    /// Its dedup key belongs to this stored job.
+    Stored(u64),
+    /// Its dedup key belongs to the job at this index of the same batch.
+    SameAs(usize),
+}
+
+/// Resolves dedup keys before ids are allocated, so ids are only spent on inserted jobs.
+fn plan_dedup(txn: &WriteTransaction, jobs: &[NewJob]) -> Result<Vec<Slot>> {
+    let dedup = txn.open_table(tables::JOBS_DEDUP)?;
+    let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut plan = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        let Some(key) = job.dedup_key.as_deref() else {
+            plan.push(Slot::New);
+            continue;
+        };
+        let slot = match dedup.get((job.queue.as_str(), key))? {
+            Some(id) => Slot::Stored(id.value()),
+            None => match first_in_batch.entry((job.queue.as_str(), key)) {
+                Entry::Occupied(first) => Slot::SameAs(*first.get()),
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    Slot::New
+                }
+            },
+        };
+        plan.push(slot);
+    }
+    Ok(plan)
+}
+
+fn new_job(config: &QueueConfig, new: &NewJob, id: u64, now: u64) -> Job {
+    let run_at = new.run_at.unwrap_or(now);
+    Job {
+        id,
+        queue: new.queue.clone(),
+        kind: new.kind.clone(),
+        payload: new.payload.clone(),
+        priority: new.priority,
+        run_at,
+        attempt: 0,
+        max_attempts: new.max_attempts.unwrap_or(config.default_max_attempts),
+        state: if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        },
+        lease_expires_at: None,
+        lease_owner: None,
+        lease_token: 0,
+        last_error: None,
+        dedup_key: new.dedup_key.clone(),
+        created_at: now,
+        finished_at: None,
+        result: None,
+        interruptions: 0,
+    }
 }
 
 fn validate(job: &NewJob) -> Result<()> {
@@ -256,8 +265,7 @@ pub fn complete_many_in(
 fn complete_with(t: &mut JobTables<'_>, lease: &Lease, result: &[u8], now: u64) -> Result<()> {
     let before = t.fenced(lease)?;
     let mut job = before.clone();
-    leave_running(&mut job);
-    job.state = JobState::Completed;
+    leave_running(&mut job, JobState::Completed);
     job.finished_at = Some(now);
     job.result = Some(result.to_vec());
     t.save(Some(&before), &job)
@@ -278,13 +286,12 @@ pub fn fail_in(
     transition(txn, lease, |job| {
         job.last_error = Some(error.to_owned());
         if failure == Failure::Retryable && job.attempt < job.max_attempts {
-            job.state = JobState::Retryable;
+            leave_running(job, JobState::Retryable);
             job.run_at = now.saturating_add(backoff_ms(config, job.id, job.attempt));
         } else {
-            job.state = JobState::Discarded;
+            leave_running(job, JobState::Discarded);
             job.finished_at = Some(now);
         }
-        leave_running(job);
         state = job.state;
     })?;
     Ok(state)
@@ -294,10 +301,9 @@ pub fn fail_in(
 /// a 429 with `Retry-After`).
 pub fn snooze_in(txn: &WriteTransaction, lease: &Lease, delay_ms: u64, now: u64) -> Result<()> {
     transition(txn, lease, |job| {
-        job.state = JobState::Scheduled;
+        leave_running(job, JobState::Scheduled);
         job.run_at = now.saturating_add(delay_ms);
         job.attempt = job.attempt.saturating_sub(1);
-        leave_running(job);
     })
 }
 
@@ -305,9 +311,8 @@ pub fn snooze_in(txn: &WriteTransaction, lease: &Lease, delay_ms: u64, now: u64)
 /// line, without spending its attempt.
 pub fn release_in(txn: &WriteTransaction, lease: &Lease) -> Result<()> {
     transition(txn, lease, |job| {
-        job.state = JobState::Available;
+        leave_running(job, JobState::Available);
         job.attempt = job.attempt.saturating_sub(1);
-        leave_running(job);
     })
 }
 
@@ -330,11 +335,11 @@ fn transition(txn: &WriteTransaction, lease: &Lease, change: impl FnOnce(&mut Jo
     t.finish()
 }
 
-fn leave_running(job: &mut Job) {
-    if job.state != JobState::Running {
-        job.lease_expires_at = None;
-        job.lease_owner = None;
-    }
+/// Moves a job to `state`, dropping its lease if it had one.
+fn leave_running(job: &mut Job, state: JobState) {
+    job.state = state;
+    job.lease_expires_at = None;
+    job.lease_owner = None;
 }
 
 /// Cancels a job that has not finished. A running job's worker loses its lease. Cancelling
@@ -353,9 +358,8 @@ pub fn cancel_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
         _ => {}
     }
     let mut job = before.clone();
-    job.state = JobState::Cancelled;
+    leave_running(&mut job, JobState::Cancelled);
     job.finished_at = Some(now);
-    leave_running(&mut job);
     t.save(Some(&before), &job)?;
     t.finish()
 }
@@ -430,12 +434,11 @@ fn rescue(
         let mut job = before.clone();
         mark(&mut job);
         if job.attempt >= job.max_attempts {
-            job.state = JobState::Discarded;
+            leave_running(&mut job, JobState::Discarded);
             job.finished_at = Some(now);
         } else {
-            job.state = JobState::Available;
+            leave_running(&mut job, JobState::Available);
         }
-        leave_running(&mut job);
         t.save(Some(&before), &job)?;
     }
     t.finish()?;
