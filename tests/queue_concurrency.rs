@@ -77,9 +77,11 @@ async fn assert_all_completed_once(
             ..Counts::default()
         }
     );
-    let successes = successes.lock().unwrap();
-    assert_eq!(successes.len() as u64, total);
-    assert!(successes.values().all(|n| *n == 1), "a job completed twice");
+    {
+        let successes = successes.lock().unwrap();
+        assert_eq!(successes.len() as u64, total);
+        assert!(successes.values().all(|n| *n == 1), "a job completed twice");
+    }
     for job in queue.jobs_in_queue("q").await.unwrap() {
         assert_eq!(job.state, JobState::Completed);
         let token = job.lease_token.to_be_bytes().to_vec();
