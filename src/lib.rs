@@ -2,15 +2,26 @@
 //!
 //! Layers, bottom up: [`store`] (one redb file, typed tables, a versioned codec and a
 //! group-committing writer thread), [`queue`] (a durable job queue on the store), [`llm`] (a
-//! tuned hyper client for OpenAI-compatible APIs), [`cache`] (a two-tier prompt cache), then
-//! the worker runtime and the CLI.
+//! tuned hyper client for OpenAI-compatible APIs) and [`sim`] (a loopback server that speaks
+//! the same wire format), [`cache`] (a two-tier prompt cache), then [`worker`] (draining a
+//! queue through cache and client), [`shutdown`] and [`background`] upkeep, and the
+//! [`cli`] over them.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod background;
+pub mod batch;
+pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod llm;
+pub mod queue;
+pub mod runs;
 pub mod shutdown;
+pub mod sim;
 pub mod store;
+pub mod worker;
 
 pub use error::{Error, Result};
-pub mod batch;

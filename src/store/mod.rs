@@ -242,7 +242,7 @@ impl Drop for Inner {
 /// Steps run in the open transaction of every `Store::open`, after the schema check. The
 /// queue rescues jobs left `running` by a dead process here: redb lets one process hold the
 /// file, so any such job is orphaned.
-const OPEN_HOOKS: &[fn(&WriteTransaction) -> Result<()>] = &[];
+const OPEN_HOOKS: &[fn(&WriteTransaction) -> Result<()>] = &[crate::queue::rescue_at_open];
 
 fn open_database(config: &StoreConfig) -> Result<redb::Database> {
     let path_text = config.path.display().to_string();

@@ -38,8 +38,8 @@ pub const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new(
 pub const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 /// (queue, job id) -> (): a queue's (batch's) jobs in enqueue order, for export and listing.
 pub const JOBS_BY_QUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("jobs_by_queue");
-/// (queue, 255 - priority, run_at ms, job id) -> (): due jobs, best first, without a scan.
-/// Holds available and scheduled jobs only.
+/// (queue, 255 - priority, run_at ms, job id) -> (): waiting jobs, best first, without a scan.
+/// Holds available, scheduled and retryable jobs only (they are leasable once run_at passes).
 pub const JOBS_DUE: TableDefinition<(&str, u8, u64, u64), ()> = TableDefinition::new("jobs_due");
 /// (lease expiry ms, job id) -> (): running jobs, for the lease rescuer.
 pub const JOBS_LEASED: TableDefinition<(u64, u64), ()> = TableDefinition::new("jobs_leased");
@@ -50,6 +50,8 @@ pub const JOBS_FINISHED: TableDefinition<(u8, u64, u64), ()> =
     TableDefinition::new("jobs_finished");
 /// Job id -> checkpoint bytes of multi-step work.
 pub const JOB_CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_checkpoints");
+/// (queue, state code) -> number of jobs: counts and the list of queues without a scan.
+pub const JOBS_COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("jobs_counts");
 
 // ---- response cache (cache.rs) ----
 
@@ -80,6 +82,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(JOBS_DEDUP)?;
     txn.open_table(JOBS_FINISHED)?;
     txn.open_table(JOB_CHECKPOINTS)?;
+    txn.open_table(JOBS_COUNTS)?;
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_BY_EXPIRY)?;
     txn.open_table(RUNS)?;

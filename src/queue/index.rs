@@ -1,0 +1,152 @@
+//! The job tables of one write transaction, and the single place that keeps the secondary
+//! indices (`JOBS_DUE`, `JOBS_LEASED`, `JOBS_FINISHED`, `JOBS_COUNTS`) in step with a job's
+//! state: every transition goes through [`JobTables::save`] or [`JobTables::delete`].
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::job::{Job, JobState, Lease};
+use crate::error::{Error, Result};
+use crate::store::{codec, tables};
+
+/// Key of a waiting job in `JOBS_DUE`: best priority first, then earliest run_at, then FIFO.
+pub(crate) fn due_key(job: &Job) -> (&str, u8, u64, u64) {
+    (job.queue.as_str(), 255 - job.priority, job.run_at, job.id)
+}
+
+/// Decodes a stored job.
+pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job> {
+    Ok(codec::decode(bytes)?)
+}
+
+/// Open job tables plus the count changes not yet written.
+pub(crate) struct JobTables<'txn> {
+    pub jobs: Table<'txn, u64, &'static [u8]>,
+    pub due: Table<'txn, (&'static str, u8, u64, u64), ()>,
+    pub leased: Table<'txn, (u64, u64), ()>,
+    pub finished: Table<'txn, (u8, u64, u64), ()>,
+    counts: Table<'txn, (&'static str, u8), u64>,
+    /// (queue, state code, delta), merged so a batch of 64 jobs makes a few count writes.
+    deltas: Vec<(String, u8, i64)>,
+}
+
+impl<'txn> JobTables<'txn> {
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+        Ok(JobTables {
+            jobs: txn.open_table(tables::JOBS)?,
+            due: txn.open_table(tables::JOBS_DUE)?,
+            leased: txn.open_table(tables::JOBS_LEASED)?,
+            finished: txn.open_table(tables::JOBS_FINISHED)?,
+            counts: txn.open_table(tables::JOBS_COUNTS)?,
+            deltas: Vec::new(),
+        })
+    }
+
+    pub fn load(&self, id: u64) -> Result<Option<Job>> {
+        self.jobs
+            .get(id)?
+            .map(|bytes| decode_job(bytes.value()))
+            .transpose()
+    }
+
+    pub fn load_existing(&self, id: u64) -> Result<Job> {
+        self.load(id)?.ok_or_else(|| Error::NotFound {
+            what: format!("job {id}"),
+        })
+    }
+
+    /// The job behind a lease, if the lease still holds it; [`Error::LeaseLost`] otherwise.
+    pub fn fenced(&self, lease: &Lease) -> Result<Job> {
+        let id = lease.job.id;
+        match self.load(id)? {
+            Some(job) if job.state == JobState::Running && job.lease_token == lease.token => {
+                Ok(job)
+            }
+            _ => Err(Error::LeaseLost { job_id: id }),
+        }
+    }
+
+    /// Stores `after` (replacing `before`, the job as currently stored, if any) and moves its
+    /// index entries to match its new state.
+    pub fn save(&mut self, before: Option<&Job>, after: &Job) -> Result<()> {
+        if let Some(before) = before {
+            self.unindex(before)?;
+        }
+        self.index(after)?;
+        let bytes = codec::encode(after)?;
+        self.jobs.insert(after.id, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a job and its state index entries (the caller removes queue/dedup entries).
+    pub fn delete(&mut self, job: &Job) -> Result<()> {
+        self.unindex(job)?;
+        self.jobs.remove(job.id)?;
+        Ok(())
+    }
+
+    fn index(&mut self, job: &Job) -> Result<()> {
+        match job.state {
+            s if s.is_waiting() => {
+                self.due.insert(due_key(job), ())?;
+            }
+            JobState::Running => {
+                self.leased
+                    .insert((job.lease_expires_at.unwrap_or(0), job.id), ())?;
+            }
+            s => {
+                self.finished
+                    .insert((s.code(), job.finished_at.unwrap_or(0), job.id), ())?;
+            }
+        }
+        self.count(&job.queue, job.state, 1);
+        Ok(())
+    }
+
+    fn unindex(&mut self, job: &Job) -> Result<()> {
+        match job.state {
+            s if s.is_waiting() => {
+                self.due.remove(due_key(job))?;
+            }
+            JobState::Running => {
+                self.leased
+                    .remove((job.lease_expires_at.unwrap_or(0), job.id))?;
+            }
+            s => {
+                self.finished
+                    .remove((s.code(), job.finished_at.unwrap_or(0), job.id))?;
+            }
+        }
+        self.count(&job.queue, job.state, -1);
+        Ok(())
+    }
+
+    fn count(&mut self, queue: &str, state: JobState, delta: i64) {
+        let code = state.code();
+        match self
+            .deltas
+            .iter_mut()
+            .find(|(q, c, _)| *c == code && q == queue)
+        {
+            Some(entry) => entry.2 += delta,
+            None => self.deltas.push((queue.to_owned(), code, delta)),
+        }
+    }
+
+    /// Writes the pending count changes. Every operation ends with it.
+    pub fn finish(mut self) -> Result<()> {
+        for (queue, code, delta) in std::mem::take(&mut self.deltas) {
+            if delta == 0 {
+                continue;
+            }
+            let key = (queue.as_str(), code);
+            let old = self.counts.get(key)?.map(|v| v.value()).unwrap_or(0);
+            let new = old.saturating_add_signed(delta);
+            if new == 0 {
+                self.counts.remove(key)?;
+            } else {
+                self.counts.insert(key, new)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,422 @@
+//! Unit tests of transitions, ordering and fencing, with an explicit clock.
+
+use super::*;
+use crate::error::Error;
+use crate::store::StoreConfig;
+
+const LEASE_MS: u64 = 30_000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    config: QueueConfig,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path().join("q.redb"))).unwrap();
+    Fixture {
+        _dir: dir,
+        store,
+        config: QueueConfig::default(),
+    }
+}
+
+impl Fixture {
+    fn enqueue(&self, job: NewJob, now: u64) -> Enqueued {
+        let config = self.config;
+        self.store
+            .write_blocking(move |txn| enqueue_in(txn, &config, &job, now))
+            .unwrap()
+    }
+
+    fn lease(&self, max: usize, now: u64) -> Vec<Lease> {
+        self.store
+            .write_blocking(move |txn| lease_in(txn, "q", max, LEASE_MS, "w", now))
+            .unwrap()
+    }
+
+    fn write<R: Send + 'static>(
+        &self,
+        f: impl Fn(&redb::WriteTransaction) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.store.write_blocking(f)
+    }
+
+    fn job(&self, id: u64) -> Job {
+        self.store
+            .read_blocking(|txn| get_read(txn, id))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn counts(&self) -> Counts {
+        self.store
+            .read_blocking(|txn| counts_read(txn, Some("q")))
+            .unwrap()
+    }
+}
+
+fn job(priority: u8, run_at: Option<u64>) -> NewJob {
+    NewJob {
+        priority,
+        run_at,
+        ..NewJob::new("q", "k", b"p".to_vec())
+    }
+}
+
+fn ids(leases: &[Lease]) -> Vec<u64> {
+    leases.iter().map(|l| l.job.id).collect()
+}
+
+#[test]
+fn lease_order_is_priority_then_run_at_then_fifo() {
+    let f = fixture();
+    let a = f.enqueue(job(1, Some(50)), 100).id;
+    let b = f.enqueue(job(9, Some(80)), 100).id;
+    let c = f.enqueue(job(9, Some(60)), 100).id;
+    let d = f.enqueue(job(1, Some(50)), 100).id;
+    assert_eq!(ids(&f.lease(10, 100)), vec![c, b, a, d]);
+}
+
+#[test]
+fn a_future_high_priority_job_does_not_hide_due_lower_ones() {
+    let f = fixture();
+    let later = f.enqueue(job(200, Some(1_000)), 100).id;
+    let due = f.enqueue(job(3, None), 100).id;
+    assert_eq!(f.job(later).state, JobState::Scheduled);
+    assert_eq!(ids(&f.lease(10, 100)), vec![due]);
+    assert_eq!(ids(&f.lease(10, 1_000)), vec![later]);
+}
+
+#[test]
+fn a_lease_starts_an_attempt_and_fences_with_a_new_token() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 100).id;
+    let lease = f.lease(1, 100).remove(0);
+    assert_eq!((lease.job.attempt, lease.token), (1, 1));
+    let job = f.job(id);
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.lease_expires_at, Some(100 + LEASE_MS));
+    assert_eq!(job.lease_owner.as_deref(), Some("w"));
+    assert!(
+        f.lease(1, 100).is_empty(),
+        "a running job is not leased twice"
+    );
+}
+
+#[test]
+fn dedup_key_returns_the_existing_job_even_within_one_batch() {
+    let f = fixture();
+    let keyed = |key: &str| NewJob {
+        dedup_key: Some(key.into()),
+        ..job(0, None)
+    };
+    let first = f.enqueue(keyed("x"), 1);
+    assert!(first.inserted);
+    assert_eq!(
+        f.enqueue(keyed("x"), 2),
+        Enqueued {
+            id: first.id,
+            inserted: false
+        }
+    );
+    let config = f.config;
+    let batch = vec![keyed("y"), keyed("y"), keyed("x"), job(0, None)];
+    let out = f
+        .write(move |txn| enqueue_many_in(txn, &config, &batch, 3))
+        .unwrap();
+    let inserted: Vec<bool> = out.iter().map(|e| e.inserted).collect();
+    assert_eq!(inserted, vec![true, false, false, true]);
+    assert_eq!(out[1].id, out[0].id);
+    assert_eq!(out[2].id, first.id);
+    assert_eq!(f.counts().available, 3);
+}
+
+#[test]
+fn a_rescued_lease_cannot_complete_over_the_new_owner() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 100).id;
+    let old = f.lease(1, 100).remove(0);
+    let rescue_at = 100 + LEASE_MS;
+    assert_eq!(
+        f.write(move |txn| rescue_expired_in(txn, rescue_at))
+            .unwrap(),
+        1
+    );
+    let new = f.lease(1, rescue_at).remove(0);
+    assert_eq!((new.job.attempt, new.token), (2, 2));
+
+    let stale = old.clone();
+    let err = f
+        .write(move |txn| complete_in(txn, &stale, b"old", rescue_at))
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { job_id } if job_id == id));
+    for call in 0..3 {
+        let stale = old.clone();
+        let config = f.config;
+        let err = f
+            .write(move |txn| match call {
+                0 => fail_in(txn, &config, &stale, "e", Failure::Fatal, 1).map(|_| ()),
+                1 => heartbeat_in(txn, &stale, 5, 1),
+                _ => checkpoint_in(txn, &stale, b"c"),
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::LeaseLost { .. }));
+    }
+    f.write(move |txn| complete_in(txn, &new, b"new", rescue_at))
+        .unwrap();
+    let done = f.job(id);
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.result.as_deref(), Some(&b"new"[..]));
+    assert_eq!(done.finished_at, Some(rescue_at));
+}
+
+#[test]
+fn retryable_failures_back_off_until_attempts_run_out() {
+    let mut f = fixture();
+    f.config.default_max_attempts = 2;
+    let id = f.enqueue(job(0, None), 0).id;
+    let config = f.config;
+    let lease = f.lease(1, 0).remove(0);
+    let state = f
+        .write(move |txn| fail_in(txn, &config, &lease, "503", Failure::Retryable, 10))
+        .unwrap();
+    assert_eq!(state, JobState::Retryable);
+    let job = f.job(id);
+    assert_eq!(job.run_at, 10 + backoff_ms(&config, id, 1));
+    assert_eq!(job.last_error.as_deref(), Some("503"));
+    assert!(
+        f.lease(1, job.run_at - 1).is_empty(),
+        "not before the backoff"
+    );
+    let lease = f.lease(1, job.run_at).remove(0);
+    let state = f
+        .write(move |txn| fail_in(txn, &config, &lease, "503", Failure::Retryable, 99))
+        .unwrap();
+    assert_eq!(state, JobState::Discarded);
+    assert_eq!(f.job(id).finished_at, Some(99));
+    assert_eq!(f.counts().discarded, 1);
+}
+
+#[test]
+fn a_fatal_failure_discards_at_once() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 0).id;
+    let config = f.config;
+    let lease = f.lease(1, 0).remove(0);
+    let state = f
+        .write(move |txn| fail_in(txn, &config, &lease, "400", Failure::Fatal, 1))
+        .unwrap();
+    assert_eq!(state, JobState::Discarded);
+    assert_eq!(f.job(id).attempt, 1);
+}
+
+#[test]
+fn snooze_and_release_refund_the_attempt() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 0).id;
+    let lease = f.lease(1, 0).remove(0);
+    f.write(move |txn| snooze_in(txn, &lease, 500, 10)).unwrap();
+    let job = f.job(id);
+    assert_eq!(
+        (job.state, job.attempt, job.run_at),
+        (JobState::Scheduled, 0, 510)
+    );
+    assert!(job.lease_owner.is_none() && job.lease_expires_at.is_none());
+    assert!(f.lease(1, 509).is_empty());
+    let lease = f.lease(1, 510).remove(0);
+    assert_eq!(lease.job.attempt, 1);
+    f.write(move |txn| release_in(txn, &lease)).unwrap();
+    let job = f.job(id);
+    assert_eq!((job.state, job.attempt), (JobState::Available, 0));
+}
+
+#[test]
+fn cancelling_a_running_job_fences_its_worker() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 0).id;
+    let lease = f.lease(1, 0).remove(0);
+    f.write(move |txn| cancel_in(txn, id, 5)).unwrap();
+    f.write(move |txn| cancel_in(txn, id, 6)).unwrap();
+    let err = f
+        .write(move |txn| complete_in(txn, &lease, b"r", 7))
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }));
+    assert_eq!(f.job(id).state, JobState::Cancelled);
+    assert_eq!(f.job(id).finished_at, Some(5));
+}
+
+#[test]
+fn completed_jobs_can_be_neither_cancelled_nor_retried() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 0).id;
+    let lease = f.lease(1, 0).remove(0);
+    f.write(move |txn| complete_in(txn, &lease, b"r", 1))
+        .unwrap();
+    let cancel = f.write(move |txn| cancel_in(txn, id, 2)).unwrap_err();
+    let retry = f.write(move |txn| retry_in(txn, id, 2)).unwrap_err();
+    assert!(matches!(cancel, Error::InvalidState(_)));
+    assert!(matches!(retry, Error::InvalidState(_)));
+    let missing = f.write(|txn| retry_in(txn, 999, 2)).unwrap_err();
+    assert!(matches!(missing, Error::NotFound { .. }));
+}
+
+#[test]
+fn retrying_a_discarded_job_gives_fresh_attempts() {
+    let mut f = fixture();
+    f.config.default_max_attempts = 1;
+    let id = f.enqueue(job(0, None), 0).id;
+    let config = f.config;
+    let lease = f.lease(1, 0).remove(0);
+    f.write(move |txn| fail_in(txn, &config, &lease, "x", Failure::Retryable, 1))
+        .unwrap();
+    assert_eq!(f.job(id).state, JobState::Discarded);
+    f.write(move |txn| retry_in(txn, id, 2)).unwrap();
+    let job = f.job(id);
+    assert_eq!(
+        (job.state, job.attempt, job.finished_at),
+        (JobState::Available, 0, None)
+    );
+    assert_eq!(ids(&f.lease(1, 2)), vec![id]);
+}
+
+#[test]
+fn checkpoints_survive_until_completion() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 0).id;
+    let lease = f.lease(1, 0).remove(0);
+    let l2 = lease.clone();
+    f.write(move |txn| checkpoint_in(txn, &l2, b"step 2"))
+        .unwrap();
+    let read = |f: &Fixture| {
+        f.store
+            .read_blocking(|txn| load_checkpoint_read(txn, id))
+            .unwrap()
+    };
+    assert_eq!(read(&f).as_deref(), Some(&b"step 2"[..]));
+    f.write(move |txn| complete_in(txn, &lease, b"r", 1))
+        .unwrap();
+    assert_eq!(read(&f), None);
+}
+
+#[test]
+fn prune_deletes_old_finished_jobs_and_frees_their_dedup_key() {
+    let f = fixture();
+    let keyed = NewJob {
+        dedup_key: Some("k".into()),
+        ..job(0, None)
+    };
+    let done = f.enqueue(keyed.clone(), 0).id;
+    let waiting = f.enqueue(job(0, Some(10_000_000_000)), 0).id;
+    let lease = f.lease(1, 0).remove(0);
+    f.write(move |txn| complete_in(txn, &lease, b"r", 1_000))
+        .unwrap();
+    let retention = Retention::default();
+    let day = 24 * 3600 * 1000;
+    assert_eq!(
+        f.write(move |txn| prune_in(txn, &retention, 1_000 + day - 1))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        f.write(move |txn| prune_in(txn, &retention, 1_000 + day))
+            .unwrap(),
+        1
+    );
+    assert!(f
+        .store
+        .read_blocking(|txn| get_read(txn, done))
+        .unwrap()
+        .is_none());
+    assert_eq!(f.job(waiting).state, JobState::Scheduled);
+    assert_eq!(f.counts().total(), 1);
+    assert!(f.enqueue(keyed, 2_000).inserted, "the key is free again");
+}
+
+#[test]
+fn reopening_rescues_running_jobs_and_crash_loops_still_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let config = QueueConfig {
+        default_max_attempts: 2,
+        ..QueueConfig::default()
+    };
+    let store = Store::open(StoreConfig::new(&path)).unwrap();
+    let id = store
+        .write_blocking(move |txn| enqueue_in(txn, &config, &job(0, None), 0))
+        .unwrap()
+        .id;
+    store.close().unwrap();
+    drop(store);
+    // Each round leases the job and "crashes" (closes without finishing it).
+    let mut states = Vec::new();
+    for _ in 0..(FREE_INTERRUPTIONS + 3) {
+        let store = Store::open(StoreConfig::new(&path)).unwrap();
+        let job = store
+            .read_blocking(|txn| get_read(txn, id))
+            .unwrap()
+            .unwrap();
+        states.push((job.state, job.attempt));
+        store
+            .write_blocking(|txn| lease_in(txn, "q", 1, LEASE_MS, "w", 0))
+            .unwrap();
+        store.close().unwrap();
+    }
+    let free = FREE_INTERRUPTIONS as usize;
+    assert_eq!(states[0], (JobState::Available, 0));
+    assert!(states[1..=free]
+        .iter()
+        .all(|s| *s == (JobState::Available, 0)));
+    assert_eq!(states[free + 1], (JobState::Available, 1), "now charged");
+    assert_eq!(states[free + 2].0, JobState::Discarded);
+}
+
+#[test]
+fn counts_and_queues_follow_every_transition() {
+    let f = fixture();
+    f.enqueue(job(0, None), 0);
+    f.enqueue(job(0, Some(50)), 0);
+    f.enqueue(NewJob::new("other", "k", vec![]), 0);
+    let lease = f.lease(1, 0).remove(0);
+    let expected = Counts {
+        scheduled: 1,
+        running: 1,
+        ..Counts::default()
+    };
+    assert_eq!(f.counts(), expected);
+    f.write(move |txn| complete_in(txn, &lease, b"", 1))
+        .unwrap();
+    assert_eq!(f.counts().completed, 1);
+    assert_eq!(f.counts().running, 0);
+    let queues = f.store.read_blocking(queues_read).unwrap();
+    assert_eq!(queues, vec!["other".to_string(), "q".to_string()]);
+    let all = f.store.read_blocking(|txn| counts_read(txn, None)).unwrap();
+    assert_eq!(all.total(), 3);
+}
+
+#[test]
+fn state_names_round_trip() {
+    for state in JobState::ALL {
+        assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
+        assert_eq!(state.to_string(), state.as_str());
+    }
+    assert!("bogus".parse::<JobState>().is_err());
+}
+
+#[test]
+fn invalid_jobs_are_refused() {
+    let f = fixture();
+    let config = f.config;
+    let bad = vec![NewJob::new("", "k", vec![])];
+    assert!(f
+        .write(move |txn| enqueue_many_in(txn, &config, &bad, 0))
+        .is_err());
+    let zero = vec![NewJob {
+        max_attempts: Some(0),
+        ..job(0, None)
+    }];
+    assert!(f
+        .write(move |txn| enqueue_many_in(txn, &config, &zero, 0))
+        .is_err());
+}
