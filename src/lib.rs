@@ -6,6 +6,7 @@
 //! the worker runtime and the CLI.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod store;
