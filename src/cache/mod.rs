@@ -1,0 +1,291 @@
+//! The two-tier prompt cache: memory (quick_cache, S3-FIFO, weighted by bytes) in front of
+//! the store, with a TTL, per-request policy and single flight. See `docs/cache.md`.
+//!
+//! Only successful responses are cached. Identical concurrent requests share one upstream
+//! call: the first takes quick_cache's placeholder guard and fetches, the others wait for
+//! its value; if that fetch fails, its guard drops and the next waiter fetches instead, so
+//! nobody receives an error they did not cause.
+
+mod disk;
+mod key;
+mod policy;
+mod response;
+mod stats;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
+
+pub use disk::{get_in, get_read, len_read, prune_in, put_in};
+pub use key::{CacheKey, IGNORED_FIELDS};
+pub use policy::{cacheable, CachePolicy};
+pub use response::CachedResponse;
+pub use stats::{CacheStats, Hit};
+
+use crate::store::Store;
+use crate::{Error, Result};
+use stats::Counters;
+
+/// Most expired tier-2 rows one prune transaction removes, so it never holds the writer long.
+const PRUNE_BATCH: usize = 10_000;
+
+/// A typical cached response, to size quick_cache's tables from the byte capacity.
+const TYPICAL_ENTRY_BYTES: u64 = 4096;
+
+/// How the cache is sized and how long entries live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Memory tier capacity in bytes (default 64 MiB).
+    pub memory_bytes: u64,
+    /// How long an answer is served. Default 30 days: a batch tool re-runs the same inputs
+    /// over days or weeks, and a deterministic request's answer does not go stale quickly;
+    /// lower it for models that change under the same name.
+    pub ttl: Duration,
+    /// Whether [`Cache::get_or_fetch`] writes fresh answers to the store (tier 2) before
+    /// returning. When false, tier 2 is still read; callers then write it themselves with
+    /// [`put_in`], e.g. in the transaction that completes the job.
+    pub persist: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_bytes: 64 * 1024 * 1024,
+            ttl: Duration::from_secs(30 * 24 * 3600),
+            persist: true,
+        }
+    }
+}
+
+/// The source of "now" in ms since the epoch; tests swap in a manual clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+type Memory =
+    quick_cache::sync::Cache<CacheKey, CachedResponse, ByBytes, DefaultHashBuilder, CountEvictions>;
+
+/// The prompt cache. Share it behind an `Arc`.
+pub struct Cache {
+    memory: Memory,
+    store: Option<Store>,
+    config: CacheConfig,
+    clock: Clock,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// A cache in memory, backed by `store` when given.
+    pub fn new(store: Option<Store>, config: CacheConfig) -> Cache {
+        Cache::with_clock(store, config, Arc::new(crate::clock::now_ms))
+    }
+
+    /// [`Cache::new`] with a custom clock (tests).
+    pub fn with_clock(store: Option<Store>, config: CacheConfig, clock: Clock) -> Cache {
+        let counters = Counters::default();
+        let estimated_items = usize::try_from(config.memory_bytes / TYPICAL_ENTRY_BYTES)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let memory = Memory::with(
+            estimated_items,
+            config.memory_bytes,
+            ByBytes,
+            DefaultHashBuilder::default(),
+            CountEvictions(counters.evictions.clone()),
+        );
+        Cache {
+            memory,
+            store,
+            config,
+            clock,
+            counters,
+        }
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The answer for `key`: from memory, else from the store, else from `fetch` (once for
+    /// all concurrent callers with the same key). A successful fetched response is stamped
+    /// with the TTL, put in memory and, when [`CacheConfig::persist`] is set, committed to the
+    /// store before this returns.
+    ///
+    /// With `policy_allows == false` (see [`cacheable`]) the cache is neither read nor
+    /// written: `fetch` runs and its result is returned as [`Hit::Bypass`].
+    ///
+    /// A failed fetch returns its error to this caller only. A failed tier-2 read is logged
+    /// and treated as a miss; a failed tier-2 write is returned as an error (the response is
+    /// still in memory, so a retry does not pay again).
+    pub async fn get_or_fetch<F, Fut, E>(
+        &self,
+        key: CacheKey,
+        policy_allows: bool,
+        fetch: F,
+    ) -> Result<(CachedResponse, Hit), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedResponse, E>>,
+        E: From<Error>,
+    {
+        if !policy_allows {
+            Counters::bump(&self.counters.bypasses);
+            return fetch().await.map(|r| (r, Hit::Bypass));
+        }
+        let guard = loop {
+            match self.memory.get_value_or_guard_async(&key).await {
+                Ok(found) => {
+                    let now = self.now();
+                    if !found.is_expired(now) {
+                        Counters::bump(&self.counters.hits_memory);
+                        return Ok((found, Hit::Memory));
+                    }
+                    if self.memory.remove_if(&key, |v| v.is_expired(now)).is_some() {
+                        Counters::bump(&self.counters.expired);
+                    }
+                }
+                Err(guard) => break guard,
+            }
+        };
+        if let Some(found) = self.disk_lookup(key).await {
+            Counters::bump(&self.counters.hits_disk);
+            let _ = guard.insert(found.clone());
+            return Ok((found, Hit::Disk));
+        }
+        Counters::bump(&self.counters.misses);
+        let response = fetch().await?.stamped(self.now(), self.config.ttl);
+        if !response.is_success() {
+            // Not cached; dropping the guard lets the next waiter fetch for itself.
+            return Ok((response, Hit::Miss));
+        }
+        // Waiters get the answer now; this caller also waits for the store commit.
+        let _ = guard.insert(response.clone());
+        Counters::bump(&self.counters.inserts);
+        self.persist(key, &response).await?;
+        Ok((response, Hit::Miss))
+    }
+
+    async fn disk_lookup(&self, key: CacheKey) -> Option<CachedResponse> {
+        let store = self.store.as_ref()?;
+        let now = self.now();
+        match store.read(move |txn| get_read(txn, &key, now)).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%key, %error, "prompt cache: tier-2 read failed, fetching instead");
+                None
+            }
+        }
+    }
+
+    async fn persist(&self, key: CacheKey, response: &CachedResponse) -> Result<()> {
+        match &self.store {
+            Some(store) if self.config.persist => {
+                let response = response.clone();
+                store.write(move |txn| put_in(txn, &key, &response)).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts a response (stamped, see [`CachedResponse::stamped`]) into memory only: for
+    /// callers that wrote it to the store themselves with [`put_in`].
+    pub fn remember(&self, key: CacheKey, response: CachedResponse) {
+        if response.is_success() && !response.is_expired(self.now()) {
+            self.memory.insert(key, response);
+            Counters::bump(&self.counters.inserts);
+        }
+    }
+
+    /// Drops expired entries from memory and returns how many; for a periodic task.
+    pub fn sweep(&self) -> usize {
+        let now = self.now();
+        let removed = Cell::new(0usize);
+        self.memory.retain(|_, v| {
+            let keep = !v.is_expired(now);
+            if !keep {
+                removed.set(removed.get() + 1);
+            }
+            keep
+        });
+        let removed = removed.get();
+        self.counters.expired.fetch_add(removed as u64, Relaxed);
+        removed
+    }
+
+    /// Deletes the store's entries expired at `now` (ms), in batches, through the expiry
+    /// index; returns how many. No-op without a store.
+    pub async fn prune_expired(&self, now: u64) -> Result<usize> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            let n = store
+                .write(move |txn| prune_in(txn, now, PRUNE_BATCH))
+                .await?;
+            total += n;
+            if n < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Sets the memory tier's capacity in bytes, evicting down to it at once: a memory
+    /// watchdog shrinks it under pressure and restores [`CacheConfig::memory_bytes`] later.
+    pub fn set_memory_capacity(&self, bytes: u64) {
+        self.memory.set_capacity(bytes);
+    }
+
+    /// Empties the memory tier (the store keeps its entries).
+    pub fn clear_memory(&self) {
+        self.memory.clear();
+    }
+
+    /// The counters and gauges.
+    pub fn stats(&self) -> CacheStats {
+        self.counters.snapshot(
+            self.memory.weight(),
+            self.memory.capacity(),
+            self.memory.len() as u64,
+        )
+    }
+}
+
+/// Weighs memory entries by their bytes.
+#[derive(Debug, Clone, Copy)]
+struct ByBytes;
+
+impl Weighter<CacheKey, CachedResponse> for ByBytes {
+    fn weight(&self, _key: &CacheKey, value: &CachedResponse) -> u64 {
+        value.weight()
+    }
+}
+
+/// Counts evictions (quick_cache reports them through its lifecycle hook).
+#[derive(Debug, Clone)]
+struct CountEvictions(Arc<AtomicU64>);
+
+impl Lifecycle<CacheKey, CachedResponse> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: CacheKey, _value: CachedResponse) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,495 @@
+//! The two-tier prompt cache: hits per tier, restarts, TTL, pruning, single flight, policy
+//! and byte-weighted eviction. Time comes from a manual clock, so nothing here is timed.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reasonq::cache::{
+    cacheable, get_read, len_read, prune_in, put_in, Cache, CacheConfig, CacheKey, CachePolicy,
+    CachedResponse, Hit,
+};
+use reasonq::store::{tables, Store, StoreConfig};
+use reasonq::Error;
+use redb::ReadableTableMetadata;
+use serde_json::{json, Value};
+
+const TTL_MS: u64 = 100;
+const T0: u64 = 1_000_000;
+
+/// A fake upstream that counts its calls and answers with the request's text.
+#[derive(Default)]
+struct Upstream {
+    calls: AtomicUsize,
+}
+
+impl Upstream {
+    async fn answer(&self, text: &str) -> Result<CachedResponse, Error> {
+        self.calls.fetch_add(1, SeqCst);
+        Ok(CachedResponse::new(
+            200,
+            Some("req_1".into()),
+            format!("answer to {text}"),
+        ))
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(SeqCst)
+    }
+}
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    fn new() -> Self {
+        ManualClock(Arc::new(AtomicU64::new(T0)))
+    }
+    fn set(&self, ms: u64) {
+        self.0.store(ms, SeqCst);
+    }
+}
+
+fn config() -> CacheConfig {
+    CacheConfig {
+        memory_bytes: 1 << 20,
+        ttl: Duration::from_millis(TTL_MS),
+        persist: true,
+    }
+}
+
+fn cache(store: Option<Store>, clock: &ManualClock) -> Cache {
+    let t = clock.0.clone();
+    Cache::with_clock(store, config(), Arc::new(move || t.load(SeqCst)))
+}
+
+fn open_store(dir: &tempfile::TempDir) -> Store {
+    Store::open(StoreConfig::new(dir.path().join("cache.redb"))).unwrap()
+}
+
+fn key_for(text: &str) -> CacheKey {
+    CacheKey::for_request(
+        "http://127.0.0.1:1/v1",
+        "/chat/completions",
+        &json!({"model": "m", "temperature": 0, "messages": [{"role": "user", "content": text}]}),
+    )
+}
+
+/// One lookup through the cache with the policy allowing it.
+async fn ask(cache: &Cache, upstream: &Upstream, text: &str) -> (CachedResponse, Hit) {
+    cache
+        .get_or_fetch(key_for(text), true, || upstream.answer(text))
+        .await
+        .unwrap()
+}
+
+fn disk_rows(store: &Store) -> (u64, u64) {
+    store
+        .read_blocking(|txn| {
+            let by_expiry = txn.open_table(tables::CACHE_BY_EXPIRY)?.len()?;
+            Ok((len_read(txn)?, by_expiry))
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_repeated_request_is_a_memory_hit_with_the_same_body() {
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(None, &clock);
+    let (first, hit) = ask(&cache, &upstream, "q").await;
+    assert_eq!(hit, Hit::Miss);
+    assert_eq!((first.created_at, first.expires_at), (T0, T0 + TTL_MS));
+    let (second, hit) = ask(&cache, &upstream, "q").await;
+    assert_eq!(hit, Hit::Memory);
+    assert_eq!(second, first);
+    assert_eq!(upstream.calls(), 1);
+    let stats = cache.stats();
+    assert_eq!((stats.misses, stats.hits_memory, stats.inserts), (1, 1, 1));
+    assert_eq!(stats.hit_ratio, 0.5);
+    assert_eq!(stats.memory_entries, 1);
+    assert_eq!(stats.memory_bytes, first.weight());
+}
+
+#[tokio::test]
+async fn after_a_restart_the_answer_comes_from_disk_without_fetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let first = {
+        let store = open_store(&dir);
+        let upstream = Upstream::default();
+        let cache = cache(Some(store.clone()), &clock);
+        let (first, hit) = ask(&cache, &upstream, "q").await;
+        assert_eq!(hit, Hit::Miss);
+        // Persisted before get_or_fetch returned.
+        assert_eq!(disk_rows(&store), (1, 1));
+        drop(cache);
+        store.close().unwrap();
+        first
+    };
+    let store = open_store(&dir);
+    let cache = cache(Some(store), &clock);
+    let upstream = Upstream::default();
+    let (again, hit) = ask(&cache, &upstream, "q").await;
+    assert_eq!(hit, Hit::Disk);
+    assert_eq!(again, first);
+    assert_eq!(upstream.calls(), 0);
+    // Promoted to memory.
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Memory);
+    assert_eq!(cache.stats().hits_disk, 1);
+}
+
+#[tokio::test]
+async fn expired_entries_are_misses_in_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let warm = cache(Some(store.clone()), &clock);
+    ask(&warm, &upstream, "q").await;
+
+    clock.set(T0 + TTL_MS - 1);
+    assert_eq!(ask(&warm, &upstream, "q").await.1, Hit::Memory);
+    assert_eq!(
+        ask(&cache(Some(store.clone()), &clock), &upstream, "q")
+            .await
+            .1,
+        Hit::Disk
+    );
+    assert_eq!(upstream.calls(), 1);
+
+    clock.set(T0 + TTL_MS);
+    // Tier 2 alone: a fresh cache with an empty memory finds only an expired row.
+    let cold = cache(Some(store.clone()), &clock);
+    let (fresh, hit) = ask(&cold, &upstream, "q").await;
+    assert_eq!(hit, Hit::Miss);
+    assert_eq!(fresh.expires_at, T0 + 2 * TTL_MS);
+    // Tier 1: the warm cache drops its expired entry and finds the re-fetched row on disk.
+    assert_eq!(ask(&warm, &upstream, "q").await.1, Hit::Disk);
+    assert_eq!(warm.stats().expired, 1);
+    assert_eq!(upstream.calls(), 2);
+    // Re-putting replaced the row and its index entry.
+    assert_eq!(disk_rows(&store), (1, 1));
+}
+
+#[tokio::test]
+async fn sweep_drops_expired_entries_from_memory() {
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(None, &clock);
+    ask(&cache, &upstream, "old").await;
+    clock.set(T0 + 50);
+    ask(&cache, &upstream, "new").await;
+    clock.set(T0 + TTL_MS);
+    assert_eq!(cache.sweep(), 1);
+    let stats = cache.stats();
+    assert_eq!((stats.memory_entries, stats.expired), (1, 1));
+    assert_eq!(ask(&cache, &upstream, "new").await.1, Hit::Memory);
+}
+
+#[tokio::test]
+async fn prune_removes_expired_rows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let put = |text: &'static str, expires_at: u64| {
+        let response =
+            CachedResponse::new(200, None, text).stamped(0, Duration::from_millis(expires_at));
+        store.write(move |txn| put_in(txn, &key_for(text), &response))
+    };
+    for (text, expires_at) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
+        put(text, expires_at).await.unwrap();
+    }
+    // "a" is stored again with a later expiry: its old index row goes with the old value.
+    put("a", 500).await.unwrap();
+    assert_eq!(disk_rows(&store), (4, 4));
+    // A stray index row (as an unreadable old value would leave) must not delete "d" early.
+    store
+        .write(|txn| {
+            let mut by_expiry = txn.open_table(tables::CACHE_BY_EXPIRY)?;
+            by_expiry.insert((150, key_for("d").as_bytes()), ())?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    // Due at 200: the stray (150, d) and (200, b). The limit bounds one transaction.
+    let consumed = store.write(|txn| prune_in(txn, 200, 1)).await.unwrap();
+    assert_eq!(consumed, 1);
+    let cache = Cache::new(Some(store.clone()), config());
+    assert_eq!(
+        cache.prune_expired(200).await.unwrap(),
+        1,
+        "only b's row is left due"
+    );
+    assert_eq!(disk_rows(&store), (3, 3));
+    let alive = |text: &'static str, now: u64| {
+        store
+            .read_blocking(|txn| get_read(txn, &key_for(text), now))
+            .unwrap()
+            .is_some()
+    };
+    assert!(!alive("b", 0), "expired at 200 and pruned");
+    assert!(alive("a", 200) && alive("c", 200) && alive("d", 200));
+    assert_eq!(cache.prune_expired(200).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_identical_requests_make_one_upstream_call() {
+    let clock = ManualClock::new();
+    let cache = Arc::new(cache(None, &clock));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(key_for("q"), true, || async move {
+                        calls.fetch_add(1, SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok::<_, Error>(CachedResponse::new(200, None, "shared"))
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut hits = Vec::new();
+    for task in tasks {
+        let (response, hit) = task.await.unwrap();
+        assert_eq!(response.body, "shared");
+        hits.push(hit);
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(hits.iter().filter(|h| **h == Hit::Miss).count(), 1);
+    assert_eq!(hits.iter().filter(|h| **h == Hit::Memory).count(), 9);
+}
+
+#[tokio::test]
+async fn a_failed_fetch_fails_only_its_caller_and_the_next_call_fetches_again() {
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(None, &clock);
+    let failed = cache
+        .get_or_fetch(key_for("q"), true, || async {
+            Err::<CachedResponse, _>(Error::Invalid("upstream down".into()))
+        })
+        .await;
+    assert!(matches!(failed, Err(Error::Invalid(_))));
+    assert_eq!(cache.stats().memory_entries, 0);
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Miss);
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_shared_fetch_fails_a_waiter_fetches_instead_of_failing() {
+    let clock = ManualClock::new();
+    let cache = Arc::new(cache(None, &clock));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(key_for("q"), true, || async move {
+                        let first = calls.fetch_add(1, SeqCst) == 0;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if first {
+                            Err(Error::Invalid("upstream down".into()))
+                        } else {
+                            Ok(CachedResponse::new(200, None, "ok"))
+                        }
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut errors = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok((response, _)) => assert_eq!(response.body, "ok"),
+            Err(_) => errors += 1,
+        }
+    }
+    assert_eq!(
+        errors, 1,
+        "only the caller whose fetch failed sees the error"
+    );
+    assert_eq!(
+        calls.load(SeqCst),
+        2,
+        "one failed fetch, one successful retry"
+    );
+}
+
+#[tokio::test]
+async fn unsuccessful_responses_are_returned_but_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let clock = ManualClock::new();
+    let cache = cache(Some(store.clone()), &clock);
+    for _ in 0..2 {
+        let (response, hit) = cache
+            .get_or_fetch(key_for("q"), true, || async {
+                Ok::<_, Error>(CachedResponse::new(503, None, "busy"))
+            })
+            .await
+            .unwrap();
+        assert_eq!((response.status, hit), (503, Hit::Miss));
+    }
+    assert_eq!(cache.stats().memory_entries, 0);
+    assert_eq!(disk_rows(&store), (0, 0));
+}
+
+#[tokio::test]
+async fn policy_never_bypasses_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(Some(store.clone()), &clock);
+    let body = json!({"model": "m", "temperature": 0, "messages": []});
+    let allowed = cacheable(CachePolicy::Never, &body);
+    for _ in 0..3 {
+        let (_, hit) = cache
+            .get_or_fetch(key_for("q"), allowed, || upstream.answer("q"))
+            .await
+            .unwrap();
+        assert_eq!(hit, Hit::Bypass);
+    }
+    assert_eq!(upstream.calls(), 3);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.bypasses, stats.memory_entries, stats.inserts),
+        (3, 0, 0)
+    );
+    assert_eq!(disk_rows(&store), (0, 0));
+    // A bypass does not read either: an entry stored earlier is not served.
+    ask(&cache, &upstream, "q").await;
+    let (_, hit) = cache
+        .get_or_fetch(key_for("q"), false, || upstream.answer("q"))
+        .await
+        .unwrap();
+    assert_eq!((hit, upstream.calls()), (Hit::Bypass, 5));
+}
+
+#[tokio::test]
+async fn deterministic_policy_caches_only_zero_temperature_or_seeded_requests() {
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(None, &clock);
+    let bodies = [
+        (json!({"model": "m", "temperature": 0.8}), false),
+        (json!({"model": "m"}), false),
+        (json!({"model": "m", "temperature": 0}), true),
+        (json!({"model": "m", "temperature": 0.8, "seed": 7}), true),
+    ];
+    for (body, cached) in bodies {
+        let key = CacheKey::for_request("http://h/v1", "/chat/completions", &body);
+        let allowed = cacheable(CachePolicy::Deterministic, &body);
+        let before = upstream.calls();
+        for _ in 0..2 {
+            cache
+                .get_or_fetch(key, allowed, || upstream.answer("x"))
+                .await
+                .unwrap();
+        }
+        let fetched = upstream.calls() - before;
+        assert_eq!(fetched, if cached { 1 } else { 2 }, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn persist_off_reads_the_store_but_leaves_writing_to_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let t = clock.0.clone();
+    let config = CacheConfig {
+        persist: false,
+        ..config()
+    };
+    let cache = Cache::with_clock(
+        Some(store.clone()),
+        config,
+        Arc::new(move || t.load(SeqCst)),
+    );
+    let (fetched, _) = ask(&cache, &upstream, "q").await;
+    assert_eq!(disk_rows(&store), (0, 0));
+    // The caller stores it in its own transaction (e.g. the one completing the job)...
+    let stored = fetched.clone();
+    store
+        .write(move |txn| put_in(txn, &key_for("q"), &stored))
+        .await
+        .unwrap();
+    // ...and once memory is emptied, the answer comes from disk.
+    cache.clear_memory();
+    assert_eq!(ask(&cache, &upstream, "q").await, (fetched, Hit::Disk));
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_memory_tier_evicts_by_bytes() {
+    let clock = ManualClock::new();
+    let t = clock.0.clone();
+    let capacity = 16 * 1024;
+    let cache = Cache::with_clock(
+        None,
+        CacheConfig {
+            memory_bytes: capacity,
+            ..config()
+        },
+        Arc::new(move || t.load(SeqCst)),
+    );
+    for i in 0..40 {
+        cache
+            .get_or_fetch(key_for(&i.to_string()), true, || async {
+                Ok::<_, Error>(CachedResponse::new(200, None, vec![b'x'; 1024]))
+            })
+            .await
+            .unwrap();
+    }
+    let stats = cache.stats();
+    assert!(stats.memory_bytes <= capacity, "{stats:?}");
+    assert!(
+        stats.memory_entries < 40 && stats.evictions > 0,
+        "{stats:?}"
+    );
+    assert_eq!(stats.memory_entries + stats.evictions, 40, "{stats:?}");
+    // About 1 KiB + overhead per entry.
+    let per_entry = stats.memory_bytes / stats.memory_entries;
+    assert!((1024..1024 + 256).contains(&per_entry), "{per_entry}");
+
+    cache.set_memory_capacity(4 * 1024);
+    let stats = cache.stats();
+    assert!(
+        stats.memory_bytes <= 4 * 1024 && stats.memory_entries > 0,
+        "{stats:?}"
+    );
+    cache.clear_memory();
+    assert_eq!(cache.stats().memory_bytes, 0);
+}
+
+#[tokio::test]
+async fn remember_puts_a_stored_response_into_memory() {
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(None, &clock);
+    let response =
+        CachedResponse::new(200, None, "from the job").stamped(T0, Duration::from_millis(TTL_MS));
+    cache.remember(key_for("q"), response.clone());
+    assert_eq!(ask(&cache, &upstream, "q").await, (response, Hit::Memory));
+    // Expired or unsuccessful responses are not remembered.
+    cache.remember(
+        key_for("old"),
+        CachedResponse::new(200, None, "x").stamped(0, Duration::ZERO),
+    );
+    cache.remember(
+        key_for("bad"),
+        CachedResponse::new(500, None, "x").stamped(T0, Duration::from_secs(1)),
+    );
+    assert_eq!(cache.stats().memory_entries, 1);
+    assert_eq!(upstream.calls(), 0);
+}
+
+#[test]
+fn a_batch_tool_keeps_answers_for_30_days_by_default() {
+    let config = CacheConfig::default();
+    assert_eq!(config.ttl, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(config.memory_bytes, 64 << 20);
+    assert!(config.persist);
+    let _: Value = serde_json::to_value(Cache::new(None, config).stats()).unwrap();
+}
