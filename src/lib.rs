@@ -1,2 +1,4 @@
 //! reasonq: durable, offline batch reasoning with LLMs.
 #![forbid(unsafe_code)]
+pub mod llm;
+pub mod sim;
