@@ -97,6 +97,8 @@ pub struct RequestRecord {
     pub method: String,
     /// Request path.
     pub path: String,
+    /// Protocol version, e.g. `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     /// Headers, names lower-case, in arrival order.
     pub headers: Vec<(String, String)>,
     /// Raw body.
@@ -324,6 +326,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> io::Result<Respons
         lock(&state.log).push(RequestRecord {
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
+            version: format!("{:?}", parts.version),
             headers: parts
                 .headers
                 .iter()
