@@ -421,11 +421,9 @@ async fn fatal_errors_carry_the_provider_message() {
         "{text}"
     );
     match e {
-        LlmError::Api {
-            error_type, code, ..
-        } => {
-            assert_eq!(error_type.as_deref(), Some("invalid_request_error"));
-            assert_eq!(code.as_deref(), Some("invalid_value"));
+        LlmError::Api(a) => {
+            assert_eq!(a.error_type.as_deref(), Some("invalid_request_error"));
+            assert_eq!(a.code.as_deref(), Some("invalid_value"));
         }
         other => panic!("{other:?}"),
     }

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use super::config::LlmConfig;
-use super::error::LlmError;
+use super::error::{ApiError, LlmError};
 use super::limit::{estimate_tokens, Limiter};
 use super::metrics::{Metrics, MetricsSnapshot};
 use super::pool::{self, HttpClient};
@@ -506,7 +506,7 @@ fn api_error(raw: &RawResponse, key: Option<&str>) -> LlmError {
         }
         _ => raw.body.clone(),
     };
-    LlmError::Api {
+    LlmError::Api(Box::new(ApiError {
         status: raw.status.as_u16(),
         request_id: request_id(&raw.headers),
         error_type: parsed.error_type,
@@ -515,7 +515,7 @@ fn api_error(raw: &RawResponse, key: Option<&str>) -> LlmError {
         body,
         retry_after: advice.retry_after,
         should_retry: advice.should_retry,
-    }
+    }))
 }
 
 /// Names within a small edit distance of `want`, or containing it, closest first.

@@ -134,24 +134,24 @@ mod tests {
             }
         };
         let both = env(&[("XAI_API_KEY", "x"), ("OPENAI_API_KEY", "o")]);
-        let k = key_from_lookup("https://api.x.ai/v1", &both)
+        let k = key_from_lookup("https://api.x.ai/v1", both)
             .unwrap()
             .unwrap();
         assert_eq!(k.expose(), "x");
-        let k = key_from_lookup("https://api.openai.com/v1", &both)
+        let k = key_from_lookup("https://api.openai.com/v1", both)
             .unwrap()
             .unwrap();
         assert_eq!(k.expose(), "o");
         let none = env(&[]);
-        let e = key_from_lookup("https://api.x.ai/v1", &none).unwrap_err();
+        let e = key_from_lookup("https://api.x.ai/v1", none).unwrap_err();
         assert!(e.to_string().contains("XAI_API_KEY"), "{e}");
-        let e = key_from_lookup("https://api.openai.com/v1", &none).unwrap_err();
+        let e = key_from_lookup("https://api.openai.com/v1", none).unwrap_err();
         assert!(e.to_string().contains("OPENAI_API_KEY"), "{e}");
-        assert!(key_from_lookup("http://localhost:8000/v1", &none)
+        assert!(key_from_lookup("http://localhost:8000/v1", none)
             .unwrap()
             .is_none());
         let r = env(&[("REASONQ_API_KEY", "r")]);
-        let k = key_from_lookup("https://gw.example.com/v1", &r)
+        let k = key_from_lookup("https://gw.example.com/v1", r)
             .unwrap()
             .unwrap();
         assert_eq!(k.expose(), "r");

@@ -10,26 +10,9 @@ use bytes::Bytes;
 /// before they are stored here.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
-    /// The server answered with a non-success status.
-    #[error("{}", api_display(*status, code.as_deref(), message, request_id.as_deref()))]
-    Api {
-        /// HTTP status code.
-        status: u16,
-        /// Value of the `x-request-id` header, if any.
-        request_id: Option<String>,
-        /// Provider's `error.type`.
-        error_type: Option<String>,
-        /// Provider's `error.code`.
-        code: Option<String>,
-        /// Provider's `error.message` (or a body excerpt when there is none).
-        message: String,
-        /// Raw response body.
-        body: Bytes,
-        /// Server advice from `retry-after-ms` / `Retry-After`.
-        retry_after: Option<Duration>,
-        /// Server override from `x-should-retry`.
-        should_retry: Option<bool>,
-    },
+    /// The server answered with a non-success status (boxed: it is large).
+    #[error("{0}")]
+    Api(Box<ApiError>),
     /// The per-request deadline (headers and whole body) passed.
     #[error("request timed out after {after:?}")]
     Timeout {
@@ -96,16 +79,46 @@ pub enum LlmError {
     Config(String),
 }
 
-fn rid(id: Option<&str>) -> String {
-    id.map(|i| format!(" (request id {i})")).unwrap_or_default()
+/// A non-success HTTP answer, with the provider's explanation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    /// Value of the `x-request-id` header, if any.
+    pub request_id: Option<String>,
+    /// Provider's `error.type`.
+    pub error_type: Option<String>,
+    /// Provider's `error.code`.
+    pub code: Option<String>,
+    /// Provider's `error.message` (or a body excerpt when there is none).
+    pub message: String,
+    /// Raw response body.
+    pub body: Bytes,
+    /// Server advice from `retry-after-ms` / `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Server override from `x-should-retry`.
+    pub should_retry: Option<bool>,
 }
 
-fn api_display(status: u16, code: Option<&str>, message: &str, id: Option<&str>) -> String {
-    let code = code.map(|c| format!(" {c}")).unwrap_or_default();
-    format!(
-        "provider returned HTTP {status}{code}: {message}{}",
-        rid(id)
-    )
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self
+            .code
+            .as_deref()
+            .map(|c| format!(" {c}"))
+            .unwrap_or_default();
+        write!(
+            f,
+            "provider returned HTTP {}{code}: {}{}",
+            self.status,
+            self.message,
+            rid(self.request_id.as_deref())
+        )
+    }
+}
+
+fn rid(id: Option<&str>) -> String {
+    id.map(|i| format!(" (request id {i})")).unwrap_or_default()
 }
 
 fn suggest(s: &[String]) -> String {
@@ -123,16 +136,12 @@ impl LlmError {
     /// overrides the status-based rule (408, 409, 429, 5xx retry).
     pub fn is_retryable(&self) -> bool {
         match self {
-            LlmError::Api {
-                status,
-                code,
-                should_retry,
-                ..
-            } => {
-                if code.as_deref() == Some("insufficient_quota") {
+            LlmError::Api(a) => {
+                if a.code.as_deref() == Some("insufficient_quota") {
                     return false;
                 }
-                should_retry.unwrap_or(matches!(status, 408 | 409 | 429 | 500..=599))
+                a.should_retry
+                    .unwrap_or(matches!(a.status, 408 | 409 | 429 | 500..=599))
             }
             LlmError::Timeout { .. }
             | LlmError::Connect { .. }
@@ -150,7 +159,7 @@ impl LlmError {
     /// Delay the server asked for before the next attempt, if it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            LlmError::Api { retry_after, .. } => *retry_after,
+            LlmError::Api(a) => a.retry_after,
             _ => None,
         }
     }
@@ -158,7 +167,7 @@ impl LlmError {
     /// HTTP status, for errors that carry one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            LlmError::Api { status, .. } => Some(*status),
+            LlmError::Api(a) => Some(a.status),
             _ => None,
         }
     }
@@ -166,9 +175,10 @@ impl LlmError {
     /// Request id reported by the server, if any.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            LlmError::Api { request_id, .. }
-            | LlmError::Malformed { request_id, .. }
-            | LlmError::TooLarge { request_id, .. } => request_id.as_deref(),
+            LlmError::Api(a) => a.request_id.as_deref(),
+            LlmError::Malformed { request_id, .. } | LlmError::TooLarge { request_id, .. } => {
+                request_id.as_deref()
+            }
             _ => None,
         }
     }
@@ -176,11 +186,11 @@ impl LlmError {
     /// Stable short code for storage and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            LlmError::Api { status, code, .. } => {
-                if code.as_deref() == Some("insufficient_quota") {
+            LlmError::Api(a) => {
+                if a.code.as_deref() == Some("insufficient_quota") {
                     return "insufficient_quota";
                 }
-                match status {
+                match a.status {
                     400 => "bad_request",
                     401 => "unauthorized",
                     403 => "forbidden",
@@ -212,7 +222,7 @@ mod tests {
     use super::*;
 
     fn api(status: u16, code: Option<&str>, should_retry: Option<bool>) -> LlmError {
-        LlmError::Api {
+        LlmError::Api(Box::new(ApiError {
             status,
             request_id: Some("r1".into()),
             error_type: None,
@@ -221,7 +231,7 @@ mod tests {
             body: Bytes::new(),
             retry_after: None,
             should_retry,
-        }
+        }))
     }
 
     #[test]

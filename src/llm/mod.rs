@@ -13,7 +13,7 @@ pub mod wire;
 
 pub use client::{ChatOutcome, LlmClient};
 pub use config::{key_from_lookup, LlmConfig, Secret};
-pub use error::LlmError;
+pub use error::{ApiError, LlmError};
 pub use limit::RateLimits;
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use pool::{tls_config, PoolConfig};
