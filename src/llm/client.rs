@@ -1,0 +1,581 @@
+//! `LlmClient`: one pooled client per process, with retries, rate limits and metrics.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use super::config::LlmConfig;
+use super::error::{ApiError, LlmError};
+use super::limit::{estimate_tokens, Limiter};
+use super::metrics::{Metrics, MetricsSnapshot};
+use super::pool::{self, HttpClient};
+use super::retry::parse_advice;
+use super::wire::{ApiErrorBody, ChatResponse, ModelList};
+
+/// A successful chat completion.
+#[derive(Debug, Clone)]
+pub struct ChatOutcome {
+    /// HTTP status (2xx).
+    pub status: u16,
+    /// `x-request-id` of the answering request.
+    pub request_id: Option<String>,
+    /// The raw response body, exactly as received.
+    pub body: Bytes,
+    /// The parsed body.
+    pub response: ChatResponse,
+    /// Attempts it took (1 = no retry; 0 = rebuilt from a cache).
+    pub attempts: u32,
+    /// Time from the first attempt to the parsed answer, retries included.
+    pub latency: Duration,
+}
+
+impl ChatOutcome {
+    /// Rebuilds an outcome from stored parts (for caches): parses `body`.
+    pub fn from_parts(
+        status: u16,
+        request_id: Option<String>,
+        body: Bytes,
+    ) -> Result<Self, LlmError> {
+        let response = parse_chat(&body, request_id.as_deref())?;
+        Ok(ChatOutcome {
+            status,
+            request_id,
+            body,
+            response,
+            attempts: 0,
+            latency: Duration::ZERO,
+        })
+    }
+}
+
+/// A response read in full.
+struct RawResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+struct Inner {
+    cfg: LlmConfig,
+    http: HttpClient,
+    chat_uri: Uri,
+    models_uri: Uri,
+    auth: Option<HeaderValue>,
+    limiter: Limiter,
+    metrics: Arc<Metrics>,
+}
+
+/// Client of an OpenAI-compatible chat-completions API. Cheap to clone; keep
+/// one per process so every worker shares the connection pool.
+#[derive(Clone)]
+pub struct LlmClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for LlmClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmClient")
+            .field("base_url", &self.inner.cfg.base_url)
+            .field("model", &self.inner.cfg.model)
+            .field("api_key", &self.inner.cfg.api_key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn endpoint(base: &str, path: &str) -> Result<Uri, LlmError> {
+    let url = format!("{}/{path}", base.trim_end_matches('/'));
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| LlmError::Config(format!("invalid base URL {base:?}: {e}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => Err(LlmError::Config(format!(
+            "base URL {base:?} must be http:// or https:// with a host"
+        ))),
+    }
+}
+
+/// Guard keeping the in-flight gauge right even if the future is dropped.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn start(m: &'a Metrics) -> Self {
+        m.in_flight.fetch_add(1, Relaxed);
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl LlmClient {
+    /// Builds the client and its pool; fails on a bad URL, key or root CA.
+    pub fn new(cfg: LlmConfig) -> Result<Self, LlmError> {
+        let chat_uri = endpoint(&cfg.base_url, "chat/completions")?;
+        let models_uri = endpoint(&cfg.base_url, "models")?;
+        let auth = match &cfg.api_key {
+            Some(key) => {
+                let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                    .map_err(|_| LlmError::Config("API key holds invalid characters".into()))?;
+                // Keeps the value out of hyper's debug output and HPACK tables.
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let http = pool::build(
+            &cfg.pool,
+            cfg.extra_root_ca_pem.as_deref(),
+            Arc::clone(&metrics),
+        )?;
+        let limiter = Limiter::new(&cfg.limits, Arc::clone(&metrics));
+        Ok(LlmClient {
+            inner: Arc::new(Inner {
+                cfg,
+                http,
+                chat_uri,
+                models_uri,
+                auth,
+                limiter,
+                metrics,
+            }),
+        })
+    }
+
+    /// The configuration the client was built with.
+    pub fn config(&self) -> &LlmConfig {
+        &self.inner.cfg
+    }
+
+    /// Current metrics.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// The exact bytes `chat(body)` sends: `body` with the default model
+    /// filled in when it names none. Caches key on this.
+    pub fn prepare_body(&self, body: &Value) -> Result<Bytes, LlmError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| LlmError::InvalidRequest("request body must be a JSON object".into()))?;
+        let bytes = if obj.contains_key("model") {
+            serde_json::to_vec(body)
+        } else {
+            let mut with_model = serde_json::Map::with_capacity(obj.len() + 1);
+            with_model.insert("model".into(), Value::String(self.inner.cfg.model.clone()));
+            with_model.extend(obj.iter().map(|(k, v)| (k.clone(), v.clone())));
+            serde_json::to_vec(&with_model)
+        };
+        bytes
+            .map(Bytes::from)
+            .map_err(|e| LlmError::InvalidRequest(e.to_string()))
+    }
+
+    /// Sends a chat-completions request, retrying per the policy. The body is
+    /// sent as given (key order kept); `model` is added only when absent.
+    pub async fn chat(&self, body: &Value) -> Result<ChatOutcome, LlmError> {
+        let bytes = self.prepare_body(body)?;
+        self.chat_bytes(bytes).await
+    }
+
+    /// Like [`LlmClient::chat`] for an already serialized, complete body.
+    pub async fn chat_bytes(&self, body: Bytes) -> Result<ChatOutcome, LlmError> {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        let estimate = if inner.limiter.counts_tokens() {
+            estimate_tokens(&body)
+        } else {
+            0
+        };
+        let ((raw, response), attempts) = self
+            .execute(Method::POST, &inner.chat_uri, Some(body), estimate, |raw| {
+                let rid = request_id(&raw.headers);
+                check_json_type(&raw.headers, &raw.body, rid.as_deref())?;
+                let response = parse_chat(&raw.body, rid.as_deref())?;
+                Ok((raw, response))
+            })
+            .await?;
+        let used = response.usage.as_ref().map_or(estimate, |u| u.total());
+        inner.limiter.settle(estimate, used);
+        Ok(ChatOutcome {
+            status: raw.status.as_u16(),
+            request_id: request_id(&raw.headers),
+            body: raw.body,
+            response,
+            attempts,
+            latency: started.elapsed(),
+        })
+    }
+
+    /// Model names served by the endpoint (`GET {base}/models`).
+    pub async fn models(&self) -> Result<Vec<String>, LlmError> {
+        let (list, _) = self
+            .execute(Method::GET, &self.inner.models_uri, None, 0, |raw| {
+                let rid = request_id(&raw.headers);
+                serde_json::from_slice::<ModelList>(&raw.body).map_err(|e| LlmError::Malformed {
+                    what: format!(
+                        "model list is not valid JSON ({e}); body starts with {}",
+                        excerpt(&raw.body)
+                    ),
+                    request_id: rid,
+                })
+            })
+            .await?;
+        Ok(list.data.into_iter().map(|m| m.id).collect())
+    }
+
+    /// Fails fast when `model` is not served, naming close matches.
+    pub async fn check_model(&self, model: &str) -> Result<(), LlmError> {
+        let models = self.models().await?;
+        if models.iter().any(|m| m == model) {
+            return Ok(());
+        }
+        Err(LlmError::UnknownModel {
+            model: model.to_owned(),
+            suggestions: close_names(model, &models),
+        })
+    }
+
+    /// The retry loop shared by all endpoints: limiter, one attempt, classify,
+    /// then back off per the server's advice or the policy.
+    async fn execute<T>(
+        &self,
+        method: Method,
+        uri: &Uri,
+        body: Option<Bytes>,
+        estimate: u64,
+        parse: impl Fn(RawResponse) -> Result<T, LlmError>,
+    ) -> Result<(T, u32), LlmError> {
+        let inner = &*self.inner;
+        let policy = &inner.cfg.retry;
+        let deadline = policy.deadline.map(|d| Instant::now() + d);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                inner.metrics.retries.fetch_add(1, Relaxed);
+            }
+            let permit = inner.limiter.acquire(estimate).await;
+            let mut timeout = inner.cfg.pool.request_timeout;
+            if let Some(d) = deadline {
+                timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+            }
+            let result = self
+                .send_once(method.clone(), uri, body.clone(), timeout)
+                .await
+                .and_then(&parse);
+            drop(permit);
+            let err = match result {
+                Ok(value) => {
+                    inner.metrics.responses.fetch_add(1, Relaxed);
+                    return Ok((value, attempt));
+                }
+                Err(e) => e,
+            };
+            inner.metrics.failures.fetch_add(1, Relaxed);
+            // A failed attempt consumed no tokens; the retry reserves afresh.
+            inner.limiter.settle(estimate, 0);
+            let give_up = !err.is_retryable() || attempt >= policy.max_attempts.max(1);
+            let delay = policy.delay_after(attempt, &err);
+            let past_deadline = deadline.is_some_and(|d| Instant::now() + delay >= d);
+            if give_up || past_deadline {
+                tracing::debug!(attempt, code = err.code(), "giving up: {err}");
+                return Err(err);
+            }
+            tracing::info!(
+                attempt,
+                code = err.code(),
+                status = err.status(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying LLM request"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One HTTP exchange, bounded by `timeout`; non-2xx becomes `LlmError::Api`.
+    async fn send_once(
+        &self,
+        method: Method,
+        uri: &Uri,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<RawResponse, LlmError> {
+        let inner = &*self.inner;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri.clone())
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, concat!("reasonq/", env!("CARGO_PKG_VERSION")));
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(auth) = &inner.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        inner.metrics.requests_sent.fetch_add(1, Relaxed);
+        let _gauge = InFlight::start(&inner.metrics);
+        let t0 = Instant::now();
+        let exchange = async {
+            let resp = inner
+                .http
+                .request(req)
+                .await
+                .map_err(|e| classify_send(&e, uri))?;
+            let (parts, body) = resp.into_parts();
+            let rid = request_id(&parts.headers);
+            let body =
+                read_capped(body, &parts.headers, inner.cfg.pool.max_response_bytes, rid).await?;
+            Ok(RawResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        let raw = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(LlmError::Timeout { after: timeout }),
+        };
+        inner.metrics.observe_latency(t0.elapsed());
+        let raw = raw?;
+        inner.limiter.observe(&raw.headers);
+        if raw.status.is_success() {
+            Ok(raw)
+        } else {
+            Err(api_error(
+                &raw,
+                inner.cfg.api_key.as_ref().map(|k| k.expose()),
+            ))
+        }
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes.
+async fn read_capped(
+    mut body: hyper::body::Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+    request_id: Option<String>,
+) -> Result<Bytes, LlmError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(LlmError::TooLarge { limit, request_id });
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(8 << 10, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| LlmError::Truncated {
+            received: buf.len(),
+            message: chain(&e),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(LlmError::TooLarge { limit, request_id });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The error and all its causes, `: `-separated.
+fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Maps a hyper-util client error to a retry class.
+fn classify_send(e: &hyper_util::client::legacy::Error, uri: &Uri) -> LlmError {
+    let message = chain(e);
+    if e.is_connect() {
+        return LlmError::Connect {
+            host: uri.host().unwrap_or_default().to_owned(),
+            message,
+        };
+    }
+    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(s) = cur {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return LlmError::Reset { message };
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return LlmError::Reset { message };
+            }
+        }
+        cur = s.source();
+    }
+    LlmError::Transport { message }
+}
+
+fn request_id(h: &HeaderMap) -> Option<String> {
+    h.get("x-request-id")
+        .or_else(|| h.get("request-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// First bytes of a body, for error messages.
+fn excerpt(body: &[u8]) -> String {
+    let n = body.len().min(120);
+    let text = String::from_utf8_lossy(&body[..n]);
+    if body.len() > n {
+        format!("{text:?}...")
+    } else {
+        format!("{text:?}")
+    }
+}
+
+fn check_json_type(h: &HeaderMap, body: &[u8], rid: Option<&str>) -> Result<(), LlmError> {
+    match h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(ct) if !ct.to_ascii_lowercase().contains("json") => Err(LlmError::Malformed {
+            what: format!(
+                "expected a JSON body but content-type is {ct:?}; body starts with {}",
+                excerpt(body)
+            ),
+            request_id: rid.map(str::to_owned),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn parse_chat(body: &[u8], rid: Option<&str>) -> Result<ChatResponse, LlmError> {
+    serde_json::from_slice(body).map_err(|e| LlmError::Malformed {
+        what: format!(
+            "chat completion is not valid JSON ({e}); body starts with {}",
+            excerpt(body)
+        ),
+        request_id: rid.map(str::to_owned),
+    })
+}
+
+/// Replaces the key wherever a provider echoes it back.
+fn scrub(text: &str, key: Option<&str>) -> String {
+    match key {
+        Some(k) if !k.is_empty() && text.contains(k) => text.replace(k, "***"),
+        _ => text.to_owned(),
+    }
+}
+
+fn api_error(raw: &RawResponse, key: Option<&str>) -> LlmError {
+    let advice = parse_advice(&raw.headers);
+    let parsed = ApiErrorBody::parse(&raw.body).unwrap_or_default();
+    let message = parsed.message.unwrap_or_else(|| {
+        let reason = raw.status.canonical_reason().unwrap_or("error");
+        if raw.body.is_empty() {
+            reason.to_owned()
+        } else {
+            format!("{reason}; body starts with {}", excerpt(&raw.body))
+        }
+    });
+    let body = match key {
+        Some(k) if !k.is_empty() && raw.body.windows(k.len()).any(|w| w == k.as_bytes()) => {
+            Bytes::from(scrub(&String::from_utf8_lossy(&raw.body), key))
+        }
+        _ => raw.body.clone(),
+    };
+    LlmError::Api(Box::new(ApiError {
+        status: raw.status.as_u16(),
+        request_id: request_id(&raw.headers),
+        error_type: parsed.error_type,
+        code: parsed.code,
+        message: scrub(&message, key),
+        body,
+        retry_after: advice.retry_after,
+        should_retry: advice.should_retry,
+    }))
+}
+
+/// Names within a small edit distance of `want`, or containing it, closest first.
+fn close_names(want: &str, names: &[String]) -> Vec<String> {
+    let want_l = want.to_ascii_lowercase();
+    let limit = (want.len() / 3).max(2);
+    let mut scored: Vec<(usize, &String)> = names
+        .iter()
+        .filter_map(|n| {
+            let nl = n.to_ascii_lowercase();
+            let d = levenshtein(&want_l, &nl);
+            (d <= limit || nl.contains(&want_l) || want_l.contains(&nl)).then_some((d, n))
+        })
+        .collect();
+    scored.sort();
+    scored.into_iter().take(5).map(|(_, n)| n.clone()).collect()
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let u = endpoint("http://127.0.0.1:9/v1/", "chat/completions").unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:9/v1/chat/completions");
+        assert!(endpoint("ftp://x/v1", "models").is_err());
+        assert!(endpoint("not a url", "models").is_err());
+    }
+
+    #[test]
+    fn suggestions() {
+        let names: Vec<String> = ["grok-4", "grok-3-mini", "gpt-4o"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(close_names("grok4", &names), vec!["grok-4".to_string()]);
+        assert!(close_names("claude", &names).is_empty());
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn scrubbing() {
+        assert_eq!(
+            scrub("bad key sk-1 given", Some("sk-1")),
+            "bad key *** given"
+        );
+        assert_eq!(scrub("fine", None), "fine");
+    }
+}
