@@ -1,6 +1,7 @@
 //! Assembling the parts from a [`Config`]: the store, the queue, the cache and (for commands
 //! that talk to an API) the LLM client, real or simulated.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{Cache, CacheConfig, CachePolicy};
@@ -8,7 +9,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::llm::{LlmClient, LlmConfig, PoolConfig, RateLimits, RetryPolicy};
 use crate::queue::{Queue, QueueConfig, Retention};
-use crate::sim::{SimConfig, SimServer};
+use crate::sim::{RandomFaults, SimConfig, SimServer};
 use crate::store::{Store, StoreConfig};
 use crate::worker::WorkerConfig;
 
@@ -21,7 +22,7 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub queue: Queue,
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
 }
 
 /// A client ready to call an endpoint.
@@ -42,7 +43,7 @@ impl App {
         store_config.durability = config.store.durability;
         let store = Store::open_async(store_config).await?;
         let queue = Queue::new(store.clone(), queue_config(&config));
-        let cache = Cache::new(Some(store.clone()), cache_config(&config));
+        let cache = Arc::new(Cache::new(Some(store.clone()), cache_config(&config)));
         Ok(App {
             config,
             store,
@@ -64,7 +65,7 @@ impl App {
     pub async fn connect(&self, simulate: bool) -> Result<Connected> {
         let mut llm = llm_config(&self.config);
         let (endpoint, sim) = if simulate {
-            let server = SimServer::start(SimConfig::realistic())
+            let server = SimServer::start(simulated_api())
                 .await
                 .map_err(|e| Error::Invalid(format!("cannot start the simulated API: {e}")))?;
             llm.base_url = server.base_url();
@@ -98,6 +99,23 @@ impl App {
     }
 }
 
+/// The `--simulate` server: realistic latency (0.2 to 1.5 s), a 429 with `retry-after-ms` on
+/// about 3% of requests and a 503 on about 1%, reproducible from a fixed seed.
+fn simulated_api() -> SimConfig {
+    SimConfig {
+        random: Some(RandomFaults {
+            seed: 7,
+            latency_min: Duration::from_millis(200),
+            latency_max: Duration::from_millis(1500),
+            p_rate_limit: 0.03,
+            retry_after_ms: 500,
+            p_server_error: 0.01,
+        }),
+        record_requests: false,
+        ..SimConfig::default()
+    }
+}
+
 fn queue_config(c: &Config) -> QueueConfig {
     QueueConfig {
         default_max_attempts: c.queue.max_attempts.max(1),
@@ -113,7 +131,7 @@ fn queue_config(c: &Config) -> QueueConfig {
 
 fn cache_config(c: &Config) -> CacheConfig {
     CacheConfig {
-        memory_bytes: c.cache.memory_mb * MIB,
+        memory_bytes: (c.cache.memory_mb * MIB) as u64,
         ttl: Duration::from_secs(c.cache.ttl_days * DAY),
         persist: c.cache.persist,
     }

@@ -9,6 +9,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use std::sync::Arc;
+
 use crate::app::App;
 use crate::cache::Cache;
 use crate::clock::now_ms;
@@ -20,7 +22,7 @@ use crate::store::Store;
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct CleanupReport {
     pub jobs_pruned: usize,
-    pub experiences_deleted: usize,
+    pub experiences_deleted: u64,
     pub cache_entries_expired: usize,
     pub leases_rescued: usize,
 }
@@ -39,7 +41,7 @@ pub struct ExperienceRetention {
 /// call this.
 pub async fn cleanup_pass(
     queue: &Queue,
-    cache: &Cache,
+    cache: &Arc<Cache>,
     store: &Store,
     experiences: ExperienceRetention,
 ) -> Result<CleanupReport> {
@@ -53,7 +55,7 @@ pub async fn cleanup_pass(
     if let Some(max) = experiences.max_count {
         experiences_deleted += store.delete_experiences_beyond(max).await?;
     }
-    let cache_entries_expired = cache.prune_expired().await?;
+    let cache_entries_expired = cache.prune_expired(now_ms()).await?;
     cache.sweep();
     Ok(CleanupReport {
         jobs_pruned,
@@ -153,7 +155,7 @@ where
         timer.tick().await;
         loop {
             tokio::select! {
-                _ = stopped.wait_for(|s| *s) => return,
+                _ = stopped.changed() => return,
                 _ = timer.tick() => tick().await,
             }
         }

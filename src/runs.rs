@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use redb::{ReadableDatabase as _, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
@@ -130,7 +130,11 @@ pub async fn summary(app: &App) -> Result<Summary> {
         totals.cache_hits_memory += r.cache_hits_memory;
         totals.cache_hits_disk += r.cache_hits_disk;
         totals.cache_misses += r.cache_misses;
-        totals.started_at = if totals.started_at == 0 { r.started_at } else { totals.started_at.min(r.started_at) };
+        totals.started_at = if totals.started_at == 0 {
+            r.started_at
+        } else {
+            totals.started_at.min(r.started_at)
+        };
         totals.finished_at = totals.finished_at.max(r.finished_at);
     }
     let lookups = totals.cache_hits_memory + totals.cache_hits_disk + totals.cache_misses;
@@ -156,13 +160,37 @@ pub async fn summary(app: &App) -> Result<Summary> {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pct = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        let pct =
+            |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0));
         let t = &self.totals;
         writeln!(f, "runs recorded:        {}", self.runs)?;
-        writeln!(f, "jobs completed:       {} ({} from cache), {} failed, {} retried", t.completed, t.cached, t.failed, t.retried)?;
-        writeln!(f, "tokens:               {} prompt, {} completion", t.prompt_tokens, t.completion_tokens)?;
-        writeln!(f, "cache hit ratio:      {} ({} memory, {} disk, {} misses; {} responses on disk)", pct(self.cache_hit_ratio), t.cache_hits_memory, t.cache_hits_disk, t.cache_misses, self.cached_responses_on_disk)?;
-        writeln!(f, "HTTP:                 {} requests, {} connections, reuse {}, {} retries", t.requests_sent, t.connections_opened, pct(self.connection_reuse_ratio), t.http_retries)?;
+        writeln!(
+            f,
+            "jobs completed:       {} ({} from cache), {} failed, {} retried",
+            t.completed, t.cached, t.failed, t.retried
+        )?;
+        writeln!(
+            f,
+            "tokens:               {} prompt, {} completion",
+            t.prompt_tokens, t.completion_tokens
+        )?;
+        writeln!(
+            f,
+            "cache hit ratio:      {} ({} memory, {} disk, {} misses; {} responses on disk)",
+            pct(self.cache_hit_ratio),
+            t.cache_hits_memory,
+            t.cache_hits_disk,
+            t.cache_misses,
+            self.cached_responses_on_disk
+        )?;
+        writeln!(
+            f,
+            "HTTP:                 {} requests, {} connections, reuse {}, {} retries",
+            t.requests_sent,
+            t.connections_opened,
+            pct(self.connection_reuse_ratio),
+            t.http_retries
+        )?;
         if let Some(last) = &self.last_run {
             writeln!(
                 f,

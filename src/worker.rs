@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::batch::output::{FailureRecord, ResponseRecord};
 use crate::batch::ChatJob;
-use crate::cache::{Cache, CacheKey, CachePolicy, CachedResponse, Hit};
+use crate::cache::{cacheable, Cache, CacheKey, CachePolicy, CachedResponse, Hit};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::llm::{ChatOutcome, LlmClient, LlmError};
@@ -120,7 +120,7 @@ pub enum DrainEnd {
 pub struct Workers {
     pub queue: Queue,
     pub client: LlmClient,
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
     pub config: Arc<WorkerConfig>,
     pub stats: Arc<RunStats>,
 }
@@ -130,7 +130,12 @@ type InFlight = Arc<Mutex<HashMap<u64, Lease>>>;
 
 impl Workers {
     /// Assembles workers.
-    pub fn new(queue: Queue, client: LlmClient, cache: Cache, config: WorkerConfig) -> Workers {
+    pub fn new(
+        queue: Queue,
+        client: LlmClient,
+        cache: Arc<Cache>,
+        config: WorkerConfig,
+    ) -> Workers {
         Workers {
             queue,
             client,
@@ -194,7 +199,8 @@ impl Workers {
                 });
             }
         };
-        self.finish_in_flight(tasks, in_flight, &mut shutdown).await?;
+        self.finish_in_flight(tasks, in_flight, &mut shutdown)
+            .await?;
         Ok(end)
     }
 
@@ -275,8 +281,8 @@ impl Workers {
 
     /// Looks up the cache and calls the API on a miss.
     async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
-        let key = CacheKey::new(&self.config.endpoint, "/chat/completions", body);
-        let allowed = self.config.cache_policy.allows(body);
+        let key = CacheKey::for_request(&self.config.endpoint, "/chat/completions", body);
+        let allowed = cacheable(self.config.cache_policy, body);
         let client = self.client.clone();
         let (cached, hit) = self
             .cache
@@ -318,6 +324,7 @@ impl Workers {
         let result = codec::encode(&record)?;
         let usage = outcome.response.usage.clone().unwrap_or_default();
         let experience = NewExperience {
+            created_at: None,
             question: question_of(&job.body),
             context: None,
             reasoning: outcome
@@ -334,8 +341,8 @@ impl Workers {
             strategy: job.strategy.clone().unwrap_or_else(|| "direct".into()),
             tags: Vec::new(),
             model: outcome.response.model.clone().unwrap_or_default(),
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
+            prompt_tokens: saturate(usage.prompt_tokens),
+            completion_tokens: saturate(usage.completion_tokens),
             latency_ms,
             job_id: Some(lease.job.id),
             used_experiences: Vec::new(),
@@ -371,8 +378,8 @@ impl Workers {
             status_code: err.status(),
             request_id: err.request_id().map(str::to_string),
             body: match &err {
-                LlmError::Api { body, .. } if !body.is_empty() => {
-                    Some(String::from_utf8_lossy(body).into_owned())
+                LlmError::Api(api) if !api.body.is_empty() => {
+                    Some(String::from_utf8_lossy(&api.body).into_owned())
                 }
                 _ => None,
             },
@@ -466,6 +473,10 @@ fn question_of(body: &str) -> String {
             other => other.to_string(),
         })
         .unwrap_or_default()
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Why a call produced no response: the API's error, or the store (cache tier 2) failing.

@@ -24,7 +24,9 @@ async fn example_batch_answers_every_line_in_input_order_and_reruns_for_free() {
     let input = env.path("questions.jsonl");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/questions.jsonl");
     std::fs::copy(example, &input).unwrap();
-    let out = env.run(&["batch", "questions.jsonl", "-o", "answers.jsonl"]).await;
+    let out = env
+        .run(&["batch", "questions.jsonl", "-o", "answers.jsonl"])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
 
     let lines = read_jsonl(&env.path("answers.jsonl"));
@@ -40,13 +42,17 @@ async fn example_batch_answers_every_line_in_input_order_and_reruns_for_free() {
     let q3 = std::fs::read_to_string(&input).unwrap();
     let q3: serde_json::Value = serde_json::from_str(q3.lines().nth(2).unwrap()).unwrap();
     assert!(answer(&lines[2]).contains(q3["question"].as_str().unwrap()));
-    let calls = env.server.stats().requests;
+    let chat_calls = |env: &Env| env.server.stats().by_prompt.values().sum::<u64>();
+    let calls = chat_calls(&env);
+    assert_eq!(calls, 50);
 
     // The same file again: nothing new is enqueued and nothing is sent.
-    let again = env.run(&["batch", "questions.jsonl", "-o", "answers2.jsonl"]).await;
+    let again = env
+        .run(&["batch", "questions.jsonl", "-o", "answers2.jsonl"])
+        .await;
     assert!(again.status.success(), "{}", stderr(&again));
     assert!(stderr(&again).contains("0 new"), "{}", stderr(&again));
-    assert_eq!(env.server.stats().requests, calls);
+    assert_eq!(chat_calls(&env), calls);
     assert_eq!(read_jsonl(&env.path("answers2.jsonl")), lines);
 }
 
@@ -81,22 +87,44 @@ async fn bad_lines_are_refused_with_line_and_field_and_nothing_is_enqueued() {
 
     // With --skip-invalid exactly the bad lines go to the errors file.
     let out = env
-        .run(&["batch", "in.jsonl", "--skip-invalid", "-o", "out.jsonl", "--errors", "err.jsonl"])
+        .run(&[
+            "batch",
+            "in.jsonl",
+            "--skip-invalid",
+            "-o",
+            "out.jsonl",
+            "--errors",
+            "err.jsonl",
+        ])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(read_jsonl(&env.path("out.jsonl")).len(), 1);
     let errors = read_jsonl(&env.path("err.jsonl"));
-    let ids: Vec<&str> = errors.iter().map(|e| e["custom_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = errors
+        .iter()
+        .map(|e| e["custom_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["line-2", "line-3", "line-4", "line-5", "line-6"]);
-    assert!(errors.iter().all(|e| e["error"]["code"] == "invalid_request"));
+    assert!(errors
+        .iter()
+        .all(|e| e["error"]["code"] == "invalid_request"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_returns_unfinished_jobs_and_the_next_run_finishes() {
     let env = Env::start(with_latency(400)).await;
     env.write_input("in.jsonl", &questions(120));
-    let mut child = env
-        .command(&["batch", "in.jsonl", "-o", "out.jsonl", "--concurrency", "8", "--drain-timeout", "5"])
+    let child = env
+        .command(&[
+            "batch",
+            "in.jsonl",
+            "-o",
+            "out.jsonl",
+            "--concurrency",
+            "8",
+            "--drain-timeout",
+            "5",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -110,9 +138,17 @@ async fn sigterm_drains_returns_unfinished_jobs_and_the_next_run_finishes() {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(signalled.elapsed() < Duration::from_secs(5 + 5), "drain took {:?}", signalled.elapsed());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5 + 5),
+        "drain took {:?}",
+        signalled.elapsed()
+    );
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
-    assert!(stderr(&out).contains("returned to the queue"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("returned to the queue"),
+        "{}",
+        stderr(&out)
+    );
     let partial = read_jsonl(&env.path("out.jsonl"));
     assert!(partial.len() < 120, "the batch was not interrupted");
 

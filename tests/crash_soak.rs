@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use reasonq::queue::{JobState, Queue, QueueConfig};
+use reasonq::queue::{list_read, JobState};
 use reasonq::sim::{RandomFaults, SimConfig};
 use reasonq::store::{Store, StoreConfig};
 use support::{answer, questions, read_jsonl, stderr, Env};
@@ -23,13 +23,14 @@ fn completed_prompts(env: &Env) -> Vec<String> {
         return Vec::new();
     }
     let store = Store::open(StoreConfig::new(env.db())).unwrap();
-    let queue = Queue::new(store.clone(), QueueConfig::default());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let jobs = rt.block_on(queue.list(None, Some(JobState::Completed), usize::MAX)).unwrap();
+    let jobs = store
+        .read_blocking(|txn| list_read(txn, None, Some(JobState::Completed), usize::MAX))
+        .unwrap();
     store.close().unwrap();
     jobs.iter()
         .map(|job| {
-            let chat: reasonq::batch::ChatJob = reasonq::store::codec::decode(&job.payload).unwrap();
+            let chat: reasonq::batch::ChatJob =
+                reasonq::store::codec::decode(&job.payload).unwrap();
             let body: serde_json::Value = serde_json::from_str(&chat.body).unwrap();
             body["messages"][0]["content"].as_str().unwrap().to_string()
         })
@@ -52,25 +53,48 @@ async fn repeated_sigkill_loses_nothing_and_pays_nothing_twice() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     // Calls seen for a prompt when its job was first found completed: must never grow.
     let mut frozen: HashMap<String, u64> = HashMap::new();
-    let mut check = |env: &Env| {
+    let mut check = |env: &Env| -> usize {
         let calls = env.server.stats().by_prompt;
-        for prompt in completed_prompts(env) {
+        let completed = completed_prompts(env);
+        let n = completed.len();
+        for prompt in completed {
             let now = calls.get(&prompt).copied().unwrap_or(0);
             let first = *frozen.entry(prompt.clone()).or_insert(now);
-            assert_eq!(now, first, "{prompt:?} was called again after its job completed");
+            assert_eq!(
+                now, first,
+                "{prompt:?} was called again after its job completed"
+            );
         }
+        n
     };
+    // Kills that landed mid-batch (some but not all jobs done): the soak must really crash it.
+    let mut mid_batch = 0;
     for _ in 0..KILLS {
         let mut child = env
-            .command(&["batch", "in.jsonl", "-o", "out.jsonl", "--concurrency", "16", "--plain"])
+            .command(&[
+                "batch",
+                "in.jsonl",
+                "-o",
+                "out.jsonl",
+                "--concurrency",
+                "16",
+                "--plain",
+            ])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
         let _ = child.kill(); // SIGKILL
-        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-        check(&env);
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let done = check(&env);
+        if done > 0 && done < PROMPTS {
+            mid_batch += 1;
+        }
     }
+    assert!(mid_batch >= 5, "only {mid_batch} kills landed mid-batch");
     let out = env.run(&["batch", "in.jsonl", "-o", "out.jsonl"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     check(&env);
@@ -79,7 +103,10 @@ async fn repeated_sigkill_loses_nothing_and_pays_nothing_twice() {
     assert_eq!(lines.len(), PROMPTS);
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["custom_id"], format!("q{i:04}"));
-        assert!(answer(line).contains(&format!("question number {i}")), "{line}");
+        assert!(
+            answer(line).contains(&format!("question number {i}")),
+            "{line}"
+        );
     }
     assert_eq!(frozen.len(), PROMPTS);
 }

@@ -1,9 +1,9 @@
 //! Batches: reading input files, turning lines into jobs, and writing results in OpenAI's
 //! batch output format.
 
+pub mod export;
 pub mod input;
 pub mod output;
-pub mod export;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -41,7 +41,9 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a batch file of prompts to completion, resumably.
-    #[command(after_help = "Example:\n  reasonq batch questions.jsonl -o answers.jsonl --concurrency 32\n  reasonq --simulate batch docs/examples/questions.jsonl -o answers.jsonl")]
+    #[command(
+        after_help = "Example:\n  reasonq batch questions.jsonl -o answers.jsonl --concurrency 32\n  reasonq --simulate batch docs/examples/questions.jsonl -o answers.jsonl"
+    )]
     Batch(BatchArgs),
     /// Ask one question and print the answer.
     #[command(after_help = "Example:\n  reasonq submit \"What is 17 * 23?\" --domain math")]
@@ -50,7 +52,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  reasonq status --json")]
     Status(JsonFlag),
     /// Export a batch's results again (OpenAI batch output format).
-    #[command(after_help = "Example:\n  reasonq results questions-1a2b3c4d -o answers.jsonl\n  reasonq results questions-1a2b3c4d --json   # with cache, attempts, latency")]
+    #[command(
+        after_help = "Example:\n  reasonq results questions-1a2b3c4d -o answers.jsonl\n  reasonq results questions-1a2b3c4d --json   # with cache, attempts, latency"
+    )]
     Results(ResultsArgs),
     /// Inspect and manage jobs.
     #[command(subcommand)]

@@ -34,7 +34,10 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
         return Err(fail(invalid_report(&parsed.errors)));
     }
     if parsed.items.is_empty() && parsed.errors.is_empty() {
-        return Err(fail(format!("{}: no requests in the file", args.input.display())));
+        return Err(fail(format!(
+            "{}: no requests in the file",
+            args.input.display()
+        )));
     }
     let output = args
         .output
@@ -172,7 +175,11 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     );
     eprintln!("output: {}", output.display());
     if !error_lines.is_empty() {
-        eprintln!("errors: {} ({} lines)", errors_path.display(), error_lines.len());
+        eprintln!(
+            "errors: {} ({} lines)",
+            errors_path.display(),
+            error_lines.len()
+        );
     }
     match end {
         DrainEnd::Finished => Ok(Outcome::Done),

@@ -277,7 +277,17 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
                     ]
                 })
                 .collect();
-            table(&["id", "batch", "custom_id", "state", "attempts", "last error"], &rows);
+            table(
+                &[
+                    "id",
+                    "batch",
+                    "custom_id",
+                    "state",
+                    "attempts",
+                    "last error",
+                ],
+                &rows,
+            );
             Ok(Outcome::Done)
         }
         JobsCommand::Show { id, json: _ } => {
@@ -319,8 +329,16 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
                 json: as_json,
             } => {
                 let list = match (domain, tag) {
-                    (Some(d), _) => store.experiences_by_domain(&d, limit, Order::NewestFirst).await,
-                    (None, Some(t)) => store.experiences_by_tag(&t, limit, Order::NewestFirst).await,
+                    (Some(d), _) => {
+                        store
+                            .experiences_by_domain(&d, limit, Order::NewestFirst)
+                            .await
+                    }
+                    (None, Some(t)) => {
+                        store
+                            .experiences_by_tag(&t, limit, Order::NewestFirst)
+                            .await
+                    }
                     (None, None) => {
                         store
                             .experiences_by_time(0, u64::MAX, limit, Order::NewestFirst)
@@ -344,7 +362,10 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
                         ]
                     })
                     .collect();
-                table(&["id", "domain", "strategy", "outcome", "question", "answer"], &rows);
+                table(
+                    &["id", "domain", "strategy", "outcome", "question", "answer"],
+                    &rows,
+                );
                 Ok(Outcome::Done)
             }
             ExperiencesCommand::Show { id, json: _ } => {
@@ -388,7 +409,16 @@ pub async fn patterns(config: Config, as_json: bool) -> CliResult {
         })
         .collect();
     table(
-        &["domain", "strategy", "uses", "successes", "failures", "success rate", "confidence", "latency ms"],
+        &[
+            "domain",
+            "strategy",
+            "uses",
+            "successes",
+            "failures",
+            "success rate",
+            "confidence",
+            "latency ms",
+        ],
         &rows,
     );
     Ok(Outcome::Done)
@@ -397,9 +427,14 @@ pub async fn patterns(config: Config, as_json: bool) -> CliResult {
 /// `reasonq cleanup`.
 pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let report = cleanup_pass(&app.queue, &app.cache, &app.store, experience_retention(&app))
-        .await
-        .map_err(fail)?;
+    let report = cleanup_pass(
+        &app.queue,
+        &app.cache,
+        &app.store,
+        experience_retention(&app),
+    )
+    .await
+    .map_err(fail)?;
     app.close().await.map_err(fail)?;
     if as_json {
         return print_json(&serde_json::to_value(report).map_err(fail)?);

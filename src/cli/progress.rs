@@ -73,10 +73,12 @@ impl Progress {
                         bar.set_position(base.completed + base.failed + now.completed + now.failed);
                         bar.set_message(text);
                     }
-                    None if text != last => eprintln!("progress: {text}"),
+                    None if text != last => {
+                        eprintln!("progress: {text}");
+                        last = text;
+                    }
                     None => {}
                 }
-                last = text;
             }
         });
         Progress { task, bar }
