@@ -66,7 +66,7 @@ pub struct RetrySection {
     pub deadline_s: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsSection {
     /// Requests per minute (0 = unlimited).
@@ -167,12 +167,6 @@ impl Default for RetrySection {
             cap_ms: 30_000,
             deadline_s: 900,
         }
-    }
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        LimitsSection { rpm: 0, tpm: 0 }
     }
 }
 

@@ -60,19 +60,16 @@ fn short(text: &str, max: usize) -> String {
 
 /// `reasonq submit`: one question through the same durable path as a batch.
 pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResult {
-    let mut body = json!({
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": args.question}));
+    let body = json!({
         "model": config.model,
-        "messages": [],
+        "messages": messages,
         "temperature": args.temperature,
     });
-    if let Some(system) = &args.system {
-        body["messages"]
-            .as_array_mut()
-            .map(|m| m.push(json!({"role": "system", "content": system})));
-    }
-    body["messages"]
-        .as_array_mut()
-        .map(|m| m.push(json!({"role": "user", "content": args.question})));
     let app = App::open(config).await.map_err(fail)?;
     let connected = app.connect(simulate).await.map_err(fail)?;
     let job = ChatJob {
