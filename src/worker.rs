@@ -348,7 +348,8 @@ impl Workers {
             used_experiences: Vec::new(),
         };
         let lease_for_txn = lease.clone();
-        self.queue
+        let committed = self
+            .queue
             .store()
             .write(move |txn| {
                 let now = now_ms();
@@ -356,7 +357,13 @@ impl Workers {
                 experience::record_in(txn, &experience, now)?;
                 Ok(())
             })
-            .await?;
+            .await;
+        match committed {
+            Ok(()) => {}
+            // Another worker owns the job now; its result will be the one kept.
+            Err(e @ Error::LeaseLost { .. }) => return ignore_lost(e),
+            Err(e) => return Err(e),
+        }
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         if cached {
             self.stats.cached.fetch_add(1, Ordering::Relaxed);

@@ -51,7 +51,13 @@ impl Env {
 
     /// Runs `reasonq` to the end off the async runtime.
     pub async fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[]).await
+    }
+
+    /// [`Env::run`] with extra environment variables.
+    pub async fn run_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
         let mut cmd = self.command(args);
+        cmd.envs(vars.iter().copied());
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
             .unwrap()

@@ -1,0 +1,154 @@
+//! How the batch treats server faults: fatal errors keep the provider's status and message,
+//! retryable ones go back to the queue, `Retry-After` snoozes without spending an attempt,
+//! and leases are extended while a slow call is in flight.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reasonq::sim::{Fault, RandomFaults, Reply, SimConfig};
+use serde_json::Value;
+use support::{questions, read_jsonl, stderr, stdout, Env};
+
+/// One attempt per call inside the client, so every failure reaches the queue; no backoff.
+const QUEUE_RETRIES: &[(&str, &str)] = &[
+    ("REASONQ_RETRY_MAX_ATTEMPTS", "1"),
+    ("REASONQ_QUEUE_BACKOFF_BASE_S", "0"),
+];
+
+fn prompt(body: &Value) -> String {
+    body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn details(out: &std::process::Output) -> HashMap<String, Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["custom_id"].as_str().unwrap().to_string(), v))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_errors_keep_the_provider_message_and_retryable_ones_recover() {
+    let env = Env::start(SimConfig::default()).await;
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let calls = seen.clone();
+    env.server.set_responder(Arc::new(move |body: &Value| {
+        let p = prompt(body);
+        let n = {
+            let mut calls = calls.lock().unwrap();
+            let n = calls.entry(p.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        match (p.as_str(), n) {
+            ("question number 0", _) => Reply::Fault(Fault::Status {
+                status: 400,
+                code: Some("invalid_prompt".into()),
+                message: "the prompt is not allowed".into(),
+            }),
+            ("question number 1", 1 | 2) => Reply::Fault(Fault::status(503)),
+            ("question number 2", 1) => Reply::Fault(Fault::RateLimited {
+                retry_after_secs: None,
+                retry_after_ms: Some(300),
+            }),
+            ("question number 3", 1) => Reply::Fault(Fault::Reset),
+            _ => Reply::Text(format!("answer to {p}")),
+        }
+    }));
+    env.write_input("in.jsonl", &questions(5));
+    let out = env
+        .run_with_env(
+            &["batch", "in.jsonl", "--batch", "t", "-o", "out.jsonl"],
+            QUEUE_RETRIES,
+        )
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let lines = read_jsonl(&env.path("out.jsonl"));
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["response"]["status_code"], 400);
+    assert_eq!(
+        lines[0]["response"]["body"]["error"]["message"],
+        "the prompt is not allowed"
+    );
+    assert!(lines[0]["error"].is_null());
+    for line in &lines[1..] {
+        assert_eq!(line["response"]["status_code"], 200, "{line}");
+    }
+    let errors = read_jsonl(&env.path("in.errors.jsonl"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "q0000");
+
+    let results = env.run(&["results", "t", "--json"]).await;
+    let jobs = details(&results);
+    assert_eq!(jobs["q0000"]["state"], "discarded");
+    assert_eq!(jobs["q0000"]["attempts"], 1, "a fatal error is not retried");
+    assert_eq!(jobs["q0001"]["attempts"], 3, "two 503s, then success");
+    assert_eq!(
+        jobs["q0002"]["attempts"], 1,
+        "a snooze for Retry-After spends no attempt"
+    );
+    assert_eq!(jobs["q0003"]["attempts"], 2, "a reset is retried");
+    assert_eq!(seen.lock().unwrap()["question number 0"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_run_out_into_a_clear_error() {
+    let env = Env::start(SimConfig::default()).await;
+    env.server
+        .set_responder(Arc::new(|_: &Value| Reply::Fault(Fault::status(502))));
+    env.write_input("in.jsonl", &questions(1));
+    let mut vars = QUEUE_RETRIES.to_vec();
+    vars.push(("REASONQ_QUEUE_MAX_ATTEMPTS", "3"));
+    let out = env
+        .run_with_env(&["batch", "in.jsonl", "-o", "out.jsonl"], &vars)
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = read_jsonl(&env.path("out.jsonl"));
+    assert_eq!(lines[0]["response"]["status_code"], 502);
+    assert_eq!(env.server.stats().by_prompt["question number 0"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_extended_while_a_slow_call_is_in_flight() {
+    let env = Env::start(SimConfig {
+        random: Some(RandomFaults {
+            latency_min: Duration::from_millis(3500),
+            latency_max: Duration::from_millis(3500),
+            ..RandomFaults::default()
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    env.write_input("in.jsonl", &questions(2));
+    // A 2 s lease against 3.5 s calls: without heartbeats the rescuer would take the jobs
+    // back mid-call and they would be called twice.
+    let out = env
+        .run_with_env(
+            &[
+                "batch",
+                "in.jsonl",
+                "--batch",
+                "slow",
+                "-o",
+                "out.jsonl",
+                "--cache",
+                "never",
+            ],
+            &[("REASONQ_QUEUE_LEASE_S", "2")],
+        )
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_jsonl(&env.path("out.jsonl")).len(), 2);
+    let by_prompt = env.server.stats().by_prompt;
+    assert_eq!(by_prompt["question number 0"], 1);
+    assert_eq!(by_prompt["question number 1"], 1);
+    let jobs = details(&env.run(&["results", "slow", "--json"]).await);
+    assert_eq!(jobs["q0000"]["attempts"], 1);
+}
