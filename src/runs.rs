@@ -194,11 +194,11 @@ impl fmt::Display for Summary {
         if let Some(last) = &self.last_run {
             writeln!(
                 f,
-                "last run ({}):        latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
-                last.batch,
+                "last run latency:     p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms ({})",
                 last.latency_p50_us as f64 / 1000.0,
                 last.latency_p95_us as f64 / 1000.0,
-                last.latency_p99_us as f64 / 1000.0
+                last.latency_p99_us as f64 / 1000.0,
+                last.batch
             )?;
         }
         write!(f, "experiences stored:   {}", self.experiences)

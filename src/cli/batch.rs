@@ -173,6 +173,9 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
         stats.completion_tokens,
         metrics.requests_sent,
     );
+    if let Some(peak) = crate::background::peak_resident_bytes() {
+        eprintln!("peak RSS: {:.1} MB", peak as f64 / 1e6);
+    }
     eprintln!("output: {}", output.display());
     if !error_lines.is_empty() {
         eprintln!(
