@@ -472,7 +472,6 @@ async fn tls_with_custom_root_works_and_fails_without_it() {
         .unwrap();
     assert!(server.base_url().starts_with("https://127.0.0.1:"));
     let mut config = cfg(server.base_url());
-    config.retry.max_attempts = 1;
     config.extra_root_ca_pem = Some(ca);
     let c = LlmClient::new(config.clone()).unwrap();
     for _ in 0..3 {
@@ -489,8 +488,15 @@ async fn tls_with_custom_root_works_and_fails_without_it() {
 
     config.extra_root_ca_pem = None;
     let c = LlmClient::new(config.clone()).unwrap();
+    let before = server.stats().connections;
     let e = c.chat(&body("secure")).await.unwrap_err();
-    assert_eq!(e.code(), "connect", "{e}");
+    assert_eq!(e.code(), "tls", "{e}");
+    assert!(!e.is_retryable());
+    assert_eq!(
+        server.stats().connections,
+        before + 1,
+        "TLS failures are not retried"
+    );
     assert!(e.to_string().contains("certificate"), "{e}");
 
     config.extra_root_ca_pem = Some(b"not a pem".to_vec());

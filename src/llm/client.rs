@@ -410,14 +410,35 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
     out
 }
 
+/// Whether a rustls error is among the causes. hyper-rustls wraps it in
+/// `io::Error`s whose `source()` skips it, so look inside those too.
+fn has_tls_error(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(s) = cur {
+        if s.is::<rustls::Error>() {
+            return true;
+        }
+        cur = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => s.source(),
+        };
+    }
+    false
+}
+
 /// Maps a hyper-util client error to a retry class.
 fn classify_send(e: &hyper_util::client::legacy::Error, uri: &Uri) -> LlmError {
     let message = chain(e);
     if e.is_connect() {
-        return LlmError::Connect {
-            host: uri.host().unwrap_or_default().to_owned(),
-            message,
-        };
+        let host = uri.host().unwrap_or_default().to_owned();
+        // A rejected certificate or TLS setup does not heal by retrying.
+        if has_tls_error(e) {
+            return LlmError::Tls { host, message };
+        }
+        return LlmError::Connect { host, message };
     }
     let mut cur: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(s) = cur {
