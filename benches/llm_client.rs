@@ -39,6 +39,7 @@ impl Env {
     async fn new() -> Env {
         let server = SimServer::start(SimConfig {
             record_requests: false,
+            fast: true,
             ..SimConfig::default()
         })
         .await

@@ -74,6 +74,9 @@ pub struct SimConfig {
     pub random: Option<RandomFaults>,
     /// Keep a log of every request (headers and body); off for benchmarks.
     pub record_requests: bool,
+    /// Benchmark mode: every chat request gets one canned answer without
+    /// parsing the body, counting prompts or consulting faults/responder.
+    pub fast: bool,
 }
 
 impl Default for SimConfig {
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             api_key: None,
             random: None,
             record_requests: true,
+            fast: false,
         }
     }
 }
@@ -139,6 +143,7 @@ struct State {
     requests: AtomicU64,
     log: Mutex<Vec<RequestRecord>>,
     by_prompt: Mutex<HashMap<String, u64>>,
+    canned: Bytes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -197,6 +202,7 @@ impl SimServer {
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             by_prompt: Mutex::new(HashMap::new()),
+            canned: completion(0, "sim", "[simulated] fast answer", 8),
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), tls));
@@ -376,6 +382,9 @@ async fn route(
                 Bytes::from(json!({"object": "list", "data": data}).to_string()),
             )
         }
+        (&Method::POST, "/chat/completions") if state.cfg.fast => {
+            json_response(200, state.canned.clone())
+        }
         (&Method::POST, "/chat/completions") => chat(state, &body, n).await,
         _ => {
             let msg = format!("no route for {} {}", parts.method, parts.uri.path());
@@ -441,9 +450,15 @@ async fn chat(state: &State, body: &[u8], n: u64) -> io::Result<Response<SimBody
     let content =
         content.unwrap_or_else(|| format!("[simulated] answer to: {}", truncate(&prompt, 80)));
     let model = req.get("model").and_then(Value::as_str).unwrap_or("sim");
-    let prompt_tokens = prompt_chars(&req) / 4 + 1;
+    let answer = completion(n, model, &content, prompt_chars(&req));
+    fault::render(fault, answer).await
+}
+
+/// A completion body with usage derived from text lengths (~4 chars a token).
+fn completion(n: u64, model: &str, content: &str, prompt_chars: usize) -> Bytes {
+    let prompt_tokens = prompt_chars / 4 + 1;
     let completion_tokens = content.len() / 4 + 1;
-    let answer = json!({
+    let v = json!({
         "id": format!("chatcmpl-sim-{n}"),
         "object": "chat.completion",
         "created": 1_700_000_000,
@@ -459,7 +474,7 @@ async fn chat(state: &State, body: &[u8], n: u64) -> io::Result<Response<SimBody
             "total_tokens": prompt_tokens + completion_tokens
         }
     });
-    fault::render(fault, Bytes::from(answer.to_string())).await
+    Bytes::from(v.to_string())
 }
 
 fn random_fault(state: &State) -> Fault {
