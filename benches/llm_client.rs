@@ -157,29 +157,49 @@ fn pct(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-/// Fixed-count runs printing req/s and p50/p99 as a markdown table.
-fn report(rt: &Runtime, env: &Arc<Env>) {
-    let n: u64 = std::env::var("LLM_BENCH_N")
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    println!("\n| client | concurrency | req/s | p50 ms | p99 ms |");
+        .unwrap_or(default)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+}
+
+/// Fixed-count runs printing req/s and p50/p99 as a markdown table. Rounds
+/// interleave the clients so background load hits them alike; req/s is the
+/// median round, latencies are pooled over all rounds.
+fn report(rt: &Runtime, env: &Arc<Env>) {
+    let n = env_or("LLM_BENCH_N", 10_000);
+    let rounds = env_or("LLM_BENCH_ROUNDS", 3);
+    println!("\nload average before: {}", loadavg().trim());
+    println!("\n| client | concurrency | req/s (median of {rounds}) | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
     let mut rps = std::collections::HashMap::new();
     for conc in CONCURRENCY {
-        for kind in KINDS {
-            let count = if matches!(kind, Kind::Fresh) {
-                n / 4
-            } else {
-                n
-            };
-            rt.block_on(run(env, kind, conc, 200)); // warm the pools
-            let (wall, mut lat) = rt.block_on(run(env, kind, conc, count));
+        let mut per_kind: Vec<(Vec<f64>, Vec<Duration>)> = vec![Default::default(); KINDS.len()];
+        for _ in 0..rounds {
+            for (i, kind) in KINDS.into_iter().enumerate() {
+                let count = if matches!(kind, Kind::Fresh) {
+                    n / 4
+                } else {
+                    n
+                };
+                rt.block_on(run(env, kind, conc, 200)); // warm the pools
+                let (wall, lat) = rt.block_on(run(env, kind, conc, count));
+                per_kind[i].0.push(count as f64 / wall.as_secs_f64());
+                per_kind[i].1.extend(lat);
+            }
+        }
+        for (kind, (mut r, mut lat)) in KINDS.into_iter().zip(per_kind) {
+            r.sort_by(f64::total_cmp);
             lat.sort();
-            let r = count as f64 / wall.as_secs_f64();
-            rps.insert((format!("{kind:?}"), conc), r);
+            let median = r[r.len() / 2];
+            rps.insert((format!("{kind:?}"), conc), median);
             println!(
-                "| {kind:?} | {conc} | {r:.0} | {:.3} | {:.3} |",
+                "| {kind:?} | {conc} | {median:.0} | {:.3} | {:.3} |",
                 pct(&lat, 0.50),
                 pct(&lat, 0.99)
             );
@@ -205,6 +225,7 @@ fn report(rt: &Runtime, env: &Arc<Env>) {
         m.latency_p95_us,
         m.latency_p99_us
     );
+    println!("load average after: {}", loadavg().trim());
 }
 
 fn bench(c: &mut Criterion) {
