@@ -235,6 +235,10 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let env = Arc::new(rt.block_on(Env::new()));
+    // Warm every client once so the first benchmark does not pay for it.
+    for kind in KINDS {
+        rt.block_on(run(&env, kind, 16, 2_000));
+    }
     for conc in CONCURRENCY {
         let mut g = c.benchmark_group(format!("llm_client/c{conc}"));
         g.throughput(Throughput::Elements(1))

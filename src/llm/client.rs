@@ -317,10 +317,13 @@ impl LlmClient {
         let mut req = Request::builder()
             .method(method)
             .uri(uri.clone())
-            .header(ACCEPT, "application/json")
-            .header(USER_AGENT, concat!("reasonq/", env!("CARGO_PKG_VERSION")));
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("reasonq/", env!("CARGO_PKG_VERSION"))),
+            );
         if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
+            req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         if let Some(auth) = &inner.auth {
             req = req.header(AUTHORIZATION, auth.clone());
