@@ -260,7 +260,7 @@ impl LlmClient {
     ) -> Result<(T, u32), LlmError> {
         let inner = &*self.inner;
         let policy = &inner.cfg.retry;
-        let deadline = policy.deadline.map(|d| Instant::now() + d);
+        let deadline = policy.deadline.and_then(|d| Instant::now().checked_add(d));
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -289,7 +289,8 @@ impl LlmClient {
             inner.limiter.settle(estimate, 0);
             let give_up = !err.is_retryable() || attempt >= policy.max_attempts.max(1);
             let delay = policy.delay_after(attempt, &err);
-            let past_deadline = deadline.is_some_and(|d| Instant::now() + delay >= d);
+            let past_deadline =
+                deadline.is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|t| t >= d));
             if give_up || past_deadline {
                 tracing::debug!(attempt, code = err.code(), "giving up: {err}");
                 return Err(err);

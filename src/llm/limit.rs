@@ -66,7 +66,7 @@ impl Bucket {
         if st.0 >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-st.0 / self.per_sec)
+            Duration::try_from_secs_f64(-st.0 / self.per_sec).unwrap_or(Duration::MAX)
         }
     }
 }
@@ -144,7 +144,7 @@ impl Limiter {
         let read = |rem: &str, reset: &str| -> Option<(u64, Instant)> {
             let remaining = h.get(rem)?.to_str().ok()?.trim().parse().ok()?;
             let reset = parse_duration(h.get(reset)?.to_str().ok()?)?;
-            Some((remaining, Instant::now() + reset))
+            Some((remaining, Instant::now().checked_add(reset)?))
         };
         let req = read(
             "x-ratelimit-remaining-requests",
