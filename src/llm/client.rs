@@ -355,8 +355,19 @@ impl LlmClient {
             Ok(r) => r,
             Err(_) => Err(LlmError::Timeout { after: timeout }),
         };
-        inner.metrics.observe_latency(t0.elapsed());
+        let took = t0.elapsed();
+        inner.metrics.observe_latency(took);
         let raw = raw?;
+        tracing::debug!(
+            status = raw.status.as_u16(),
+            request_id = raw
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            bytes = raw.body.len(),
+            micros = took.as_micros() as u64,
+            "LLM response"
+        );
         inner.limiter.observe(&raw.headers);
         if raw.status.is_success() {
             Ok(raw)
