@@ -631,8 +631,9 @@ async fn rpm_limit_paces_requests() {
     for _ in 0..5 {
         c.chat(&body("burst")).await.unwrap();
     }
+    // A full bucket lets the first window's budget through at once.
     assert!(
-        t.elapsed() < Duration::from_millis(90),
+        t.elapsed() < Duration::from_millis(300),
         "burst {:?}",
         t.elapsed()
     );
