@@ -766,3 +766,25 @@ async fn shutdown_stops_the_server() {
     assert!(e.is_retryable(), "{e}");
     assert!(matches!(e.code(), "connect" | "connection_reset"), "{e}");
 }
+
+#[tokio::test]
+async fn pool_idle_settings_take_effect() {
+    let server = sim().await;
+    let mut config = cfg(server.base_url());
+    config.pool.idle_timeout = Duration::from_millis(100);
+    let c = LlmClient::new(config.clone()).unwrap();
+    c.chat(&body("a")).await.unwrap();
+    c.chat(&body("b")).await.unwrap();
+    assert_eq!(server.stats().connections, 1);
+    // The idle timeout only works with a pool timer; past it a new connection opens.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.chat(&body("c")).await.unwrap();
+    assert_eq!(server.stats().connections, 2);
+
+    config.pool.max_idle_per_host = 0;
+    let c = LlmClient::new(config).unwrap();
+    for p in ["d", "e", "f"] {
+        c.chat(&body(p)).await.unwrap();
+    }
+    assert_eq!(c.metrics().connections_opened, 3);
+}
