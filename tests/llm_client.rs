@@ -776,8 +776,10 @@ async fn pool_idle_settings_take_effect() {
     c.chat(&body("a")).await.unwrap();
     c.chat(&body("b")).await.unwrap();
     assert_eq!(server.stats().connections, 1);
-    // The idle timeout only works with a pool timer; past it a new connection opens.
+    assert_eq!(server.stats().open_connections, 1);
+    // The pool timer's sweep closes the idle connection without any new request.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(server.stats().open_connections, 0);
     c.chat(&body("c")).await.unwrap();
     assert_eq!(server.stats().connections, 2);
 

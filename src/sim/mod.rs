@@ -124,6 +124,8 @@ impl RequestRecord {
 pub struct SimStats {
     /// TCP connections accepted.
     pub connections: u64,
+    /// Connections still open.
+    pub open_connections: u64,
     /// HTTP requests received.
     pub requests: u64,
     /// Every request, when `record_requests` is on.
@@ -140,6 +142,7 @@ struct State {
     responder: RwLock<Option<Responder>>,
     rng: Mutex<StdRng>,
     connections: AtomicU64,
+    open: AtomicU64,
     requests: AtomicU64,
     log: Mutex<Vec<RequestRecord>>,
     by_prompt: Mutex<HashMap<String, u64>>,
@@ -199,6 +202,7 @@ impl SimServer {
             responder: RwLock::new(None),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             by_prompt: Mutex::new(HashMap::new()),
@@ -243,6 +247,7 @@ impl SimServer {
         let s = &self.state;
         SimStats {
             connections: s.connections.load(Relaxed),
+            open_connections: s.open.load(Relaxed),
             requests: s.requests.load(Relaxed),
             log: lock(&s.log).clone(),
             by_prompt: lock(&s.by_prompt).clone(),
@@ -281,12 +286,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<TlsAc
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     state.connections.fetch_add(1, Relaxed);
+                    state.open.fetch_add(1, Relaxed);
                     let st = Arc::clone(&state);
                     match tls.clone() {
                         Some(acc) => conns.spawn(async move {
                             match acc.accept(stream).await {
                                 Ok(s) => serve(s, st).await,
-                                Err(e) => tracing::debug!("sim: TLS handshake failed: {e}"),
+                                Err(e) => {
+                                    st.open.fetch_sub(1, Relaxed);
+                                    tracing::debug!("sim: TLS handshake failed: {e}");
+                                }
                             }
                         }),
                         None => conns.spawn(serve(stream, st)),
@@ -307,13 +316,15 @@ async fn serve<S>(io: S, state: Arc<State>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(Arc::clone(&state), req));
+    let st = Arc::clone(&state);
+    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
     if let Err(e) = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), svc)
         .await
     {
         tracing::debug!("sim: connection ended: {e}");
     }
+    state.open.fetch_sub(1, Relaxed);
 }
 
 fn json_response(status: u16, body: Bytes) -> io::Result<Response<SimBody>> {
