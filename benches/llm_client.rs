@@ -164,6 +164,20 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Process CPU time (user + system) from /proc/self/stat, assuming the usual
+/// 100 ticks per second. Less sensitive to other load on the machine than
+/// wall time; includes the in-process server, which is the same for all.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
 }
@@ -175,11 +189,14 @@ fn report(rt: &Runtime, env: &Arc<Env>) {
     let n = env_or("LLM_BENCH_N", 10_000);
     let rounds = env_or("LLM_BENCH_ROUNDS", 3);
     println!("\nload average before: {}", loadavg().trim());
-    println!("\n| client | concurrency | req/s (median of {rounds}) | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "\n| client | concurrency | req/s (median of {rounds}) | p50 ms | p99 ms | CPU µs/req |"
+    );
+    println!("|---|---|---|---|---|---|");
     let mut rps = std::collections::HashMap::new();
     for conc in CONCURRENCY {
-        let mut per_kind: Vec<(Vec<f64>, Vec<Duration>)> = vec![Default::default(); KINDS.len()];
+        let mut per_kind: Vec<(Vec<f64>, Vec<Duration>, Duration)> =
+            vec![Default::default(); KINDS.len()];
         for _ in 0..rounds {
             for (i, kind) in KINDS.into_iter().enumerate() {
                 let count = if matches!(kind, Kind::Fresh) {
@@ -188,20 +205,23 @@ fn report(rt: &Runtime, env: &Arc<Env>) {
                     n
                 };
                 rt.block_on(run(env, kind, conc, 200)); // warm the pools
+                let cpu0 = cpu_time();
                 let (wall, lat) = rt.block_on(run(env, kind, conc, count));
+                per_kind[i].2 += cpu_time().saturating_sub(cpu0);
                 per_kind[i].0.push(count as f64 / wall.as_secs_f64());
                 per_kind[i].1.extend(lat);
             }
         }
-        for (kind, (mut r, mut lat)) in KINDS.into_iter().zip(per_kind) {
+        for (kind, (mut r, mut lat, cpu)) in KINDS.into_iter().zip(per_kind) {
             r.sort_by(f64::total_cmp);
             lat.sort();
             let median = r[r.len() / 2];
             rps.insert((format!("{kind:?}"), conc), median);
             println!(
-                "| {kind:?} | {conc} | {median:.0} | {:.3} | {:.3} |",
+                "| {kind:?} | {conc} | {median:.0} | {:.3} | {:.3} | {:.1} |",
                 pct(&lat, 0.50),
-                pct(&lat, 0.99)
+                pct(&lat, 0.99),
+                cpu.as_secs_f64() * 1e6 / lat.len() as f64
             );
         }
     }
