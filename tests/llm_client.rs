@@ -472,7 +472,6 @@ async fn tls_with_custom_root_works_and_fails_without_it() {
         .unwrap();
     assert!(server.base_url().starts_with("https://127.0.0.1:"));
     let mut config = cfg(server.base_url());
-    config.retry.max_attempts = 1;
     config.extra_root_ca_pem = Some(ca);
     let c = LlmClient::new(config.clone()).unwrap();
     for _ in 0..3 {
@@ -489,8 +488,15 @@ async fn tls_with_custom_root_works_and_fails_without_it() {
 
     config.extra_root_ca_pem = None;
     let c = LlmClient::new(config.clone()).unwrap();
+    let before = server.stats().connections;
     let e = c.chat(&body("secure")).await.unwrap_err();
-    assert_eq!(e.code(), "connect", "{e}");
+    assert_eq!(e.code(), "tls", "{e}");
+    assert!(!e.is_retryable());
+    assert_eq!(
+        server.stats().connections,
+        before + 1,
+        "TLS failures are not retried"
+    );
     assert!(e.to_string().contains("certificate"), "{e}");
 
     config.extra_root_ca_pem = Some(b"not a pem".to_vec());
@@ -625,8 +631,9 @@ async fn rpm_limit_paces_requests() {
     for _ in 0..5 {
         c.chat(&body("burst")).await.unwrap();
     }
+    // A full bucket lets the first window's budget through at once.
     assert!(
-        t.elapsed() < Duration::from_millis(90),
+        t.elapsed() < Duration::from_millis(300),
         "burst {:?}",
         t.elapsed()
     );
@@ -758,4 +765,28 @@ async fn shutdown_stops_the_server() {
     let e = c.chat(&body("x")).await.unwrap_err();
     assert!(e.is_retryable(), "{e}");
     assert!(matches!(e.code(), "connect" | "connection_reset"), "{e}");
+}
+
+#[tokio::test]
+async fn pool_idle_settings_take_effect() {
+    let server = sim().await;
+    let mut config = cfg(server.base_url());
+    config.pool.idle_timeout = Duration::from_millis(100);
+    let c = LlmClient::new(config.clone()).unwrap();
+    c.chat(&body("a")).await.unwrap();
+    c.chat(&body("b")).await.unwrap();
+    assert_eq!(server.stats().connections, 1);
+    assert_eq!(server.stats().open_connections, 1);
+    // The pool timer's sweep closes the idle connection without any new request.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(server.stats().open_connections, 0);
+    c.chat(&body("c")).await.unwrap();
+    assert_eq!(server.stats().connections, 2);
+
+    config.pool.max_idle_per_host = 0;
+    let c = LlmClient::new(config).unwrap();
+    for p in ["d", "e", "f"] {
+        c.chat(&body(p)).await.unwrap();
+    }
+    assert_eq!(c.metrics().connections_opened, 3);
 }

@@ -260,7 +260,7 @@ impl LlmClient {
     ) -> Result<(T, u32), LlmError> {
         let inner = &*self.inner;
         let policy = &inner.cfg.retry;
-        let deadline = policy.deadline.map(|d| Instant::now() + d);
+        let deadline = policy.deadline.and_then(|d| Instant::now().checked_add(d));
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -289,7 +289,8 @@ impl LlmClient {
             inner.limiter.settle(estimate, 0);
             let give_up = !err.is_retryable() || attempt >= policy.max_attempts.max(1);
             let delay = policy.delay_after(attempt, &err);
-            let past_deadline = deadline.is_some_and(|d| Instant::now() + delay >= d);
+            let past_deadline =
+                deadline.is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|t| t >= d));
             if give_up || past_deadline {
                 tracing::debug!(attempt, code = err.code(), "giving up: {err}");
                 return Err(err);
@@ -317,10 +318,13 @@ impl LlmClient {
         let mut req = Request::builder()
             .method(method)
             .uri(uri.clone())
-            .header(ACCEPT, "application/json")
-            .header(USER_AGENT, concat!("reasonq/", env!("CARGO_PKG_VERSION")));
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("reasonq/", env!("CARGO_PKG_VERSION"))),
+            );
         if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
+            req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         if let Some(auth) = &inner.auth {
             req = req.header(AUTHORIZATION, auth.clone());
@@ -351,8 +355,19 @@ impl LlmClient {
             Ok(r) => r,
             Err(_) => Err(LlmError::Timeout { after: timeout }),
         };
-        inner.metrics.observe_latency(t0.elapsed());
+        let took = t0.elapsed();
+        inner.metrics.observe_latency(took);
         let raw = raw?;
+        tracing::debug!(
+            status = raw.status.as_u16(),
+            request_id = raw
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            bytes = raw.body.len(),
+            micros = took.as_micros() as u64,
+            "LLM response"
+        );
         inner.limiter.observe(&raw.headers);
         if raw.status.is_success() {
             Ok(raw)
@@ -410,14 +425,35 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
     out
 }
 
+/// Whether a rustls error is among the causes. hyper-rustls wraps it in
+/// `io::Error`s whose `source()` skips it, so look inside those too.
+fn has_tls_error(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(s) = cur {
+        if s.is::<rustls::Error>() {
+            return true;
+        }
+        cur = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => s.source(),
+        };
+    }
+    false
+}
+
 /// Maps a hyper-util client error to a retry class.
 fn classify_send(e: &hyper_util::client::legacy::Error, uri: &Uri) -> LlmError {
     let message = chain(e);
     if e.is_connect() {
-        return LlmError::Connect {
-            host: uri.host().unwrap_or_default().to_owned(),
-            message,
-        };
+        let host = uri.host().unwrap_or_default().to_owned();
+        // A rejected certificate or TLS setup does not heal by retrying.
+        if has_tls_error(e) {
+            return LlmError::Tls { host, message };
+        }
+        return LlmError::Connect { host, message };
     }
     let mut cur: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(s) = cur {

@@ -27,6 +27,14 @@ pub enum LlmError {
         /// Underlying cause.
         message: String,
     },
+    /// The TLS handshake failed (unknown issuer, bad name, ...); not retried.
+    #[error("TLS handshake with {host} failed: {message}")]
+    Tls {
+        /// Host the client tried to reach.
+        host: String,
+        /// Underlying cause.
+        message: String,
+    },
     /// The connection was closed or reset before the response headers arrived.
     #[error("connection closed before the response arrived: {message}")]
     Reset {
@@ -149,6 +157,7 @@ impl LlmError {
             | LlmError::Truncated { .. }
             | LlmError::Transport { .. } => true,
             LlmError::Malformed { .. }
+            | LlmError::Tls { .. }
             | LlmError::TooLarge { .. }
             | LlmError::UnknownModel { .. }
             | LlmError::InvalidRequest(_)
@@ -205,6 +214,7 @@ impl LlmError {
             }
             LlmError::Timeout { .. } => "timeout",
             LlmError::Connect { .. } => "connect",
+            LlmError::Tls { .. } => "tls",
             LlmError::Reset { .. } => "connection_reset",
             LlmError::Truncated { .. } => "truncated",
             LlmError::Transport { .. } => "transport",

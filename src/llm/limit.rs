@@ -1,6 +1,7 @@
 //! Client-side rate limiting: RPM and TPM token buckets, a concurrency cap and
 //! pacing from the server's `x-ratelimit-*` headers.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,7 @@ impl Bucket {
         if st.0 >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-st.0 / self.per_sec)
+            Duration::try_from_secs_f64(-st.0 / self.per_sec).unwrap_or(Duration::MAX)
         }
     }
 }
@@ -84,6 +85,8 @@ pub(crate) struct Limiter {
     rpm: Option<Bucket>,
     tpm: Option<Bucket>,
     pacing: Mutex<Pacing>,
+    /// Set once the server ever reported limits; spares the lock otherwise.
+    paced: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -99,6 +102,7 @@ impl Limiter {
             rpm: l.rpm.map(|r| Bucket::new(r, l.window)),
             tpm: l.tpm.map(|t| Bucket::new(t, l.window)),
             pacing: Mutex::new(Pacing::default()),
+            paced: AtomicBool::new(false),
             metrics,
         }
     }
@@ -118,9 +122,7 @@ impl Limiter {
             wait = wait.max(b.take(tokens as f64));
         }
         if !wait.is_zero() {
-            self.metrics
-                .limiter_waits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.limiter_waits.fetch_add(1, Relaxed);
             tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limiter pacing");
             tokio::time::sleep(wait).await;
         }
@@ -142,7 +144,7 @@ impl Limiter {
         let read = |rem: &str, reset: &str| -> Option<(u64, Instant)> {
             let remaining = h.get(rem)?.to_str().ok()?.trim().parse().ok()?;
             let reset = parse_duration(h.get(reset)?.to_str().ok()?)?;
-            Some((remaining, Instant::now() + reset))
+            Some((remaining, Instant::now().checked_add(reset)?))
         };
         let req = read(
             "x-ratelimit-remaining-requests",
@@ -152,6 +154,7 @@ impl Limiter {
         if req.is_none() && tok.is_none() {
             return;
         }
+        self.paced.store(true, Relaxed);
         let mut p = self.pacing.lock().unwrap_or_else(PoisonError::into_inner);
         if req.is_some() {
             p.requests = req;
@@ -164,6 +167,9 @@ impl Limiter {
     /// Wait imposed by the last server report, spending its budget locally
     /// so concurrent callers do not all rush the last remaining slot.
     fn pace(&self, tokens: u64) -> Duration {
+        if !self.paced.load(Relaxed) {
+            return Duration::ZERO;
+        }
         let mut p = self.pacing.lock().unwrap_or_else(PoisonError::into_inner);
         let Pacing {
             requests,

@@ -43,9 +43,9 @@ impl Default for Metrics {
 pub struct MetricsSnapshot {
     /// HTTP requests put on the wire (every attempt counts).
     pub requests_sent: u64,
-    /// Attempts that got a complete response (any status).
+    /// Attempts that ended in a usable answer.
     pub responses: u64,
-    /// Attempts that failed at the transport level or on a bad status.
+    /// Attempts that failed: transport error, error status or bad body.
     pub failures: u64,
     /// TCP connections opened by the connector.
     pub connections_opened: u64,

@@ -77,8 +77,7 @@ pub fn parse_advice(h: &HeaderMap) -> Advice {
     };
     let ms = header(h, "retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(|v| Duration::from_secs_f64(v / 1000.0));
+        .and_then(|v| secs(v / 1000.0));
     let retry_after = ms.or_else(|| header(h, "retry-after").and_then(parse_retry_after));
     Advice {
         should_retry,
@@ -88,8 +87,8 @@ pub fn parse_advice(h: &HeaderMap) -> Advice {
 
 /// `Retry-After`: delta seconds (fractions tolerated) or an HTTP date.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    if let Ok(n) = v.parse::<f64>() {
+        return secs(n);
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(
@@ -105,8 +104,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     if s.is_empty() {
         return None;
     }
-    if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    if let Ok(n) = s.parse::<f64>() {
+        return secs(n);
     }
     let mut total = 0f64;
     let mut rest = s;
@@ -131,7 +130,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_end..];
         total += num * scale;
     }
-    total.is_finite().then(|| Duration::from_secs_f64(total))
+    secs(total)
+}
+
+/// Seconds from a header as a `Duration`; `None` for negative, NaN or
+/// absurdly large values rather than a panic.
+fn secs(n: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(n).ok()
 }
 
 #[cfg(test)]
@@ -148,7 +153,16 @@ mod tests {
         assert_eq!(parse_duration("1h2m3s"), Some(ms(3_723_000)));
         assert_eq!(parse_duration("2"), Some(ms(2000)));
         assert_eq!(parse_duration("250us"), Some(Duration::from_micros(250)));
-        for bad in ["", "abc", "5x", "ms", "-1s"] {
+        for bad in [
+            "",
+            "abc",
+            "5x",
+            "ms",
+            "-1s",
+            "1e300",
+            "99999999999999999999h",
+            "NaN",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
@@ -177,6 +191,25 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("1e300"), None);
+        h.insert("retry-after-ms", HeaderValue::from_static("1e300"));
+        assert_eq!(parse_advice(&h).retry_after, Some(Duration::from_secs(3)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn header_parsers_never_panic(s in "\\PC{0,24}") {
+            let _ = parse_duration(&s);
+            let _ = parse_retry_after(&s);
+        }
+
+        #[test]
+        fn go_durations_add_up(h in 0u64..100, m in 0u64..60, ms in 0u64..1000) {
+            let text = format!("{h}h{m}m{ms}ms");
+            let want = Duration::from_millis(((h * 60 + m) * 60) * 1000 + ms);
+            let got = parse_duration(&text).unwrap();
+            proptest::prop_assert!(got.abs_diff(want) < Duration::from_micros(1), "{text}");
+        }
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub enum Reply {
     Fault(Fault),
 }
 
+const JSON: &str = "application/json";
+
 fn error_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
@@ -150,7 +152,7 @@ fn response(status: u16, content_type: &str, body: SimBody) -> Response<SimBody>
 
 /// A JSON response.
 pub(crate) fn json(status: u16, body: Bytes) -> Response<SimBody> {
-    response(status, "application/json", full(body))
+    response(status, JSON, full(body))
 }
 
 fn add_header(r: &mut Response<SimBody>, k: &str, v: &str) {
@@ -168,28 +170,24 @@ pub(crate) async fn render(fault: Fault, answer: Bytes) -> io::Result<Response<S
         extra.extend(h);
         fault = *inner;
     }
-    const JSON: &str = "application/json";
     let mut r = match fault {
-        Fault::Ok | Fault::WithHeaders(..) => response(200, JSON, full(answer)),
+        // WithHeaders was peeled off above; it only appears here to be exhaustive.
+        Fault::Ok | Fault::WithHeaders(..) => json(200, answer),
         Fault::Latency(d) => {
             tokio::time::sleep(d).await;
-            response(200, JSON, full(answer))
+            json(200, answer)
         }
         Fault::Status {
             status,
             code,
             message,
-        } => response(
-            status,
-            JSON,
-            full(error_body(status, code.as_deref(), &message)),
-        ),
+        } => json(status, error_body(status, code.as_deref(), &message)),
         Fault::RateLimited {
             retry_after_secs,
             retry_after_ms,
         } => {
             let body = error_body(429, Some("rate_limit_exceeded"), "simulated rate limit");
-            let mut r = response(429, JSON, full(body));
+            let mut r = json(429, body);
             if let Some(s) = retry_after_secs {
                 add_header(&mut r, "retry-after", &s.to_string());
             }
@@ -201,11 +199,7 @@ pub(crate) async fn render(fault: Fault, answer: Bytes) -> io::Result<Response<S
         Fault::InsufficientQuota => {
             let msg =
                 "You exceeded your current quota, please check your plan and billing details.";
-            response(
-                429,
-                JSON,
-                full(error_body(429, Some("insufficient_quota"), msg)),
-            )
+            json(429, error_body(429, Some("insufficient_quota"), msg))
         }
         Fault::Reset => {
             return Err(io::Error::new(
@@ -219,7 +213,10 @@ pub(crate) async fn render(fault: Fault, answer: Bytes) -> io::Result<Response<S
             add_header(&mut r, "content-length", &answer.len().to_string());
             r
         }
-        Fault::MalformedJson => response(200, JSON, full(r#"{"id":"sim","choices":[{"message":"#)),
+        Fault::MalformedJson => json(
+            200,
+            Bytes::from_static(br#"{"id":"sim","choices":[{"message":"#),
+        ),
         Fault::WrongContentType => response(
             200,
             "text/html",
@@ -228,7 +225,7 @@ pub(crate) async fn render(fault: Fault, answer: Bytes) -> io::Result<Response<S
         Fault::Huge(n) => {
             let pad = "x".repeat(n.saturating_sub(40));
             let v: Value = json!({"pad": pad, "choices": []});
-            response(200, JSON, full(v.to_string()))
+            json(200, Bytes::from(v.to_string()))
         }
         Fault::Raw {
             status,

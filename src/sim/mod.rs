@@ -74,6 +74,9 @@ pub struct SimConfig {
     pub random: Option<RandomFaults>,
     /// Keep a log of every request (headers and body); off for benchmarks.
     pub record_requests: bool,
+    /// Benchmark mode: every chat request gets one canned answer without
+    /// parsing the body, counting prompts or consulting faults/responder.
+    pub fast: bool,
 }
 
 impl Default for SimConfig {
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             api_key: None,
             random: None,
             record_requests: true,
+            fast: false,
         }
     }
 }
@@ -120,6 +124,8 @@ impl RequestRecord {
 pub struct SimStats {
     /// TCP connections accepted.
     pub connections: u64,
+    /// Connections still open.
+    pub open_connections: u64,
     /// HTTP requests received.
     pub requests: u64,
     /// Every request, when `record_requests` is on.
@@ -136,9 +142,11 @@ struct State {
     responder: RwLock<Option<Responder>>,
     rng: Mutex<StdRng>,
     connections: AtomicU64,
+    open: AtomicU64,
     requests: AtomicU64,
     log: Mutex<Vec<RequestRecord>>,
     by_prompt: Mutex<HashMap<String, u64>>,
+    canned: Bytes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -194,9 +202,11 @@ impl SimServer {
             responder: RwLock::new(None),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             by_prompt: Mutex::new(HashMap::new()),
+            canned: completion(0, "sim", "[simulated] fast answer", 8),
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), tls));
@@ -237,6 +247,7 @@ impl SimServer {
         let s = &self.state;
         SimStats {
             connections: s.connections.load(Relaxed),
+            open_connections: s.open.load(Relaxed),
             requests: s.requests.load(Relaxed),
             log: lock(&s.log).clone(),
             by_prompt: lock(&s.by_prompt).clone(),
@@ -275,12 +286,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<TlsAc
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     state.connections.fetch_add(1, Relaxed);
+                    state.open.fetch_add(1, Relaxed);
                     let st = Arc::clone(&state);
                     match tls.clone() {
                         Some(acc) => conns.spawn(async move {
                             match acc.accept(stream).await {
                                 Ok(s) => serve(s, st).await,
-                                Err(e) => tracing::debug!("sim: TLS handshake failed: {e}"),
+                                Err(e) => {
+                                    st.open.fetch_sub(1, Relaxed);
+                                    tracing::debug!("sim: TLS handshake failed: {e}");
+                                }
                             }
                         }),
                         None => conns.spawn(serve(stream, st)),
@@ -301,13 +316,15 @@ async fn serve<S>(io: S, state: Arc<State>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(Arc::clone(&state), req));
+    let st = Arc::clone(&state);
+    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
     if let Err(e) = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), svc)
         .await
     {
         tracing::debug!("sim: connection ended: {e}");
     }
+    state.open.fetch_sub(1, Relaxed);
 }
 
 fn json_response(status: u16, body: Bytes) -> io::Result<Response<SimBody>> {
@@ -376,6 +393,9 @@ async fn route(
                 Bytes::from(json!({"object": "list", "data": data}).to_string()),
             )
         }
+        (&Method::POST, "/chat/completions") if state.cfg.fast => {
+            json_response(200, state.canned.clone())
+        }
         (&Method::POST, "/chat/completions") => chat(state, &body, n).await,
         _ => {
             let msg = format!("no route for {} {}", parts.method, parts.uri.path());
@@ -441,9 +461,15 @@ async fn chat(state: &State, body: &[u8], n: u64) -> io::Result<Response<SimBody
     let content =
         content.unwrap_or_else(|| format!("[simulated] answer to: {}", truncate(&prompt, 80)));
     let model = req.get("model").and_then(Value::as_str).unwrap_or("sim");
-    let prompt_tokens = prompt_chars(&req) / 4 + 1;
+    let answer = completion(n, model, &content, prompt_chars(&req));
+    fault::render(fault, answer).await
+}
+
+/// A completion body with usage derived from text lengths (~4 chars a token).
+fn completion(n: u64, model: &str, content: &str, prompt_chars: usize) -> Bytes {
+    let prompt_tokens = prompt_chars / 4 + 1;
     let completion_tokens = content.len() / 4 + 1;
-    let answer = json!({
+    let v = json!({
         "id": format!("chatcmpl-sim-{n}"),
         "object": "chat.completion",
         "created": 1_700_000_000,
@@ -459,7 +485,7 @@ async fn chat(state: &State, body: &[u8], n: u64) -> io::Result<Response<SimBody
             "total_tokens": prompt_tokens + completion_tokens
         }
     });
-    fault::render(fault, Bytes::from(answer.to_string())).await
+    Bytes::from(v.to_string())
 }
 
 fn random_fault(state: &State) -> Fault {
