@@ -483,3 +483,31 @@ fn a_batch_tool_keeps_answers_for_30_days_by_default() {
     assert!(config.persist);
     let _: Value = serde_json::to_value(Cache::new(None, config).stats()).unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_store_write_is_reported_but_the_answer_is_not_paid_for_twice() {
+    let (_dir, store) = temp_store();
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(Some(store.clone()), &clock);
+    store.close().unwrap();
+    let failed = cache
+        .get_or_fetch(key_for("q"), true, || upstream.answer("q"))
+        .await;
+    assert!(matches!(failed, Err(Error::Closed)), "{failed:?}");
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Memory);
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test]
+async fn with_no_memory_budget_answers_still_come_from_disk() {
+    let (_dir, store) = temp_store();
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let config = CacheConfig {
+        memory_bytes: 0,
+        ..config()
+    };
+    let cache = cache_with(Some(store), &clock, config);
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Miss);
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Disk);
+    assert_eq!((cache.stats().memory_entries, upstream.calls()), (0, 1));
+}
