@@ -33,8 +33,8 @@ impl CacheKey {
     /// are written as serde_json prints them, so `0` and `0.0` are different requests (never
     /// wrongly merged, at worst a missed hit).
     pub fn for_request(base_url: &str, endpoint: &str, body: &Value) -> CacheKey {
-        // Encoding into one buffer and hashing it once is several times faster than feeding
-        // the hasher the many small pieces serde_json writes.
+        // One buffer hashed in one call, rather than many tiny hasher updates (serde_json
+        // writes strings in small pieces).
         let mut canonical = Vec::with_capacity(1024);
         // Writing into a Vec cannot fail.
         let _ = write_canonical_request(&mut canonical, base_url, endpoint, body);
