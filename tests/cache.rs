@@ -60,12 +60,23 @@ fn config() -> CacheConfig {
 }
 
 fn cache(store: Option<Store>, clock: &ManualClock) -> Cache {
+    cache_with(store, clock, config())
+}
+
+fn cache_with(store: Option<Store>, clock: &ManualClock, config: CacheConfig) -> Cache {
     let t = clock.0.clone();
-    Cache::with_clock(store, config(), Arc::new(move || t.load(SeqCst)))
+    Cache::with_clock(store, config, Arc::new(move || t.load(SeqCst)))
 }
 
 fn open_store(dir: &tempfile::TempDir) -> Store {
     Store::open(StoreConfig::new(dir.path().join("cache.redb"))).unwrap()
+}
+
+/// A store in a fresh directory, which lives as long as the returned guard.
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    (dir, store)
 }
 
 fn key_for(text: &str) -> CacheKey {
@@ -141,8 +152,7 @@ async fn after_a_restart_the_answer_comes_from_disk_without_fetching() {
 
 #[tokio::test]
 async fn expired_entries_are_misses_in_both_tiers() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+    let (_dir, store) = temp_store();
     let (clock, upstream) = (ManualClock::new(), Upstream::default());
     let warm = cache(Some(store.clone()), &clock);
     ask(&warm, &upstream, "q").await;
@@ -187,8 +197,7 @@ async fn sweep_drops_expired_entries_from_memory() {
 
 #[tokio::test]
 async fn prune_removes_expired_rows_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+    let (_dir, store) = temp_store();
     let put = |text: &'static str, expires_at: u64| {
         let response =
             CachedResponse::new(200, None, text).stamped(0, Duration::from_millis(expires_at));
@@ -231,10 +240,13 @@ async fn prune_removes_expired_rows_only() {
     assert_eq!(cache.prune_expired(200).await.unwrap(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_concurrent_identical_requests_make_one_upstream_call() {
-    let clock = ManualClock::new();
-    let cache = Arc::new(cache(None, &clock));
+/// Sends 10 identical requests at once. The n-th upstream call (from 0) answers `answer(n)`
+/// after a short delay, so the others pile up behind it. Returns the results and the number
+/// of upstream calls.
+async fn ten_at_once(
+    answer: fn(usize) -> Result<CachedResponse, Error>,
+) -> (Vec<Result<(CachedResponse, Hit), Error>>, usize) {
+    let cache = Arc::new(cache(None, &ManualClock::new()));
     let calls = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..10)
         .map(|_| {
@@ -242,22 +254,33 @@ async fn ten_concurrent_identical_requests_make_one_upstream_call() {
             tokio::spawn(async move {
                 cache
                     .get_or_fetch(key_for("q"), true, || async move {
-                        calls.fetch_add(1, SeqCst);
-                        tokio::time::sleep(Duration::from_millis(30)).await;
-                        Ok::<_, Error>(CachedResponse::new(200, None, "shared"))
+                        let n = calls.fetch_add(1, SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        answer(n)
                     })
                     .await
-                    .unwrap()
             })
         })
         .collect();
-    let mut hits = Vec::new();
+    let mut results = Vec::new();
     for task in tasks {
-        let (response, hit) = task.await.unwrap();
-        assert_eq!(response.body, "shared");
-        hits.push(hit);
+        results.push(task.await.unwrap());
     }
-    assert_eq!(calls.load(SeqCst), 1);
+    (results, calls.load(SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_identical_requests_make_one_upstream_call() {
+    let (results, calls) = ten_at_once(|_| Ok(CachedResponse::new(200, None, "shared"))).await;
+    assert_eq!(calls, 1);
+    let hits: Vec<Hit> = results
+        .into_iter()
+        .map(|r| {
+            let (response, hit) = r.unwrap();
+            assert_eq!(response.body, "shared");
+            hit
+        })
+        .collect();
     assert_eq!(hits.iter().filter(|h| **h == Hit::Miss).count(), 1);
     assert_eq!(hits.iter().filter(|h| **h == Hit::Memory).count(), 9);
 }
@@ -279,30 +302,14 @@ async fn a_failed_fetch_fails_only_its_caller_and_the_next_call_fetches_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_shared_fetch_fails_a_waiter_fetches_instead_of_failing() {
-    let clock = ManualClock::new();
-    let cache = Arc::new(cache(None, &clock));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let (cache, calls) = (cache.clone(), calls.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_fetch(key_for("q"), true, || async move {
-                        let first = calls.fetch_add(1, SeqCst) == 0;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        if first {
-                            Err(Error::Invalid("upstream down".into()))
-                        } else {
-                            Ok(CachedResponse::new(200, None, "ok"))
-                        }
-                    })
-                    .await
-            })
-        })
-        .collect();
+    let (results, calls) = ten_at_once(|n| match n {
+        0 => Err(Error::Invalid("upstream down".into())),
+        _ => Ok(CachedResponse::new(200, None, "ok")),
+    })
+    .await;
     let mut errors = 0;
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in results {
+        match result {
             Ok((response, _)) => assert_eq!(response.body, "ok"),
             Err(_) => errors += 1,
         }
@@ -311,17 +318,12 @@ async fn when_the_shared_fetch_fails_a_waiter_fetches_instead_of_failing() {
         errors, 1,
         "only the caller whose fetch failed sees the error"
     );
-    assert_eq!(
-        calls.load(SeqCst),
-        2,
-        "one failed fetch, one successful retry"
-    );
+    assert_eq!(calls, 2, "one failed fetch, one successful retry");
 }
 
 #[tokio::test]
 async fn unsuccessful_responses_are_returned_but_not_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+    let (_dir, store) = temp_store();
     let clock = ManualClock::new();
     let cache = cache(Some(store.clone()), &clock);
     for _ in 0..2 {
@@ -339,8 +341,7 @@ async fn unsuccessful_responses_are_returned_but_not_cached() {
 
 #[tokio::test]
 async fn policy_never_bypasses_both_tiers() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+    let (_dir, store) = temp_store();
     let (clock, upstream) = (ManualClock::new(), Upstream::default());
     let cache = cache(Some(store.clone()), &clock);
     let body = json!({"model": "m", "temperature": 0, "messages": []});
@@ -395,19 +396,13 @@ async fn deterministic_policy_caches_only_zero_temperature_or_seeded_requests() 
 
 #[tokio::test]
 async fn persist_off_reads_the_store_but_leaves_writing_to_the_caller() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+    let (_dir, store) = temp_store();
     let (clock, upstream) = (ManualClock::new(), Upstream::default());
-    let t = clock.0.clone();
     let config = CacheConfig {
         persist: false,
         ..config()
     };
-    let cache = Cache::with_clock(
-        Some(store.clone()),
-        config,
-        Arc::new(move || t.load(SeqCst)),
-    );
+    let cache = cache_with(Some(store.clone()), &clock, config);
     let (fetched, _) = ask(&cache, &upstream, "q").await;
     assert_eq!(disk_rows(&store), (0, 0));
     // The caller stores it in its own transaction (e.g. the one completing the job)...
@@ -424,17 +419,12 @@ async fn persist_off_reads_the_store_but_leaves_writing_to_the_caller() {
 
 #[tokio::test]
 async fn the_memory_tier_evicts_by_bytes() {
-    let clock = ManualClock::new();
-    let t = clock.0.clone();
     let capacity = 16 * 1024;
-    let cache = Cache::with_clock(
-        None,
-        CacheConfig {
-            memory_bytes: capacity,
-            ..config()
-        },
-        Arc::new(move || t.load(SeqCst)),
-    );
+    let config = CacheConfig {
+        memory_bytes: capacity,
+        ..config()
+    };
+    let cache = cache_with(None, &ManualClock::new(), config);
     for i in 0..40 {
         cache
             .get_or_fetch(key_for(&i.to_string()), true, || async {
@@ -492,4 +482,32 @@ fn a_batch_tool_keeps_answers_for_30_days_by_default() {
     assert_eq!(config.memory_bytes, 64 << 20);
     assert!(config.persist);
     let _: Value = serde_json::to_value(Cache::new(None, config).stats()).unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_store_write_is_reported_but_the_answer_is_not_paid_for_twice() {
+    let (_dir, store) = temp_store();
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(Some(store.clone()), &clock);
+    store.close().unwrap();
+    let failed = cache
+        .get_or_fetch(key_for("q"), true, || upstream.answer("q"))
+        .await;
+    assert!(matches!(failed, Err(Error::Closed)), "{failed:?}");
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Memory);
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test]
+async fn with_no_memory_budget_answers_still_come_from_disk() {
+    let (_dir, store) = temp_store();
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let config = CacheConfig {
+        memory_bytes: 0,
+        ..config()
+    };
+    let cache = cache_with(Some(store), &clock, config);
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Miss);
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Disk);
+    assert_eq!((cache.stats().memory_entries, upstream.calls()), (0, 1));
 }

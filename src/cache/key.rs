@@ -33,10 +33,12 @@ impl CacheKey {
     /// are written as serde_json prints them, so `0` and `0.0` are different requests (never
     /// wrongly merged, at worst a missed hit).
     pub fn for_request(base_url: &str, endpoint: &str, body: &Value) -> CacheKey {
-        let mut hasher = HashWriter(Sha256::new());
-        // Writing into a hasher cannot fail.
-        let _ = write_canonical_request(&mut hasher, base_url, endpoint, body);
-        CacheKey(hasher.0.finalize().into())
+        // One buffer hashed in one call, rather than many tiny hasher updates (serde_json
+        // writes strings in small pieces).
+        let mut canonical = Vec::with_capacity(1024);
+        // Writing into a Vec cannot fail.
+        let _ = write_canonical_request(&mut canonical, base_url, endpoint, body);
+        CacheKey(Sha256::digest(&canonical).into())
     }
 
     /// The raw digest.
@@ -121,20 +123,6 @@ fn write_object<'a>(
         write_canonical(out, v)?;
     }
     out.write_all(b"}")
-}
-
-/// Lets serde_json and `write!` stream straight into the hasher, with no buffer.
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
