@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use reasonq::store::experience::{self, NewExperience, Order, Outcome};
+use reasonq::store::experience::{self, ExperienceData, NewExperience, Order, Outcome};
 use reasonq::store::{Store, StoreConfig};
 use rusqlite::{params, Connection};
 
 const DOMAINS: usize = 10;
 
 fn sample(i: usize) -> NewExperience {
-    NewExperience {
+    ExperienceData {
         reasoning: vec![format!("step one of {i}"), "step two".into()],
         confidence: Some(0.8),
         outcome: if i % 4 == 0 {
@@ -30,11 +30,12 @@ fn sample(i: usize) -> NewExperience {
         prompt_tokens: 120,
         completion_tokens: 80,
         latency_ms: 900,
-        ..NewExperience::new(
+        ..ExperienceData::new(
             format!("question number {i}: what is {i} * 3?"),
             "an answer",
         )
     }
+    .into()
 }
 
 // ---- reasonq ----
@@ -100,7 +101,8 @@ fn open_sqlite(dir: &tempfile::TempDir, synchronous: &str) -> Connection {
     conn
 }
 
-fn sqlite_insert(conn: &Connection, e: &NewExperience) {
+fn sqlite_insert(conn: &Connection, new: &NewExperience) {
+    let e = &new.data;
     let json = |v: &Vec<String>| serde_json::to_string(v).unwrap();
     let mut insert = conn
         .prepare_cached(

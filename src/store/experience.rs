@@ -40,6 +40,13 @@ pub struct Experience {
     pub id: u64,
     /// When it happened, ms since the Unix epoch.
     pub created_at: u64,
+    /// What was asked, reasoned and answered.
+    pub data: ExperienceData,
+}
+
+/// The content of an experience, as the caller supplies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperienceData {
     /// The question asked.
     pub question: String,
     /// Extra context given with the question.
@@ -48,15 +55,15 @@ pub struct Experience {
     pub reasoning: Vec<String>,
     /// The final answer.
     pub answer: String,
-    /// Self-reported confidence in 0..=1.
+    /// Self-reported confidence; must be finite and in 0..=1.
     pub confidence: Option<f32>,
     /// How it turned out.
     pub outcome: Outcome,
-    /// Subject area, e.g. "math".
+    /// Subject area, e.g. "math"; non-empty.
     pub domain: String,
-    /// How it was reasoned, e.g. "chain_of_thought".
+    /// How it was reasoned, e.g. "chain_of_thought"; non-empty.
     pub strategy: String,
-    /// Free labels, without duplicates.
+    /// Free labels; duplicates are dropped when recorded, empty tags refused.
     pub tags: Vec<String>,
     /// Model that answered.
     pub model: String,
@@ -72,48 +79,10 @@ pub struct Experience {
     pub used_experiences: Vec<u64>,
 }
 
-/// An experience to record: the id is assigned, and `created_at` defaults to now.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewExperience {
-    /// Overrides the recording time (imports, tests); `None` means now.
-    pub created_at: Option<u64>,
-    /// See [`Experience::question`].
-    pub question: String,
-    /// See [`Experience::context`].
-    pub context: Option<String>,
-    /// See [`Experience::reasoning`].
-    pub reasoning: Vec<String>,
-    /// See [`Experience::answer`].
-    pub answer: String,
-    /// See [`Experience::confidence`]; must be finite and in 0..=1.
-    pub confidence: Option<f32>,
-    /// See [`Experience::outcome`].
-    pub outcome: Outcome,
-    /// See [`Experience::domain`]; non-empty.
-    pub domain: String,
-    /// See [`Experience::strategy`]; non-empty.
-    pub strategy: String,
-    /// See [`Experience::tags`]; duplicates are dropped, empty tags refused.
-    pub tags: Vec<String>,
-    /// See [`Experience::model`].
-    pub model: String,
-    /// See [`Experience::prompt_tokens`].
-    pub prompt_tokens: u32,
-    /// See [`Experience::completion_tokens`].
-    pub completion_tokens: u32,
-    /// See [`Experience::latency_ms`].
-    pub latency_ms: u64,
-    /// See [`Experience::job_id`].
-    pub job_id: Option<u64>,
-    /// See [`Experience::used_experiences`].
-    pub used_experiences: Vec<u64>,
-}
-
-impl NewExperience {
+impl ExperienceData {
     /// A question and its answer in domain "general", strategy "direct", everything else empty.
     pub fn new(question: impl Into<String>, answer: impl Into<String>) -> Self {
-        NewExperience {
-            created_at: None,
+        ExperienceData {
             question: question.into(),
             context: None,
             reasoning: Vec::new(),
@@ -145,32 +114,40 @@ impl NewExperience {
         check_label("strategy", &self.strategy)?;
         self.tags.iter().try_for_each(|t| check_label("tag", t))
     }
+}
+
+/// An experience to record: the id is assigned, and `created_at` defaults to now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExperience {
+    /// Overrides the recording time (imports, tests); `None` means now.
+    pub created_at: Option<u64>,
+    /// The content.
+    pub data: ExperienceData,
+}
+
+impl NewExperience {
+    /// [`ExperienceData::new`], recorded now.
+    pub fn new(question: impl Into<String>, answer: impl Into<String>) -> Self {
+        ExperienceData::new(question, answer).into()
+    }
 
     fn to_experience(&self, id: u64, now: u64) -> Experience {
+        let mut data = self.data.clone();
         let mut seen = BTreeSet::new();
+        data.tags.retain(|t| seen.insert(t.clone()));
         Experience {
             id,
             created_at: self.created_at.unwrap_or(now),
-            question: self.question.clone(),
-            context: self.context.clone(),
-            reasoning: self.reasoning.clone(),
-            answer: self.answer.clone(),
-            confidence: self.confidence,
-            outcome: self.outcome,
-            domain: self.domain.clone(),
-            strategy: self.strategy.clone(),
-            tags: self
-                .tags
-                .iter()
-                .filter(|t| seen.insert(t.as_str()))
-                .cloned()
-                .collect(),
-            model: self.model.clone(),
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.completion_tokens,
-            latency_ms: self.latency_ms,
-            job_id: self.job_id,
-            used_experiences: self.used_experiences.clone(),
+            data,
+        }
+    }
+}
+
+impl From<ExperienceData> for NewExperience {
+    fn from(data: ExperienceData) -> Self {
+        NewExperience {
+            created_at: None,
+            data,
         }
     }
 }
@@ -244,11 +221,12 @@ impl<'t> Tables<'t> {
         self.records
             .insert(exp.id, codec::encode(exp)?.as_slice())?;
         self.by_time.insert((exp.created_at, exp.id), ())?;
-        self.by_domain.insert((exp.domain.as_str(), exp.id), ())?;
-        for tag in &exp.tags {
+        self.by_domain
+            .insert((exp.data.domain.as_str(), exp.id), ())?;
+        for tag in &exp.data.tags {
             self.by_tag.insert((tag.as_str(), exp.id), ())?;
         }
-        self.add_to_count(&exp.domain, 1)?;
+        self.add_to_count(&exp.data.domain, 1)?;
         pattern::observe_in(&mut self.patterns, exp)
     }
 
@@ -263,13 +241,13 @@ impl<'t> Tables<'t> {
             let exp: Experience = codec::decode(bytes.value())?;
             drop(bytes);
             self.by_time.remove((exp.created_at, exp.id))?;
-            self.by_domain.remove((exp.domain.as_str(), exp.id))?;
-            for tag in &exp.tags {
+            self.by_domain.remove((exp.data.domain.as_str(), exp.id))?;
+            for tag in &exp.data.tags {
                 self.by_tag.remove((tag.as_str(), exp.id))?;
             }
-            self.add_to_count(&exp.domain, -1)?;
+            self.add_to_count(&exp.data.domain, -1)?;
             forgotten
-                .entry((exp.domain, exp.strategy))
+                .entry((exp.data.domain, exp.data.strategy))
                 .or_default()
                 .insert(exp.id);
             deleted += 1;
@@ -287,7 +265,7 @@ pub fn record_many_in(
     items: &[NewExperience],
     now: u64,
 ) -> Result<Vec<u64>> {
-    items.iter().try_for_each(NewExperience::validate)?;
+    items.iter().try_for_each(|item| item.data.validate())?;
     if items.is_empty() {
         return Ok(Vec::new());
     }
