@@ -389,9 +389,7 @@ pub fn list_by_domain_read(
     limit: usize,
     order: Order,
 ) -> Result<Vec<Experience>> {
-    let index = txn.open_table(EXPERIENCES_BY_DOMAIN)?;
-    let ids = index_ids(index.range((domain, 0)..=(domain, u64::MAX))?, limit, order)?;
-    load_all(txn, &ids)
+    list_by_label(txn, EXPERIENCES_BY_DOMAIN, domain, limit, order)
 }
 
 /// Up to `limit` experiences carrying a tag, in recording (id) order.
@@ -401,8 +399,19 @@ pub fn list_by_tag_read(
     limit: usize,
     order: Order,
 ) -> Result<Vec<Experience>> {
-    let index = txn.open_table(EXPERIENCES_BY_TAG)?;
-    let ids = index_ids(index.range((tag, 0)..=(tag, u64::MAX))?, limit, order)?;
+    list_by_label(txn, EXPERIENCES_BY_TAG, tag, limit, order)
+}
+
+/// Reads a `(label, id)` index: every id filed under one label.
+fn list_by_label(
+    txn: &ReadTransaction,
+    index: redb::TableDefinition<(&str, u64), ()>,
+    label: &str,
+    limit: usize,
+    order: Order,
+) -> Result<Vec<Experience>> {
+    let index = txn.open_table(index)?;
+    let ids = index_ids(index.range((label, 0)..=(label, u64::MAX))?, limit, order)?;
     load_all(txn, &ids)
 }
 
