@@ -208,32 +208,38 @@ impl<'t> Tables<'t> {
         })
     }
 
-    fn add_to_count(&mut self, domain: &str, delta: i64) -> Result<()> {
-        let old = self.counts.get(domain)?.map(|v| v.value()).unwrap_or(0);
-        match old.saturating_add_signed(delta) {
-            0 => self.counts.remove(domain).map(drop)?,
-            n => self.counts.insert(domain, n).map(drop)?,
+    /// Applies per-domain count changes, one read and write per domain.
+    fn add_to_counts(&mut self, deltas: BTreeMap<&str, i64>) -> Result<()> {
+        for (domain, delta) in deltas {
+            let old = self.counts.get(domain)?.map(|v| v.value()).unwrap_or(0);
+            match old.saturating_add_signed(delta) {
+                0 => self.counts.remove(domain).map(drop)?,
+                n => self.counts.insert(domain, n).map(drop)?,
+            }
         }
         Ok(())
     }
 
-    fn insert(&mut self, exp: &Experience) -> Result<()> {
-        self.records
-            .insert(exp.id, codec::encode(exp)?.as_slice())?;
-        self.by_time.insert((exp.created_at, exp.id), ())?;
-        self.by_domain
-            .insert((exp.data.domain.as_str(), exp.id), ())?;
-        for tag in &exp.data.tags {
-            self.by_tag.insert((tag.as_str(), exp.id), ())?;
+    fn insert_all(&mut self, exps: &[Experience]) -> Result<()> {
+        let mut deltas = BTreeMap::new();
+        for exp in exps {
+            let domain = exp.data.domain.as_str();
+            self.records
+                .insert(exp.id, codec::encode(exp)?.as_slice())?;
+            self.by_time.insert((exp.created_at, exp.id), ())?;
+            self.by_domain.insert((domain, exp.id), ())?;
+            for tag in &exp.data.tags {
+                self.by_tag.insert((tag.as_str(), exp.id), ())?;
+            }
+            *deltas.entry(domain).or_insert(0) += 1;
         }
-        self.add_to_count(&exp.data.domain, 1)?;
-        pattern::observe_in(&mut self.patterns, exp)
+        self.add_to_counts(deltas)?;
+        pattern::observe_in(&mut self.patterns, exps)
     }
 
     /// Deletes experiences and all their index entries; patterns keep their statistics.
     fn delete(&mut self, ids: &[u64]) -> Result<u64> {
         let mut forgotten: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
-        let mut deleted = 0;
         for &id in ids {
             let Some(bytes) = self.records.remove(id)? else {
                 continue;
@@ -245,15 +251,18 @@ impl<'t> Tables<'t> {
             for tag in &exp.data.tags {
                 self.by_tag.remove((tag.as_str(), exp.id))?;
             }
-            self.add_to_count(&exp.data.domain, -1)?;
             forgotten
                 .entry((exp.data.domain, exp.data.strategy))
                 .or_default()
                 .insert(exp.id);
-            deleted += 1;
         }
+        let mut deltas = BTreeMap::new();
+        for ((domain, _), removed) in &forgotten {
+            *deltas.entry(domain.as_str()).or_insert(0) -= removed.len() as i64;
+        }
+        self.add_to_counts(deltas)?;
         pattern::forget_examples_in(&mut self.patterns, &forgotten)?;
-        Ok(deleted)
+        Ok(forgotten.values().map(|ids| ids.len() as u64).sum())
     }
 }
 
@@ -270,13 +279,12 @@ pub fn record_many_in(
         return Ok(Vec::new());
     }
     let first = allocate_ids(txn, NEXT_EXPERIENCE_ID, items.len() as u64)?;
-    let mut tables = Tables::open(txn)?;
-    let mut ids = Vec::with_capacity(items.len());
-    for (id, item) in (first..).zip(items) {
-        tables.insert(&item.to_experience(id, now))?;
-        ids.push(id);
-    }
-    Ok(ids)
+    let exps: Vec<Experience> = (first..)
+        .zip(items)
+        .map(|(id, item)| item.to_experience(id, now))
+        .collect();
+    Tables::open(txn)?.insert_all(&exps)?;
+    Ok(exps.iter().map(|e| e.id).collect())
 }
 
 /// Records one experience; see [`record_many_in`].

@@ -101,15 +101,24 @@ fn load(
     }
 }
 
-/// Folds a newly recorded experience into its pattern (same transaction as the record).
-pub(crate) fn observe_in(table: &mut PatternTable<'_>, exp: &Experience) -> Result<()> {
-    let mut pattern = load(table, &exp.data.domain, &exp.data.strategy)?
-        .unwrap_or_else(|| Pattern::empty(&exp.data.domain, &exp.data.strategy));
-    pattern.observe(exp);
-    table.insert(
-        (exp.data.domain.as_str(), exp.data.strategy.as_str()),
-        codec::encode(&pattern)?.as_slice(),
-    )?;
+/// Folds newly recorded experiences into their patterns (same transaction as the records),
+/// reading and writing each pattern once.
+pub(crate) fn observe_in(table: &mut PatternTable<'_>, exps: &[Experience]) -> Result<()> {
+    let mut touched: BTreeMap<(&str, &str), Pattern> = BTreeMap::new();
+    for exp in exps {
+        let key = (exp.data.domain.as_str(), exp.data.strategy.as_str());
+        let pattern = match touched.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let found = load(table, key.0, key.1)?;
+                e.insert(found.unwrap_or_else(|| Pattern::empty(key.0, key.1)))
+            }
+        };
+        pattern.observe(exp);
+    }
+    for (key, pattern) in touched {
+        table.insert(key, codec::encode(&pattern)?.as_slice())?;
+    }
     Ok(())
 }
 
