@@ -16,7 +16,7 @@ use super::tables::{
     EXPERIENCE_COUNTS, NEXT_EXPERIENCE_ID, PATTERNS,
 };
 use super::Store;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageKind};
 
 /// Longest domain, strategy or tag, in bytes: they are index keys, kept short.
 pub const MAX_LABEL_BYTES: usize = 256;
@@ -357,9 +357,10 @@ fn load_all(txn: &ReadTransaction, ids: &[u64]) -> Result<Vec<Experience>> {
     let records = txn.open_table(EXPERIENCES)?;
     let mut out = Vec::with_capacity(ids.len());
     for &id in ids {
-        let bytes = records.get(id)?.ok_or_else(|| Error::BadDatabase {
-            path: "experiences".into(),
-            message: format!("index points at missing experience {id}"),
+        let bytes = records.get(id)?.ok_or_else(|| Error::Storage {
+            context: "reading an experience index",
+            message: format!("the index points at missing experience {id}"),
+            kind: StorageKind::Corrupted,
         })?;
         out.push(codec::decode(bytes.value())?);
     }
