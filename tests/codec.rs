@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use reasonq::store::codec::{self, fuzz_decode_all, CodecError, FORMAT_V1};
-use reasonq::store::experience::{Experience, Outcome};
+use reasonq::store::experience::{Experience, ExperienceData, Outcome};
 use reasonq::store::pattern::Pattern;
 
 fn text() -> impl Strategy<Value = String> {
@@ -52,21 +52,23 @@ fn experience() -> impl Strategy<Value = Experience> {
             )| Experience {
                 id,
                 created_at,
-                question,
-                context,
-                reasoning,
-                answer,
-                confidence,
-                outcome,
-                domain,
-                strategy,
-                tags,
-                model,
-                prompt_tokens,
-                completion_tokens,
-                latency_ms,
-                job_id,
-                used_experiences,
+                data: ExperienceData {
+                    question,
+                    context,
+                    reasoning,
+                    answer,
+                    confidence,
+                    outcome,
+                    domain,
+                    strategy,
+                    tags,
+                    model,
+                    prompt_tokens,
+                    completion_tokens,
+                    latency_ms,
+                    job_id,
+                    used_experiences,
+                },
             },
         )
 }

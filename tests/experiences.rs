@@ -3,24 +3,33 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use reasonq::store::experience::{self, NewExperience, Order, Outcome};
+use reasonq::store::experience::{self, ExperienceData, NewExperience, Order, Outcome};
 use reasonq::store::pattern::{self, RECENT_EXAMPLES};
-use reasonq::store::{tables, Store, StoreConfig};
+use reasonq::store::{tables, Durability, Store, StoreConfig};
 use reasonq::Error;
 use redb::{ReadableTable, ReadableTableMetadata};
 
 fn open() -> (tempfile::TempDir, Store) {
+    open_with(Durability::Immediate)
+}
+
+fn open_with(durability: Durability) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreConfig::new(dir.path().join("db.redb"))).unwrap();
-    (dir, store)
+    let config = StoreConfig {
+        durability,
+        ..StoreConfig::new(dir.path().join("db.redb"))
+    };
+    (dir, Store::open(config).unwrap())
 }
 
 fn at(created_at: u64, domain: &str, tags: &[&str]) -> NewExperience {
     NewExperience {
         created_at: Some(created_at),
-        domain: domain.into(),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        ..NewExperience::new(format!("q{created_at}"), "a")
+        data: ExperienceData {
+            domain: domain.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..ExperienceData::new(format!("q{created_at}"), "a")
+        },
     }
 }
 
@@ -31,7 +40,7 @@ fn ids(list: &[experience::Experience]) -> Vec<u64> {
 #[tokio::test]
 async fn a_recorded_experience_reads_back_whole() {
     let (_dir, store) = open();
-    let new = NewExperience {
+    let new = ExperienceData {
         context: Some("ctx".into()),
         reasoning: vec!["step 1".into(), "step 2".into()],
         confidence: Some(0.75),
@@ -45,22 +54,22 @@ async fn a_recorded_experience_reads_back_whole() {
         latency_ms: 300,
         job_id: Some(9),
         used_experiences: vec![1, 2],
-        ..NewExperience::new("2+2?", "4")
+        ..ExperienceData::new("2+2?", "4")
     };
-    let id = store.record_experience(new.clone()).await.unwrap();
+    let id = store.record_experience(new.clone().into()).await.unwrap();
     let got = store.experience(id).await.unwrap().unwrap();
     assert_eq!(got.id, id);
     assert!(got.created_at > 0, "created_at defaults to now");
-    assert_eq!(got.question, "2+2?");
-    assert_eq!(got.reasoning, new.reasoning);
+    assert_eq!(got.data.question, "2+2?");
+    assert_eq!(got.data.reasoning, new.reasoning);
     assert_eq!(
-        got.tags,
+        got.data.tags,
         vec!["algebra", "easy"],
         "duplicate tags are dropped"
     );
-    assert_eq!(got.confidence, Some(0.75));
-    assert_eq!(got.job_id, Some(9));
-    assert_eq!(got.used_experiences, vec![1, 2]);
+    assert_eq!(got.data.confidence, Some(0.75));
+    assert_eq!(got.data.job_id, Some(9));
+    assert_eq!(got.data.used_experiences, vec![1, 2]);
     assert_eq!(store.experience(id + 1).await.unwrap(), None);
 }
 
@@ -69,43 +78,43 @@ async fn invalid_experiences_are_refused_naming_the_field_and_write_nothing() {
     let (_dir, store) = open();
     let cases = [
         (
-            NewExperience {
+            ExperienceData {
                 confidence: Some(1.5),
-                ..NewExperience::new("q", "a")
+                ..ExperienceData::new("q", "a")
             },
             "confidence",
         ),
         (
-            NewExperience {
+            ExperienceData {
                 confidence: Some(f32::NAN),
-                ..NewExperience::new("q", "a")
+                ..ExperienceData::new("q", "a")
             },
             "confidence",
         ),
         (
-            NewExperience {
+            ExperienceData {
                 domain: String::new(),
-                ..NewExperience::new("q", "a")
+                ..ExperienceData::new("q", "a")
             },
             "domain",
         ),
         (
-            NewExperience {
+            ExperienceData {
                 strategy: String::new(),
-                ..NewExperience::new("q", "a")
+                ..ExperienceData::new("q", "a")
             },
             "strategy",
         ),
         (
-            NewExperience {
+            ExperienceData {
                 tags: vec!["x".repeat(300)],
-                ..NewExperience::new("q", "a")
+                ..ExperienceData::new("q", "a")
             },
             "tag",
         ),
     ];
     for (bad, field) in cases {
-        let batch = vec![NewExperience::new("fine", "a"), bad];
+        let batch = vec![NewExperience::new("fine", "a"), bad.into()];
         match store.record_experiences(batch).await {
             Err(Error::Invalid(msg)) => assert!(msg.contains(field), "{msg} names {field}"),
             other => panic!("expected Invalid naming {field}, got {other:?}"),
@@ -177,8 +186,7 @@ async fn recording_updates_the_pattern_of_domain_and_strategy() {
     let (_dir, store) = open();
     let mut items = Vec::new();
     for i in 0..10u64 {
-        items.push(NewExperience {
-            created_at: Some(1000 + i),
+        let data = ExperienceData {
             outcome: if i % 3 == 0 {
                 Outcome::Failure
             } else {
@@ -188,7 +196,11 @@ async fn recording_updates_the_pattern_of_domain_and_strategy() {
             latency_ms: 100 * (i + 1),
             domain: "math".into(),
             strategy: "cot".into(),
-            ..NewExperience::new("q", "a")
+            ..ExperienceData::new("q", "a")
+        };
+        items.push(NewExperience {
+            created_at: Some(1000 + i),
+            data,
         });
     }
     let recorded = store.record_experiences(items).await.unwrap();
@@ -307,9 +319,9 @@ fn apply(store: &Store, model: &mut Model, uses: &mut BTreeMap<String, u64>, op:
                 .write_blocking(move |txn| experience::record_many_in(txn, &batch, 0))
                 .unwrap();
             for (id, new) in recorded.into_iter().zip(news) {
-                *uses.entry(new.domain.clone()).or_default() += 1;
-                let tags = new.tags.into_iter().collect();
-                model.insert(id, (new.created_at.unwrap(), new.domain, tags));
+                *uses.entry(new.data.domain.clone()).or_default() += 1;
+                let tags = new.data.tags.into_iter().collect();
+                model.insert(id, (new.created_at.unwrap(), new.data.domain, tags));
             }
         }
         Op::DeleteOlderThan(cut) => {
@@ -367,8 +379,8 @@ fn check_consistent(store: &Store, model: &Model, uses: &BTreeMap<String, u64>) 
             assert_eq!(records.len()?, model.len() as u64);
             for (id, (t, d, tags)) in model {
                 let e = experience::get_read(txn, *id)?.expect("live experience is stored");
-                assert_eq!((&e.created_at, &e.domain), (t, d));
-                assert_eq!(&e.tags.iter().cloned().collect::<BTreeSet<_>>(), tags);
+                assert_eq!((&e.created_at, &e.data.domain), (t, d));
+                assert_eq!(&e.data.tags.iter().cloned().collect::<BTreeSet<_>>(), tags);
             }
             let by_time = keys(&txn.open_table(tables::EXPERIENCES_BY_TIME)?, |k| k);
             let want: BTreeSet<_> = model.iter().map(|(id, (t, _, _))| (*t, *id)).collect();
@@ -426,7 +438,8 @@ proptest! {
 
     #[test]
     fn indexes_counts_and_patterns_stay_consistent(ops in prop::collection::vec(op(), 1..25)) {
-        let (_dir, store) = open();
+        // No fsync per step: this checks consistency, not durability, and must stay fast.
+        let (_dir, store) = open_with(Durability::None);
         let mut model = Model::new();
         let mut uses = BTreeMap::new();
         for op in &ops {

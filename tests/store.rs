@@ -122,7 +122,7 @@ fn a_file_from_an_older_schema_is_upgraded_at_open_keeping_its_data() {
     let store = Store::open(config(dir.path())).unwrap();
     assert_eq!(schema_version(&store), Some(SCHEMA_VERSION));
     let kept = store.read_blocking(|txn| experience::get_read(txn, id));
-    assert_eq!(kept.unwrap().unwrap().question, "kept");
+    assert_eq!(kept.unwrap().unwrap().data.question, "kept");
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn non_durable_writes_are_on_disk_after_close() {
     let counts = store.read_blocking(experience::counts_read).unwrap();
     assert_eq!(counts.total, 20);
     let last = store.read_blocking(|txn| experience::get_read(txn, ids[19]));
-    assert_eq!(last.unwrap().unwrap().question, "q19");
+    assert_eq!(last.unwrap().unwrap().data.question, "q19");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -16,7 +16,7 @@ use super::tables::{
     EXPERIENCE_COUNTS, NEXT_EXPERIENCE_ID, PATTERNS,
 };
 use super::Store;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageKind};
 
 /// Longest domain, strategy or tag, in bytes: they are index keys, kept short.
 pub const MAX_LABEL_BYTES: usize = 256;
@@ -40,6 +40,13 @@ pub struct Experience {
     pub id: u64,
     /// When it happened, ms since the Unix epoch.
     pub created_at: u64,
+    /// What was asked, reasoned and answered.
+    pub data: ExperienceData,
+}
+
+/// The content of an experience, as the caller supplies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperienceData {
     /// The question asked.
     pub question: String,
     /// Extra context given with the question.
@@ -48,15 +55,15 @@ pub struct Experience {
     pub reasoning: Vec<String>,
     /// The final answer.
     pub answer: String,
-    /// Self-reported confidence in 0..=1.
+    /// Self-reported confidence; must be finite and in 0..=1.
     pub confidence: Option<f32>,
     /// How it turned out.
     pub outcome: Outcome,
-    /// Subject area, e.g. "math".
+    /// Subject area, e.g. "math"; non-empty.
     pub domain: String,
-    /// How it was reasoned, e.g. "chain_of_thought".
+    /// How it was reasoned, e.g. "chain_of_thought"; non-empty.
     pub strategy: String,
-    /// Free labels, without duplicates.
+    /// Free labels; duplicates are dropped when recorded, empty tags refused.
     pub tags: Vec<String>,
     /// Model that answered.
     pub model: String,
@@ -72,48 +79,10 @@ pub struct Experience {
     pub used_experiences: Vec<u64>,
 }
 
-/// An experience to record: the id is assigned, and `created_at` defaults to now.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewExperience {
-    /// Overrides the recording time (imports, tests); `None` means now.
-    pub created_at: Option<u64>,
-    /// See [`Experience::question`].
-    pub question: String,
-    /// See [`Experience::context`].
-    pub context: Option<String>,
-    /// See [`Experience::reasoning`].
-    pub reasoning: Vec<String>,
-    /// See [`Experience::answer`].
-    pub answer: String,
-    /// See [`Experience::confidence`]; must be finite and in 0..=1.
-    pub confidence: Option<f32>,
-    /// See [`Experience::outcome`].
-    pub outcome: Outcome,
-    /// See [`Experience::domain`]; non-empty.
-    pub domain: String,
-    /// See [`Experience::strategy`]; non-empty.
-    pub strategy: String,
-    /// See [`Experience::tags`]; duplicates are dropped, empty tags refused.
-    pub tags: Vec<String>,
-    /// See [`Experience::model`].
-    pub model: String,
-    /// See [`Experience::prompt_tokens`].
-    pub prompt_tokens: u32,
-    /// See [`Experience::completion_tokens`].
-    pub completion_tokens: u32,
-    /// See [`Experience::latency_ms`].
-    pub latency_ms: u64,
-    /// See [`Experience::job_id`].
-    pub job_id: Option<u64>,
-    /// See [`Experience::used_experiences`].
-    pub used_experiences: Vec<u64>,
-}
-
-impl NewExperience {
+impl ExperienceData {
     /// A question and its answer in domain "general", strategy "direct", everything else empty.
     pub fn new(question: impl Into<String>, answer: impl Into<String>) -> Self {
-        NewExperience {
-            created_at: None,
+        ExperienceData {
             question: question.into(),
             context: None,
             reasoning: Vec::new(),
@@ -145,32 +114,40 @@ impl NewExperience {
         check_label("strategy", &self.strategy)?;
         self.tags.iter().try_for_each(|t| check_label("tag", t))
     }
+}
+
+/// An experience to record: the id is assigned, and `created_at` defaults to now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExperience {
+    /// Overrides the recording time (imports, tests); `None` means now.
+    pub created_at: Option<u64>,
+    /// The content.
+    pub data: ExperienceData,
+}
+
+impl NewExperience {
+    /// [`ExperienceData::new`], recorded now.
+    pub fn new(question: impl Into<String>, answer: impl Into<String>) -> Self {
+        ExperienceData::new(question, answer).into()
+    }
 
     fn to_experience(&self, id: u64, now: u64) -> Experience {
+        let mut data = self.data.clone();
         let mut seen = BTreeSet::new();
+        data.tags.retain(|t| seen.insert(t.clone()));
         Experience {
             id,
             created_at: self.created_at.unwrap_or(now),
-            question: self.question.clone(),
-            context: self.context.clone(),
-            reasoning: self.reasoning.clone(),
-            answer: self.answer.clone(),
-            confidence: self.confidence,
-            outcome: self.outcome,
-            domain: self.domain.clone(),
-            strategy: self.strategy.clone(),
-            tags: self
-                .tags
-                .iter()
-                .filter(|t| seen.insert(t.as_str()))
-                .cloned()
-                .collect(),
-            model: self.model.clone(),
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.completion_tokens,
-            latency_ms: self.latency_ms,
-            job_id: self.job_id,
-            used_experiences: self.used_experiences.clone(),
+            data,
+        }
+    }
+}
+
+impl From<ExperienceData> for NewExperience {
+    fn from(data: ExperienceData) -> Self {
+        NewExperience {
+            created_at: None,
+            data,
         }
     }
 }
@@ -231,31 +208,38 @@ impl<'t> Tables<'t> {
         })
     }
 
-    fn add_to_count(&mut self, domain: &str, delta: i64) -> Result<()> {
-        let old = self.counts.get(domain)?.map(|v| v.value()).unwrap_or(0);
-        match old.saturating_add_signed(delta) {
-            0 => self.counts.remove(domain).map(drop)?,
-            n => self.counts.insert(domain, n).map(drop)?,
+    /// Applies per-domain count changes, one read and write per domain.
+    fn add_to_counts(&mut self, deltas: BTreeMap<&str, i64>) -> Result<()> {
+        for (domain, delta) in deltas {
+            let old = self.counts.get(domain)?.map(|v| v.value()).unwrap_or(0);
+            match old.saturating_add_signed(delta) {
+                0 => self.counts.remove(domain).map(drop)?,
+                n => self.counts.insert(domain, n).map(drop)?,
+            }
         }
         Ok(())
     }
 
-    fn insert(&mut self, exp: &Experience) -> Result<()> {
-        self.records
-            .insert(exp.id, codec::encode(exp)?.as_slice())?;
-        self.by_time.insert((exp.created_at, exp.id), ())?;
-        self.by_domain.insert((exp.domain.as_str(), exp.id), ())?;
-        for tag in &exp.tags {
-            self.by_tag.insert((tag.as_str(), exp.id), ())?;
+    fn insert_all(&mut self, exps: &[Experience]) -> Result<()> {
+        let mut deltas = BTreeMap::new();
+        for exp in exps {
+            let domain = exp.data.domain.as_str();
+            self.records
+                .insert(exp.id, codec::encode(exp)?.as_slice())?;
+            self.by_time.insert((exp.created_at, exp.id), ())?;
+            self.by_domain.insert((domain, exp.id), ())?;
+            for tag in &exp.data.tags {
+                self.by_tag.insert((tag.as_str(), exp.id), ())?;
+            }
+            *deltas.entry(domain).or_insert(0) += 1;
         }
-        self.add_to_count(&exp.domain, 1)?;
-        pattern::observe_in(&mut self.patterns, exp)
+        self.add_to_counts(deltas)?;
+        pattern::observe_in(&mut self.patterns, exps)
     }
 
     /// Deletes experiences and all their index entries; patterns keep their statistics.
     fn delete(&mut self, ids: &[u64]) -> Result<u64> {
         let mut forgotten: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
-        let mut deleted = 0;
         for &id in ids {
             let Some(bytes) = self.records.remove(id)? else {
                 continue;
@@ -263,19 +247,22 @@ impl<'t> Tables<'t> {
             let exp: Experience = codec::decode(bytes.value())?;
             drop(bytes);
             self.by_time.remove((exp.created_at, exp.id))?;
-            self.by_domain.remove((exp.domain.as_str(), exp.id))?;
-            for tag in &exp.tags {
+            self.by_domain.remove((exp.data.domain.as_str(), exp.id))?;
+            for tag in &exp.data.tags {
                 self.by_tag.remove((tag.as_str(), exp.id))?;
             }
-            self.add_to_count(&exp.domain, -1)?;
             forgotten
-                .entry((exp.domain, exp.strategy))
+                .entry((exp.data.domain, exp.data.strategy))
                 .or_default()
                 .insert(exp.id);
-            deleted += 1;
         }
+        let mut deltas = BTreeMap::new();
+        for ((domain, _), removed) in &forgotten {
+            *deltas.entry(domain.as_str()).or_insert(0) -= removed.len() as i64;
+        }
+        self.add_to_counts(deltas)?;
         pattern::forget_examples_in(&mut self.patterns, &forgotten)?;
-        Ok(deleted)
+        Ok(forgotten.values().map(|ids| ids.len() as u64).sum())
     }
 }
 
@@ -287,18 +274,17 @@ pub fn record_many_in(
     items: &[NewExperience],
     now: u64,
 ) -> Result<Vec<u64>> {
-    items.iter().try_for_each(NewExperience::validate)?;
+    items.iter().try_for_each(|item| item.data.validate())?;
     if items.is_empty() {
         return Ok(Vec::new());
     }
     let first = allocate_ids(txn, NEXT_EXPERIENCE_ID, items.len() as u64)?;
-    let mut tables = Tables::open(txn)?;
-    let mut ids = Vec::with_capacity(items.len());
-    for (id, item) in (first..).zip(items) {
-        tables.insert(&item.to_experience(id, now))?;
-        ids.push(id);
-    }
-    Ok(ids)
+    let exps: Vec<Experience> = (first..)
+        .zip(items)
+        .map(|(id, item)| item.to_experience(id, now))
+        .collect();
+    Tables::open(txn)?.insert_all(&exps)?;
+    Ok(exps.iter().map(|e| e.id).collect())
 }
 
 /// Records one experience; see [`record_many_in`].
@@ -371,9 +357,10 @@ fn load_all(txn: &ReadTransaction, ids: &[u64]) -> Result<Vec<Experience>> {
     let records = txn.open_table(EXPERIENCES)?;
     let mut out = Vec::with_capacity(ids.len());
     for &id in ids {
-        let bytes = records.get(id)?.ok_or_else(|| Error::BadDatabase {
-            path: "experiences".into(),
-            message: format!("index points at missing experience {id}"),
+        let bytes = records.get(id)?.ok_or_else(|| Error::Storage {
+            context: "reading an experience index",
+            message: format!("the index points at missing experience {id}"),
+            kind: StorageKind::Corrupted,
         })?;
         out.push(codec::decode(bytes.value())?);
     }
@@ -411,9 +398,7 @@ pub fn list_by_domain_read(
     limit: usize,
     order: Order,
 ) -> Result<Vec<Experience>> {
-    let index = txn.open_table(EXPERIENCES_BY_DOMAIN)?;
-    let ids = index_ids(index.range((domain, 0)..=(domain, u64::MAX))?, limit, order)?;
-    load_all(txn, &ids)
+    list_by_label(txn, EXPERIENCES_BY_DOMAIN, domain, limit, order)
 }
 
 /// Up to `limit` experiences carrying a tag, in recording (id) order.
@@ -423,8 +408,19 @@ pub fn list_by_tag_read(
     limit: usize,
     order: Order,
 ) -> Result<Vec<Experience>> {
-    let index = txn.open_table(EXPERIENCES_BY_TAG)?;
-    let ids = index_ids(index.range((tag, 0)..=(tag, u64::MAX))?, limit, order)?;
+    list_by_label(txn, EXPERIENCES_BY_TAG, tag, limit, order)
+}
+
+/// Reads a `(label, id)` index: every id filed under one label.
+fn list_by_label(
+    txn: &ReadTransaction,
+    index: redb::TableDefinition<(&str, u64), ()>,
+    label: &str,
+    limit: usize,
+    order: Order,
+) -> Result<Vec<Experience>> {
+    let index = txn.open_table(index)?;
+    let ids = index_ids(index.range((label, 0)..=(label, u64::MAX))?, limit, order)?;
     load_all(txn, &ids)
 }
 

@@ -67,18 +67,19 @@ impl Pattern {
 
     fn observe(&mut self, exp: &Experience) {
         self.uses += 1;
-        match exp.outcome {
+        match exp.data.outcome {
             Outcome::Success => self.successes += 1,
             Outcome::Failure => self.failures += 1,
             Outcome::Unknown => {}
         }
-        if let Some(c) = exp.confidence {
+        if let Some(c) = exp.data.confidence {
             self.confidence_samples += 1;
             let old = self.mean_confidence.unwrap_or(0.0);
             self.mean_confidence =
                 Some(old + (f64::from(c) - old) / self.confidence_samples as f64);
         }
-        self.mean_latency_ms += (exp.latency_ms as f64 - self.mean_latency_ms) / self.uses as f64;
+        self.mean_latency_ms +=
+            (exp.data.latency_ms as f64 - self.mean_latency_ms) / self.uses as f64;
         self.last_used = self.last_used.max(exp.created_at);
         self.recent_examples.push(exp.id);
         let excess = self.recent_examples.len().saturating_sub(RECENT_EXAMPLES);
@@ -100,15 +101,24 @@ fn load(
     }
 }
 
-/// Folds a newly recorded experience into its pattern (same transaction as the record).
-pub(crate) fn observe_in(table: &mut PatternTable<'_>, exp: &Experience) -> Result<()> {
-    let mut pattern = load(table, &exp.domain, &exp.strategy)?
-        .unwrap_or_else(|| Pattern::empty(&exp.domain, &exp.strategy));
-    pattern.observe(exp);
-    table.insert(
-        (exp.domain.as_str(), exp.strategy.as_str()),
-        codec::encode(&pattern)?.as_slice(),
-    )?;
+/// Folds newly recorded experiences into their patterns (same transaction as the records),
+/// reading and writing each pattern once.
+pub(crate) fn observe_in(table: &mut PatternTable<'_>, exps: &[Experience]) -> Result<()> {
+    let mut touched: BTreeMap<(&str, &str), Pattern> = BTreeMap::new();
+    for exp in exps {
+        let key = (exp.data.domain.as_str(), exp.data.strategy.as_str());
+        let pattern = match touched.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let found = load(table, key.0, key.1)?;
+                e.insert(found.unwrap_or_else(|| Pattern::empty(key.0, key.1)))
+            }
+        };
+        pattern.observe(exp);
+    }
+    for (key, pattern) in touched {
+        table.insert(key, codec::encode(&pattern)?.as_slice())?;
+    }
     Ok(())
 }
 
