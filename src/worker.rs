@@ -29,7 +29,7 @@ use crate::llm::{ChatOutcome, LlmClient, LlmError};
 use crate::queue::{Failure, Lease, Queue};
 use crate::shutdown::{Listener, Phase};
 use crate::store::codec;
-use crate::store::experience::{self, NewExperience, Outcome};
+use crate::store::experience::{self, ExperienceData, NewExperience, Outcome};
 
 /// How workers run.
 #[derive(Debug, Clone)]
@@ -325,27 +325,29 @@ impl Workers {
         let usage = outcome.response.usage.clone().unwrap_or_default();
         let experience = NewExperience {
             created_at: None,
-            question: question_of(&job.body),
-            context: None,
-            reasoning: outcome
-                .response
-                .choices
-                .first()
-                .and_then(|c| c.message.reasoning_content.clone())
-                .into_iter()
-                .collect(),
-            answer: outcome.response.content().unwrap_or_default().to_string(),
-            confidence: None,
-            outcome: Outcome::Unknown,
-            domain: job.domain.clone(),
-            strategy: job.strategy.clone().unwrap_or_else(|| "direct".into()),
-            tags: Vec::new(),
-            model: outcome.response.model.clone().unwrap_or_default(),
-            prompt_tokens: saturate(usage.prompt_tokens),
-            completion_tokens: saturate(usage.completion_tokens),
-            latency_ms,
-            job_id: Some(lease.job.id),
-            used_experiences: Vec::new(),
+            data: ExperienceData {
+                question: question_of(&job.body),
+                context: None,
+                reasoning: outcome
+                    .response
+                    .choices
+                    .first()
+                    .and_then(|c| c.message.reasoning_content.clone())
+                    .into_iter()
+                    .collect(),
+                answer: outcome.response.content().unwrap_or_default().to_string(),
+                confidence: None,
+                outcome: Outcome::Unknown,
+                domain: job.domain.clone(),
+                strategy: job.strategy.clone().unwrap_or_else(|| "direct".into()),
+                tags: Vec::new(),
+                model: outcome.response.model.clone().unwrap_or_default(),
+                prompt_tokens: saturate(usage.prompt_tokens),
+                completion_tokens: saturate(usage.completion_tokens),
+                latency_ms,
+                job_id: Some(lease.job.id),
+                used_experiences: Vec::new(),
+            },
         };
         let lease_for_txn = lease.clone();
         let committed = self

@@ -351,11 +351,11 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
                     .map(|e| {
                         vec![
                             e.id.to_string(),
-                            e.domain.clone(),
-                            e.strategy.clone(),
-                            format!("{:?}", e.outcome).to_lowercase(),
-                            short(&e.question, 40),
-                            short(&e.answer, 40),
+                            e.data.domain.clone(),
+                            e.data.strategy.clone(),
+                            format!("{:?}", e.data.outcome).to_lowercase(),
+                            short(&e.data.question, 40),
+                            short(&e.data.answer, 40),
                         ]
                     })
                     .collect();
