@@ -80,7 +80,7 @@ fn enqueue_single(c: &mut Criterion) {
     });
     for (name, sync) in SQLITES {
         // One fsync per job under FULL: fewer jobs keep the run short; the rate is the same.
-        let n = if matches!(sync, Sync::Full) { 300 } else { n };
+        let n = if matches!(sync, Sync::Full) { 1_000 } else { n };
         group.throughput(Throughput::Elements(n));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
