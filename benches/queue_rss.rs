@@ -2,7 +2,8 @@
 //! enqueue 100k jobs in batches, drain them with 8 workers leasing 64 at a time, print the
 //! rates and VmHWM (peak RSS) from /proc/self/status.
 //!
-//! `cargo bench --bench queue_rss` (env `JOBS` overrides the job count).
+//! `cargo bench --bench queue_rss`; env `JOBS` sets the job count, `DURABILITY=none` turns
+//! off fsync, `REOPEN=1` reopens the file between enqueue and burn-down.
 
 #[path = "queue_support/mod.rs"]
 mod queue_support;
@@ -39,7 +40,7 @@ fn main() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let queue = reasonq_load::open(dir.path(), "rss.redb");
+        let mut queue = reasonq_load::open(dir.path(), "rss.redb");
         let cpu = cpu_secs();
         let t = reasonq_load::enqueue_batched(&queue, jobs, 1000).await;
         println!(
@@ -47,6 +48,15 @@ fn main() {
             jobs as f64 / t.as_secs_f64(),
             jobs as f64 / (cpu_secs() - cpu)
         );
+        if std::env::var("REOPEN").is_ok() {
+            let path = queue.store().path().to_path_buf();
+            queue.store().close_async().await.unwrap();
+            drop(queue);
+            let store = reasonq::store::Store::open_async(reasonq::store::StoreConfig::new(path))
+                .await
+                .unwrap();
+            queue = reasonq::queue::Queue::new(store, reasonq::queue::QueueConfig::default());
+        }
         let cpu = cpu_secs();
         let (t, done) = reasonq_load::drain(&queue, 8, 64).await;
         assert_eq!(done, jobs);

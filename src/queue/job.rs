@@ -387,3 +387,58 @@ mod opt_bytes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec;
+
+    fn sample() -> Job {
+        Job {
+            id: 9,
+            queue: "batch".into(),
+            kind: "chat".into(),
+            payload: (0..=255).collect(),
+            priority: 3,
+            run_at: 1_000,
+            attempt: 2,
+            max_attempts: 10,
+            state: JobState::Completed,
+            lease_expires_at: None,
+            lease_owner: Some("w1".into()),
+            lease_token: 4,
+            last_error: Some("503".into()),
+            dedup_key: Some("k".into()),
+            created_at: 900,
+            finished_at: Some(1_200),
+            result: Some(vec![0, 251, 255]),
+            interruptions: 1,
+        }
+    }
+
+    #[test]
+    fn a_job_round_trips_through_the_codec_with_and_without_a_result() {
+        let job = sample();
+        assert_eq!(
+            codec::decode::<Job>(&codec::encode(&job).unwrap()).unwrap(),
+            job
+        );
+        let empty = Job {
+            payload: Vec::new(),
+            result: None,
+            ..sample()
+        };
+        assert_eq!(
+            codec::decode::<Job>(&codec::encode(&empty).unwrap()).unwrap(),
+            empty
+        );
+    }
+
+    #[test]
+    fn garbage_never_decodes_to_a_job_by_panicking() {
+        let bytes = codec::encode(&sample()).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(codec::decode::<Job>(&bytes[..cut]).is_err());
+        }
+    }
+}
