@@ -29,6 +29,19 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
+/// Runs `run` (which times its own work) `iters` times and sums the times.
+fn timed(iters: u64, mut run: impl FnMut() -> Duration) -> Duration {
+    (0..iters).map(|_| run()).sum()
+}
+
+/// Runs `work` on a new, empty queue file and closes it.
+fn on_fresh_queue(dir: &Path, work: impl FnOnce(&Queue) -> Duration) -> Duration {
+    let queue = reasonq_load::open(dir, "fresh.redb");
+    let t = work(&queue);
+    queue.store().close().unwrap();
+    t
+}
+
 fn quick(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, jobs: u64) {
     group
         .sample_size(10)
@@ -43,18 +56,10 @@ fn physical_ceiling(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue/physical");
     quick(&mut group, n);
     group.bench_function("fsync_64b", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| physical::fsync_loop(dir.path(), n))
-                .sum()
-        })
+        b.iter_custom(|iters| timed(iters, || physical::fsync_loop(dir.path(), n)))
     });
     group.bench_function("redb_empty_commit", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| physical::redb_empty_commits(dir.path(), n))
-                .sum()
-        })
+        b.iter_custom(|iters| timed(iters, || physical::redb_empty_commits(dir.path(), n)))
     });
     group.finish();
 }
@@ -68,14 +73,11 @@ fn enqueue_single(c: &mut Criterion) {
     quick(&mut group, n);
     group.bench_function("reasonq", |b| {
         b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    let queue = reasonq_load::open(dir.path(), "single.redb");
-                    let t = rt.block_on(reasonq_load::enqueue_single(&queue, n, tasks));
-                    queue.store().close().unwrap();
-                    t
+            timed(iters, || {
+                on_fresh_queue(dir.path(), |q| {
+                    rt.block_on(reasonq_load::enqueue_single(q, n, tasks))
                 })
-                .sum()
+            })
         })
     });
     for (name, sync) in SQLITES {
@@ -84,12 +86,10 @@ fn enqueue_single(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let path = sqlite::create(dir.path(), "single.db", sync);
-                        sqlite::enqueue_single(&path, sync, n, tasks)
-                    })
-                    .sum()
+                timed(iters, || {
+                    let path = sqlite::create(dir.path(), "single.db", sync);
+                    sqlite::enqueue_single(&path, sync, n, tasks)
+                })
             })
         });
     }
@@ -105,25 +105,20 @@ fn enqueue_batched(c: &mut Criterion) {
     for batch in [100u64, 1_000, 10_000] {
         group.bench_function(format!("reasonq/batch_{batch}"), |b| {
             b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let queue = reasonq_load::open(dir.path(), "batch.redb");
-                        let t = rt.block_on(reasonq_load::enqueue_batched(&queue, n, batch));
-                        queue.store().close().unwrap();
-                        t
+                timed(iters, || {
+                    on_fresh_queue(dir.path(), |q| {
+                        rt.block_on(reasonq_load::enqueue_batched(q, n, batch))
                     })
-                    .sum()
+                })
             })
         });
         for (name, sync) in SQLITES {
             group.bench_function(format!("{name}/batch_{batch}"), |b| {
                 b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            let path = sqlite::create(dir.path(), "batch.db", sync);
-                            sqlite::enqueue_batched(&path, sync, n, batch)
-                        })
-                        .sum()
+                    timed(iters, || {
+                        let path = sqlite::create(dir.path(), "batch.db", sync);
+                        sqlite::enqueue_batched(&path, sync, n, batch)
+                    })
                 })
             });
         }
@@ -174,18 +169,16 @@ fn burn_down(c: &mut Criterion) {
         for &per_lease in per_leases {
             group.bench_function(format!("reasonq/{n}/lease_{per_lease}"), |b| {
                 b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            let path = copy_of(&template, "work.redb");
-                            let store = Store::open(StoreConfig::new(path)).unwrap();
-                            let queue = Queue::new(store, QueueConfig::default());
-                            let (t, done) =
-                                rt.block_on(reasonq_load::drain(&queue, WORKERS, per_lease));
-                            assert_eq!(done, n);
-                            queue.store().close().unwrap();
-                            t
-                        })
-                        .sum()
+                    timed(iters, || {
+                        let path = copy_of(&template, "work.redb");
+                        let store = Store::open(StoreConfig::new(path)).unwrap();
+                        let queue = Queue::new(store, QueueConfig::default());
+                        let (t, done) =
+                            rt.block_on(reasonq_load::drain(&queue, WORKERS, per_lease));
+                        assert_eq!(done, n);
+                        queue.store().close().unwrap();
+                        t
+                    })
                 })
             });
         }
@@ -196,14 +189,12 @@ fn burn_down(c: &mut Criterion) {
             let template = sqlite_backlog(dir.path(), n, sync);
             group.bench_function(format!("{name}/{n}/lease_{PER_LEASE}"), |b| {
                 b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            let path = copy_of(&template, "work.db");
-                            let (t, done) = sqlite::drain(&path, sync, WORKERS, PER_LEASE);
-                            assert_eq!(done, n);
-                            t
-                        })
-                        .sum()
+                    timed(iters, || {
+                        let path = copy_of(&template, "work.db");
+                        let (t, done) = sqlite::drain(&path, sync, WORKERS, PER_LEASE);
+                        assert_eq!(done, n);
+                        t
+                    })
                 })
             });
         }
