@@ -282,7 +282,7 @@ impl Retention {
 pub struct QueueConfig {
     /// Attempts of a job enqueued without its own `max_attempts`.
     pub default_max_attempts: u32,
-    /// Backoff after failed attempt `n` is about `min(base * 2^n, cap)` (see [`super::backoff`]).
+    /// Backoff after failed attempt `n` is about `min(base * 2^n, cap)` (see [`super::backoff_ms`]).
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub retention: Retention,
