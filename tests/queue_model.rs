@@ -174,6 +174,17 @@ impl Model {
         }
     }
 
+    /// Applies `change` to the job if the lease still holds it.
+    fn on_lease(&mut self, lease: &Lease, change: impl FnOnce(&mut MJob)) -> Out {
+        match self.fenced(lease) {
+            Err(e) => Out::Err(e),
+            Ok(j) => {
+                change(j);
+                Out::Unit
+            }
+        }
+    }
+
     fn enqueue(&mut self, config: &QueueConfig, specs: &[Spec], now: u64) -> Out {
         let mut out = Vec::new();
         for s in specs {
@@ -455,15 +466,11 @@ fn run(ops: Vec<Op>) {
                 let got = w(Box::new(move |txn| {
                     Ok(out(queue::snooze_in(txn, &l, delay, now), |()| Out::Unit))
                 }));
-                let want = match model.fenced(&lease) {
-                    Err(e) => Out::Err(e),
-                    Ok(j) => {
-                        j.leave(JobState::Scheduled);
-                        j.run_at = now + delay;
-                        j.attempt -= 1;
-                        Out::Unit
-                    }
-                };
+                let want = model.on_lease(&lease, |j| {
+                    j.leave(JobState::Scheduled);
+                    j.run_at = now + delay;
+                    j.attempt -= 1;
+                });
                 (got, want)
             }
             Op::Release(i) => {
@@ -472,14 +479,10 @@ fn run(ops: Vec<Op>) {
                 let got = w(Box::new(move |txn| {
                     Ok(out(queue::release_in(txn, &l), |()| Out::Unit))
                 }));
-                let want = match model.fenced(&lease) {
-                    Err(e) => Out::Err(e),
-                    Ok(j) => {
-                        j.leave(JobState::Available);
-                        j.attempt -= 1;
-                        Out::Unit
-                    }
-                };
+                let want = model.on_lease(&lease, |j| {
+                    j.leave(JobState::Available);
+                    j.attempt -= 1;
+                });
                 (got, want)
             }
             Op::Heartbeat(i) => {
@@ -490,13 +493,9 @@ fn run(ops: Vec<Op>) {
                         Out::Unit
                     }))
                 }));
-                let want = match model.fenced(&lease) {
-                    Err(e) => Out::Err(e),
-                    Ok(j) => {
-                        j.lease_expires_at = Some(now + LEASE_MS);
-                        Out::Unit
-                    }
-                };
+                let want = model.on_lease(&lease, |j| {
+                    j.lease_expires_at = Some(now + LEASE_MS);
+                });
                 (got, want)
             }
             Op::Checkpoint(i) => {

@@ -9,8 +9,30 @@ use crate::error::{Error, Result};
 use crate::store::{codec, tables};
 
 /// Key of a waiting job in `JOBS_DUE`: best priority first, then earliest run_at, then FIFO.
-pub(crate) fn due_key(job: &Job) -> (&str, u8, u64, u64) {
-    (job.queue.as_str(), 255 - job.priority, job.run_at, job.id)
+fn due_key(job: &Job, run_at: u64) -> (&str, u8, u64, u64) {
+    (job.queue.as_str(), 255 - job.priority, run_at, job.id)
+}
+
+/// Where a job sits in the state indices: the fields of their keys that can change (queue,
+/// id and priority never do). Taken before a change, so the old entries can be removed
+/// without cloning the whole job.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placed {
+    state: JobState,
+    run_at: u64,
+    lease_expires_at: Option<u64>,
+    finished_at: Option<u64>,
+}
+
+impl Placed {
+    pub fn of(job: &Job) -> Placed {
+        Placed {
+            state: job.state,
+            run_at: job.run_at,
+            lease_expires_at: job.lease_expires_at,
+            finished_at: job.finished_at,
+        }
+    }
 }
 
 /// Decodes a stored job.
@@ -65,13 +87,13 @@ impl<'txn> JobTables<'txn> {
         }
     }
 
-    /// Stores `after` (replacing `before`, the job as currently stored, if any) and moves its
-    /// index entries to match its new state.
-    pub fn save(&mut self, before: Option<&Job>, after: &Job) -> Result<()> {
+    /// Stores `after` (a new job, or a changed one that was at `before`) and moves its index
+    /// entries to match its new state.
+    pub fn save(&mut self, before: Option<Placed>, after: &Job) -> Result<()> {
         if let Some(before) = before {
-            self.unindex(before)?;
+            self.unindex(after, before)?;
         }
-        self.index(after)?;
+        self.index(after, Placed::of(after))?;
         let bytes = codec::encode(after)?;
         self.jobs.insert(after.id, bytes.as_slice())?;
         Ok(())
@@ -79,44 +101,44 @@ impl<'txn> JobTables<'txn> {
 
     /// Removes a job and its state index entries (the caller removes queue/dedup entries).
     pub fn delete(&mut self, job: &Job) -> Result<()> {
-        self.unindex(job)?;
+        self.unindex(job, Placed::of(job))?;
         self.jobs.remove(job.id)?;
         Ok(())
     }
 
-    fn index(&mut self, job: &Job) -> Result<()> {
-        match job.state {
+    fn index(&mut self, job: &Job, at: Placed) -> Result<()> {
+        match at.state {
             s if s.is_waiting() => {
-                self.due.insert(due_key(job), ())?;
+                self.due.insert(due_key(job, at.run_at), ())?;
             }
             JobState::Running => {
                 self.leased
-                    .insert((job.lease_expires_at.unwrap_or(0), job.id), ())?;
+                    .insert((at.lease_expires_at.unwrap_or(0), job.id), ())?;
             }
             s => {
                 self.finished
-                    .insert((s.code(), job.finished_at.unwrap_or(0), job.id), ())?;
+                    .insert((s.code(), at.finished_at.unwrap_or(0), job.id), ())?;
             }
         }
-        self.count(&job.queue, job.state, 1);
+        self.count(&job.queue, at.state, 1);
         Ok(())
     }
 
-    fn unindex(&mut self, job: &Job) -> Result<()> {
-        match job.state {
+    fn unindex(&mut self, job: &Job, at: Placed) -> Result<()> {
+        match at.state {
             s if s.is_waiting() => {
-                self.due.remove(due_key(job))?;
+                self.due.remove(due_key(job, at.run_at))?;
             }
             JobState::Running => {
                 self.leased
-                    .remove((job.lease_expires_at.unwrap_or(0), job.id))?;
+                    .remove((at.lease_expires_at.unwrap_or(0), job.id))?;
             }
             s => {
                 self.finished
-                    .remove((s.code(), job.finished_at.unwrap_or(0), job.id))?;
+                    .remove((s.code(), at.finished_at.unwrap_or(0), job.id))?;
             }
         }
-        self.count(&job.queue, job.state, -1);
+        self.count(&job.queue, at.state, -1);
         Ok(())
     }
 

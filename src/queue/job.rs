@@ -113,6 +113,7 @@ pub struct Job {
     pub queue: String,
     /// What the worker should do with the payload.
     pub kind: String,
+    #[serde(with = "bytes")]
     pub payload: Vec<u8>,
     /// 0..=255, higher runs first.
     pub priority: u8,
@@ -130,6 +131,7 @@ pub struct Job {
     pub dedup_key: Option<String>,
     pub created_at: u64,
     pub finished_at: Option<u64>,
+    #[serde(with = "opt_bytes")]
     pub result: Option<Vec<u8>>,
     /// Times the job was running when its process died (rescued at open). The first
     /// [`FREE_INTERRUPTIONS`] do not spend an attempt.
@@ -280,7 +282,7 @@ impl Retention {
 pub struct QueueConfig {
     /// Attempts of a job enqueued without its own `max_attempts`.
     pub default_max_attempts: u32,
-    /// Backoff after failed attempt `n` is about `min(base * 2^n, cap)` (see [`super::backoff`]).
+    /// Backoff after failed attempt `n` is about `min(base * 2^n, cap)` (see [`super::backoff_ms`]).
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub retention: Retention,
@@ -295,6 +297,148 @@ impl Default for QueueConfig {
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(600),
             retention: Retention::default(),
+        }
+    }
+}
+
+/// Byte strings as one length-prefixed block instead of a sequence of `u8`s (serde's
+/// default for `Vec<u8>`), which bincode would encode and decode byte by byte.
+mod bytes {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// [`bytes`] for an optional byte string.
+mod opt_bytes {
+    use serde::de::{Deserializer, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&serde_bytes_ref(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_option(OptVisitor)
+    }
+
+    /// Serializes a slice through [`super::bytes`].
+    fn serde_bytes_ref(b: &[u8]) -> impl serde::Serialize + '_ {
+        struct Wrap<'a>(&'a [u8]);
+        impl serde::Serialize for Wrap<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                super::bytes::serialize(self.0, s)
+            }
+        }
+        Wrap(b)
+    }
+
+    struct OptVisitor;
+
+    impl<'de> Visitor<'de> for OptVisitor {
+        type Value = Option<Vec<u8>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an optional byte string")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            super::bytes::deserialize(d).map(Some)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec;
+
+    fn sample() -> Job {
+        Job {
+            id: 9,
+            queue: "batch".into(),
+            kind: "chat".into(),
+            payload: (0..=255).collect(),
+            priority: 3,
+            run_at: 1_000,
+            attempt: 2,
+            max_attempts: 10,
+            state: JobState::Completed,
+            lease_expires_at: None,
+            lease_owner: Some("w1".into()),
+            lease_token: 4,
+            last_error: Some("503".into()),
+            dedup_key: Some("k".into()),
+            created_at: 900,
+            finished_at: Some(1_200),
+            result: Some(vec![0, 251, 255]),
+            interruptions: 1,
+        }
+    }
+
+    #[test]
+    fn a_job_round_trips_through_the_codec_with_and_without_a_result() {
+        let job = sample();
+        assert_eq!(
+            codec::decode::<Job>(&codec::encode(&job).unwrap()).unwrap(),
+            job
+        );
+        let empty = Job {
+            payload: Vec::new(),
+            result: None,
+            ..sample()
+        };
+        assert_eq!(
+            codec::decode::<Job>(&codec::encode(&empty).unwrap()).unwrap(),
+            empty
+        );
+    }
+
+    #[test]
+    fn garbage_never_decodes_to_a_job_by_panicking() {
+        let bytes = codec::encode(&sample()).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(codec::decode::<Job>(&bytes[..cut]).is_err());
         }
     }
 }

@@ -4,7 +4,7 @@
 //! States follow River/Oban (see `docs/queue.md`): `available`/`scheduled`/`retryable` jobs
 //! wait in a due index ordered by (priority, run_at, id); a lease moves them to `running`
 //! with a fencing token; they end `completed`, `discarded` or `cancelled`. Every operation
-//! exists as a sync function of a write transaction (`*_in`, in [`ops`]) or read transaction
+//! exists as a sync function of a write transaction (`*_in`) or read transaction
 //! (`*_read`) to compose with other writes, and as an async method of [`Queue`].
 
 mod backoff;

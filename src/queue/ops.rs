@@ -8,7 +8,7 @@ use std::collections::hash_map::{Entry, HashMap};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::backoff::backoff_ms;
-use super::index::JobTables;
+use super::index::{JobTables, Placed};
 use super::job::{
     Enqueued, Failure, Job, JobState, Lease, NewJob, QueueConfig, Retention, FREE_INTERRUPTIONS,
 };
@@ -167,14 +167,14 @@ pub fn lease_in(
     let expires = now.saturating_add(lease_for_ms);
     let mut leases = Vec::with_capacity(picked.len());
     for id in picked {
-        let before = t.load_existing(id)?;
-        let mut job = before.clone();
+        let mut job = t.load_existing(id)?;
+        let before = Placed::of(&job);
         job.state = JobState::Running;
         job.attempt = job.attempt.saturating_add(1);
         job.lease_token += 1;
         job.lease_expires_at = Some(expires);
         job.lease_owner = Some(owner.to_owned());
-        t.save(Some(&before), &job)?;
+        t.save(Some(before), &job)?;
         leases.push(Lease {
             token: job.lease_token,
             job,
@@ -263,12 +263,12 @@ pub fn complete_many_in(
 }
 
 fn complete_with(t: &mut JobTables<'_>, lease: &Lease, result: &[u8], now: u64) -> Result<()> {
-    let before = t.fenced(lease)?;
-    let mut job = before.clone();
+    let mut job = t.fenced(lease)?;
+    let before = Placed::of(&job);
     leave_running(&mut job, JobState::Completed);
     job.finished_at = Some(now);
     job.result = Some(result.to_vec());
-    t.save(Some(&before), &job)
+    t.save(Some(before), &job)
 }
 
 /// Records a failed attempt. A retryable failure with attempts left waits for the backoff
@@ -328,10 +328,10 @@ pub fn checkpoint_in(txn: &WriteTransaction, lease: &Lease, bytes: &[u8]) -> Res
 /// Applies `change` to a job the lease still holds and saves it with its indices.
 fn transition(txn: &WriteTransaction, lease: &Lease, change: impl FnOnce(&mut Job)) -> Result<()> {
     let mut t = JobTables::open(txn)?;
-    let before = t.fenced(lease)?;
-    let mut job = before.clone();
+    let mut job = t.fenced(lease)?;
+    let before = Placed::of(&job);
     change(&mut job);
-    t.save(Some(&before), &job)?;
+    t.save(Some(before), &job)?;
     t.finish()
 }
 
@@ -346,21 +346,21 @@ fn leave_running(job: &mut Job, state: JobState) {
 /// a cancelled job is a no-op; a completed or discarded job cannot be cancelled.
 pub fn cancel_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
     let mut t = JobTables::open(txn)?;
-    let before = t.load_existing(id)?;
-    match before.state {
+    let mut job = t.load_existing(id)?;
+    match job.state {
         JobState::Cancelled => return Ok(()),
         JobState::Completed | JobState::Discarded => {
             return Err(Error::InvalidState(format!(
                 "job {id} is {} and cannot be cancelled",
-                before.state
+                job.state
             )))
         }
         _ => {}
     }
-    let mut job = before.clone();
+    let before = Placed::of(&job);
     leave_running(&mut job, JobState::Cancelled);
     job.finished_at = Some(now);
-    t.save(Some(&before), &job)?;
+    t.save(Some(before), &job)?;
     t.finish()
 }
 
@@ -369,9 +369,9 @@ pub fn cancel_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
 /// (each job ends with exactly one result).
 pub fn retry_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
     let mut t = JobTables::open(txn)?;
-    let before = t.load_existing(id)?;
-    let mut job = before.clone();
-    match before.state {
+    let mut job = t.load_existing(id)?;
+    let before = Placed::of(&job);
+    match job.state {
         JobState::Discarded | JobState::Cancelled => {
             job.attempt = 0;
             job.interruptions = 0;
@@ -386,7 +386,7 @@ pub fn retry_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
     }
     job.state = JobState::Available;
     job.run_at = job.run_at.min(now);
-    t.save(Some(&before), &job)?;
+    t.save(Some(before), &job)?;
     t.finish()
 }
 
@@ -430,8 +430,8 @@ fn rescue(
         .map(|entry| entry.map(|(key, _)| key.value().1))
         .collect::<Result<Vec<u64>, _>>()?;
     for &id in &ids {
-        let before = t.load_existing(id)?;
-        let mut job = before.clone();
+        let mut job = t.load_existing(id)?;
+        let before = Placed::of(&job);
         mark(&mut job);
         if job.attempt >= job.max_attempts {
             leave_running(&mut job, JobState::Discarded);
@@ -439,7 +439,7 @@ fn rescue(
         } else {
             leave_running(&mut job, JobState::Available);
         }
-        t.save(Some(&before), &job)?;
+        t.save(Some(before), &job)?;
     }
     t.finish()?;
     Ok(ids.len())
