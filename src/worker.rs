@@ -253,7 +253,7 @@ impl Workers {
     }
 
     /// Runs one job to a durable end state.
-    async fn run_job(&self, lease: Lease) -> Result<()> {
+    pub async fn run_job(&self, lease: Lease) -> Result<()> {
         let job: ChatJob = match codec::decode(&lease.job.payload) {
             Ok(job) => job,
             Err(e) => {
@@ -279,8 +279,10 @@ impl Workers {
         }
     }
 
-    /// Looks up the cache and calls the API on a miss.
-    async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
+    /// Looks up the cache and calls the API on a miss: the one way every LLM call is made
+    /// (batch lines, blackboard steps, insight prompts), so all are cached, retried and rate
+    /// limited alike.
+    pub async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
         let key = CacheKey::for_request(&self.config.endpoint, "/chat/completions", body);
         let allowed = cacheable(self.config.cache_policy, body);
         let client = self.client.clone();
@@ -470,7 +472,7 @@ fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Res
 }
 
 /// The last user message of a request body, for the experience record.
-fn question_of(body: &str) -> String {
+pub fn question_of(body: &str) -> String {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
         return String::new();
     };
