@@ -333,6 +333,16 @@ async fn retry_after_is_honoured() {
         assert!(took >= advised, "{took:?} < {advised:?}");
         assert!(took < advised * 2 + Duration::from_millis(500), "{took:?}");
     }
+    // Retry-After as an HTTP date, second resolution: 1-2 s from now.
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
+    server.push_faults([Fault::status(503).with_headers(&[("retry-after", &date)])]);
+    let t = Instant::now();
+    assert_eq!(c.chat(&body("date")).await.unwrap().attempts, 2);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
     // Advice beyond 60 s is ignored in favour of the (tiny) backoff.
     server.push_faults([Fault::RateLimited {
         retry_after_secs: Some(120),

@@ -68,7 +68,8 @@ struct Inner {
     http: HttpClient,
     chat_uri: Uri,
     models_uri: Uri,
-    auth: Option<HeaderValue>,
+    /// Headers of every request (accept, user agent, authorization), built once.
+    headers: HeaderMap,
     limiter: Limiter,
     metrics: Arc<Metrics>,
 }
@@ -124,16 +125,17 @@ impl LlmClient {
     pub fn new(cfg: LlmConfig) -> Result<Self, LlmError> {
         let chat_uri = endpoint(&cfg.base_url, "chat/completions")?;
         let models_uri = endpoint(&cfg.base_url, "models")?;
-        let auth = match &cfg.api_key {
-            Some(key) => {
-                let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                    .map_err(|_| LlmError::Config("API key holds invalid characters".into()))?;
-                // Keeps the value out of hyper's debug output and HPACK tables.
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let agent = concat!("reasonq/", env!("CARGO_PKG_VERSION"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(agent));
+        if let Some(key) = &cfg.api_key {
+            let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                .map_err(|_| LlmError::Config("API key holds invalid characters".into()))?;
+            // Keeps the value out of hyper's debug output and HPACK tables.
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
         let metrics = Arc::new(Metrics::default());
         let http = pool::build(
             &cfg.pool,
@@ -147,7 +149,7 @@ impl LlmClient {
                 http,
                 chat_uri,
                 models_uri,
-                auth,
+                headers,
                 limiter,
                 metrics,
             }),
@@ -199,19 +201,19 @@ impl LlmClient {
         } else {
             0
         };
-        let ((raw, response), attempts) = self
+        let ((raw, rid, response), attempts) = self
             .execute(Method::POST, &inner.chat_uri, Some(body), estimate, |raw| {
                 let rid = request_id(&raw.headers);
                 check_json_type(&raw.headers, &raw.body, rid.as_deref())?;
                 let response = parse_chat(&raw.body, rid.as_deref())?;
-                Ok((raw, response))
+                Ok((raw, rid, response))
             })
             .await?;
         let used = response.usage.as_ref().map_or(estimate, |u| u.total());
         inner.limiter.settle(estimate, used);
         Ok(ChatOutcome {
             status: raw.status.as_u16(),
-            request_id: request_id(&raw.headers),
+            request_id: rid,
             body: raw.body,
             response,
             attempts,
@@ -315,23 +317,14 @@ impl LlmClient {
         timeout: Duration,
     ) -> Result<RawResponse, LlmError> {
         let inner = &*self.inner;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri.clone())
-            .header(ACCEPT, HeaderValue::from_static("application/json"))
-            .header(
-                USER_AGENT,
-                HeaderValue::from_static(concat!("reasonq/", env!("CARGO_PKG_VERSION"))),
-            );
+        let mut headers = inner.headers.clone();
         if body.is_some() {
-            req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        if let Some(auth) = &inner.auth {
-            req = req.header(AUTHORIZATION, auth.clone());
-        }
-        let req = req
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        let mut req = Request::new(Full::new(body.unwrap_or_default()));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers;
         inner.metrics.requests_sent.fetch_add(1, Relaxed);
         let _gauge = InFlight::start(&inner.metrics);
         let t0 = Instant::now();
@@ -495,8 +488,13 @@ fn excerpt(body: &[u8]) -> String {
 }
 
 fn check_json_type(h: &HeaderMap, body: &[u8], rid: Option<&str>) -> Result<(), LlmError> {
+    let is_json = |ct: &str| {
+        ct.as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"json"))
+    };
     match h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        Some(ct) if !ct.to_ascii_lowercase().contains("json") => Err(LlmError::Malformed {
+        Some(ct) if !is_json(ct) => Err(LlmError::Malformed {
             what: format!(
                 "expected a JSON body but content-type is {ct:?}; body starts with {}",
                 excerpt(body)

@@ -1,6 +1,7 @@
 //! Faults the simulation server can inject, and how each becomes a response.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -120,8 +121,21 @@ pub(crate) fn full(b: impl Into<Bytes>) -> SimBody {
         .boxed()
 }
 
-/// Sends one chunk, then fails so hyper aborts the connection mid-body.
-struct PartialThenFail(Option<Bytes>);
+/// Sends one chunk, waits a moment so hyper flushes it with the headers, then
+/// fails so hyper aborts the connection mid-body.
+struct PartialThenFail {
+    chunk: Option<Bytes>,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl PartialThenFail {
+    fn new(chunk: Bytes) -> Self {
+        PartialThenFail {
+            chunk: Some(chunk),
+            pause: Box::pin(tokio::time::sleep(Duration::from_millis(20))),
+        }
+    }
+}
 
 impl Body for PartialThenFail {
     type Data = Bytes;
@@ -129,15 +143,18 @@ impl Body for PartialThenFail {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        Poll::Ready(Some(match self.0.take() {
-            Some(chunk) => Ok(Frame::data(chunk)),
-            None => Err(io::Error::new(
+        if let Some(chunk) = self.chunk.take() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match self.pause.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "simulated truncation",
-            )),
-        }))
+            )))),
+        }
     }
 }
 
@@ -209,7 +226,7 @@ pub(crate) async fn render(fault: Fault, answer: Bytes) -> io::Result<Response<S
         }
         Fault::Truncated => {
             let half = answer.slice(..answer.len() / 2);
-            let mut r = response(200, JSON, PartialThenFail(Some(half)).boxed());
+            let mut r = response(200, JSON, PartialThenFail::new(half).boxed());
             add_header(&mut r, "content-length", &answer.len().to_string());
             r
         }
