@@ -22,6 +22,8 @@ pub mod runs;
 pub mod shutdown;
 pub mod sim;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod worker;
 
 pub use error::{Error, Result};

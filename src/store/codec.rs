@@ -70,8 +70,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// and the corpus replay test.
 pub fn fuzz_decode_all(bytes: &[u8]) -> Result<(), String> {
     use super::{experience::Experience, pattern::Pattern};
+    use crate::batch::{output::ResponseRecord, ChatJob};
+    use crate::{cache::CachedResponse, queue::Job, runs::RunRecord};
     round_trips::<Experience>(bytes)?;
-    round_trips::<Pattern>(bytes)
+    round_trips::<Pattern>(bytes)?;
+    round_trips::<Job>(bytes)?;
+    round_trips::<ChatJob>(bytes)?;
+    round_trips::<ResponseRecord>(bytes)?;
+    round_trips::<CachedResponse>(bytes)?;
+    round_trips::<RunRecord>(bytes)
 }
 
 fn round_trips<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {

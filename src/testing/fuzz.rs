@@ -1,0 +1,107 @@
+//! The core of each fuzz target: `Err` (or a panic) is a finding. Each is called by its
+//! target in `fuzz/fuzz_targets/` and by the stable corpus replay in `tests/fuzz_replay.rs`.
+
+use bytes::Bytes;
+
+use super::{queue_model, ScratchFile};
+use crate::batch::{input, ChatJob};
+use crate::llm::ChatOutcome;
+use crate::store::{codec, Durability, Store, StoreConfig};
+
+/// A fuzz target's core: `Err` is a finding.
+pub type Check = fn(&[u8]) -> Result<(), String>;
+
+/// The fuzz targets, by name, with their core function (the replay test walks this list).
+pub const TARGETS: &[(&str, Check)] = &[
+    ("codec", codec::fuzz_decode_all),
+    ("open_db", open_db),
+    ("queue_ops", queue_ops),
+    ("input_line", input_line),
+    ("chat_response", chat_response),
+];
+
+/// Opens a database file made of `bytes`: any damage must be an error, never a panic or an
+/// abort. When the file does open, the store must be usable (reads, a write, a clean close).
+pub fn open_db(bytes: &[u8]) -> Result<(), String> {
+    let file = ScratchFile::new("fuzz-open");
+    std::fs::write(file.path(), bytes).map_err(|e| format!("cannot write scratch file: {e}"))?;
+    let mut config = StoreConfig::new(file.path());
+    config.durability = Durability::None;
+    config.cache_size_bytes = 1024 * 1024;
+    let Ok(store) = Store::open(config) else {
+        return Ok(());
+    };
+    // Reads and writes on a damaged file may fail; they must not panic.
+    let _ = store.read_blocking(|txn| crate::queue::counts_read(txn, None));
+    let _ = store.read_blocking(|txn| crate::queue::list_read(txn, None, None, 100));
+    let _ = store.write_blocking(|txn| {
+        crate::queue::enqueue_many_in(
+            txn,
+            &crate::queue::QueueConfig::default(),
+            &[crate::queue::NewJob::new("fuzz", "kind", vec![1])],
+            1,
+        )
+    });
+    let _ = store.close();
+    Ok(())
+}
+
+/// A sequence of queue operations decoded from `bytes` must behave like the in-memory model.
+pub fn queue_ops(bytes: &[u8]) -> Result<(), String> {
+    let file = ScratchFile::new("fuzz-queue");
+    queue_model::run(file.path(), &queue_model::ops_from_bytes(bytes))
+}
+
+/// Reads `bytes` as a batch input file and parses it as one line: never a panic; every
+/// accepted line carries a JSON object body naming a model, and its job payload round-trips
+/// through the codec.
+pub fn input_line(bytes: &[u8]) -> Result<(), String> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Ok(item) = input::parse_line(text, "default-model") {
+            check_item(&item)?;
+        }
+    }
+    let parsed = input::read(bytes, "fuzz.jsonl", "default-model")
+        .map_err(|e| format!("reading from memory failed: {e}"))?;
+    for item in &parsed.items {
+        check_item(item)?;
+    }
+    for err in &parsed.errors {
+        if err.line == 0 || err.message.is_empty() {
+            return Err(format!("error without line or message: {err:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_item(item: &input::BatchItem) -> Result<(), String> {
+    let body: serde_json::Value = serde_json::from_str(&item.body)
+        .map_err(|e| format!("accepted line has a body that is not JSON ({e}): {item:?}"))?;
+    if !body.get("model").is_some_and(serde_json::Value::is_string) {
+        return Err(format!("accepted line has no model: {item:?}"));
+    }
+    let job = ChatJob::from_item(item);
+    let bytes = codec::encode(&job).map_err(|e| format!("job does not encode: {e}"))?;
+    match codec::decode::<ChatJob>(&bytes) {
+        Ok(back) if back == job => Ok(()),
+        _ => Err(format!("job payload changed in a round trip: {job:?}")),
+    }
+}
+
+/// Parses `bytes` as a chat-completion body the way the client (and the cache) does: an
+/// error or a response, never a panic; the error message must render.
+pub fn chat_response(bytes: &[u8]) -> Result<(), String> {
+    match ChatOutcome::from_parts(200, Some("rid".into()), Bytes::copy_from_slice(bytes)) {
+        Ok(outcome) => {
+            // What the worker reads from every answer.
+            let _ = (outcome.response.content(), &outcome.response.usage);
+            Ok(())
+        }
+        Err(e) => {
+            if e.to_string().is_empty() {
+                return Err("empty error message".into());
+            }
+            Ok(())
+        }
+    }
+}
