@@ -1,0 +1,266 @@
+//! The fault matrix: every fault the simulated server can inject, with the prompt cache on
+//! and off, run through the real worker path (App, Queue, Workers, a tempdir store). Each
+//! row ends in its documented outcome (docs/reliability.md, "Fault matrix") and leaves a
+//! consistent job table.
+//!
+//! The client's own retries are off (`retry.max_attempts = 1`) so every fault reaches the
+//! worker: retryable errors go back to the queue (backoff 0 here), a `Retry-After` snoozes
+//! the job without spending an attempt, fatal errors discard it with a code.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reasonq::app::App;
+use reasonq::batch::output::FailureRecord;
+use reasonq::batch::ChatJob;
+use reasonq::config::Config;
+use reasonq::queue::{Job, JobState, NewJob};
+use reasonq::shutdown::Shutdown;
+use reasonq::sim::{Fault, SimConfig, SimServer};
+use reasonq::store::codec;
+use reasonq::worker::{DrainEnd, Workers};
+
+const QUEUE: &str = "matrix";
+
+/// How a row must end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// Completed on the first attempt.
+    Completed,
+    /// Failed once (retryable), then completed on attempt 2.
+    CompletedAfterRetry,
+    /// Snoozed for the server's `Retry-After` (no attempt spent), then completed.
+    SnoozedThenCompleted,
+    /// Discarded at once with this failure code.
+    Discarded(&'static str),
+}
+
+fn rows() -> Vec<(&'static str, Fault, Expect)> {
+    use Expect::*;
+    let ms = Duration::from_millis;
+    vec![
+        ("latency 200 ms", Fault::Latency(ms(200)), Completed),
+        (
+            "429 without Retry-After",
+            Fault::RateLimited {
+                retry_after_secs: None,
+                retry_after_ms: None,
+            },
+            CompletedAfterRetry,
+        ),
+        (
+            "429 with Retry-After: 1",
+            Fault::RateLimited {
+                retry_after_secs: Some(1),
+                retry_after_ms: None,
+            },
+            SnoozedThenCompleted,
+        ),
+        (
+            "429 with retry-after-ms: 100",
+            Fault::RateLimited {
+                retry_after_secs: None,
+                retry_after_ms: Some(100),
+            },
+            SnoozedThenCompleted,
+        ),
+        ("500", Fault::status(500), CompletedAfterRetry),
+        ("503", Fault::status(503), CompletedAfterRetry),
+        ("reset before headers", Fault::Reset, CompletedAfterRetry),
+        ("truncated mid-body", Fault::Truncated, CompletedAfterRetry),
+        (
+            "slow headers beyond the 1 s timeout",
+            Fault::Latency(ms(1_600)),
+            CompletedAfterRetry,
+        ),
+        (
+            "malformed JSON",
+            Fault::MalformedJson,
+            Discarded("malformed_response"),
+        ),
+        (
+            "wrong content type",
+            Fault::WrongContentType,
+            Discarded("malformed_response"),
+        ),
+        (
+            "huge body over the 1 MiB cap",
+            Fault::Huge(3 * 1024 * 1024),
+            Discarded("too_large"),
+        ),
+        (
+            "insufficient_quota",
+            Fault::InsufficientQuota,
+            Discarded("insufficient_quota"),
+        ),
+        ("400", Fault::status(400), Discarded("bad_request")),
+        ("401", Fault::status(401), Discarded("unauthorized")),
+    ]
+}
+
+fn config(dir: &std::path::Path, base_url: String, cache: bool) -> Config {
+    let mut c = Config {
+        db: dir.join("matrix.redb"),
+        base_url,
+        model: "grok-4".into(),
+        concurrency: 2,
+        cache_policy: if cache { "always" } else { "never" }.into(),
+        ..Config::default()
+    };
+    c.http.request_timeout_s = 1;
+    c.http.max_response_mb = 1;
+    c.retry.max_attempts = 1;
+    c.queue.max_attempts = 3;
+    c.queue.backoff_base_s = 0;
+    c
+}
+
+fn enqueue_job(custom_id: &str, prompt: &str) -> NewJob {
+    let job = ChatJob {
+        custom_id: custom_id.into(),
+        line: 1,
+        body: serde_json::json!({
+            "model": "grok-4",
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0
+        })
+        .to_string(),
+        domain: "general".into(),
+        strategy: None,
+        expected: None,
+    };
+    let mut new = NewJob::new(QUEUE, "chat", codec::encode(&job).unwrap());
+    new.dedup_key = Some(job.dedup_key("matrix"));
+    new
+}
+
+/// Runs the queue dry with the real worker path.
+async fn drain(app: &App, connected: &reasonq::app::Connected) -> Workers {
+    let workers = Workers::new(
+        app.queue.clone(),
+        connected.client.clone(),
+        app.cache.clone(),
+        app.worker_config(&connected.endpoint).unwrap(),
+    );
+    let end = workers
+        .drain(QUEUE, Shutdown::new().listener())
+        .await
+        .unwrap();
+    assert_eq!(end, DrainEnd::Finished);
+    workers
+}
+
+/// Every job is in a final state, counts add up, no lease is held, and exactly the completed
+/// jobs carry a result and an experience.
+async fn assert_consistent(app: &App, row: &str) -> Vec<Job> {
+    let jobs = app.queue.jobs_in_queue(QUEUE).await.unwrap();
+    let counts = app.queue.counts(Some(QUEUE)).await.unwrap();
+    assert_eq!(counts.total(), jobs.len() as u64, "{row}: counts add up");
+    for state in JobState::ALL {
+        let n = jobs.iter().filter(|j| j.state == state).count() as u64;
+        assert_eq!(counts.get(state), n, "{row}: count of {state:?}");
+    }
+    for job in &jobs {
+        assert!(
+            matches!(job.state, JobState::Completed | JobState::Discarded),
+            "{row}: job {} left {:?}",
+            job.id,
+            job.state
+        );
+        assert_eq!(
+            job.lease_expires_at, None,
+            "{row}: job {} holds a lease",
+            job.id
+        );
+        assert_eq!(
+            job.result.is_some(),
+            job.state == JobState::Completed,
+            "{row}: result of job {} in {:?}",
+            job.id,
+            job.state
+        );
+    }
+    let experiences = app.store.experience_counts().await.unwrap().total;
+    assert_eq!(
+        experiences, counts.completed,
+        "{row}: one experience per completed job"
+    );
+    jobs
+}
+
+async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
+    let row = format!("{name} (cache {})", if cache { "on" } else { "off" });
+    let server = SimServer::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::open(config(dir.path(), server.base_url(), cache))
+        .await
+        .unwrap();
+    let connected = app.connect(false).await.unwrap();
+    let prompt = format!("prompt of {row}");
+
+    server.push_faults([fault]);
+    app.queue
+        .enqueue(enqueue_job("first", &prompt))
+        .await
+        .unwrap();
+    let workers = drain(&app, &connected).await;
+    let jobs = assert_consistent(&app, &row).await;
+    let job = &jobs[0];
+    let stats = workers.stats.snapshot();
+    let failure = job
+        .last_error
+        .as_deref()
+        .map(FailureRecord::from_last_error);
+    match expect {
+        Expect::Completed | Expect::CompletedAfterRetry | Expect::SnoozedThenCompleted => {
+            assert_eq!(job.state, JobState::Completed, "{row}: {failure:?}");
+            let (attempt, retried, calls) = match expect {
+                Expect::Completed => (1, 0, 1),
+                Expect::CompletedAfterRetry => (2, 1, 2),
+                _ => (1, 1, 2),
+            };
+            assert_eq!(job.attempt, attempt, "{row}: attempts");
+            assert_eq!(stats.retried, retried, "{row}: retried");
+            assert_eq!(server.calls_for(&prompt), calls, "{row}: upstream calls");
+        }
+        Expect::Discarded(code) => {
+            assert_eq!(job.state, JobState::Discarded, "{row}");
+            assert_eq!(job.attempt, 1, "{row}: no retry of a fatal error");
+            assert_eq!(failure.map(|f| f.code), Some(code.to_string()), "{row}");
+            assert_eq!(server.calls_for(&prompt), 1, "{row}: upstream calls");
+        }
+    }
+
+    // The same prompt again: with the cache on, an answer is served from it and a failure
+    // never is; with the cache off, it always goes upstream.
+    let before = server.calls_for(&prompt);
+    app.queue
+        .enqueue(enqueue_job("second", &prompt))
+        .await
+        .unwrap();
+    let workers = drain(&app, &connected).await;
+    let jobs = assert_consistent(&app, &row).await;
+    let second = jobs.iter().find(|j| j.id != job.id).unwrap();
+    assert_eq!(second.state, JobState::Completed, "{row}: second job");
+    let from_cache = cache && job.state == JobState::Completed;
+    assert_eq!(
+        server.calls_for(&prompt) - before,
+        u64::from(!from_cache),
+        "{row}: upstream calls of the second job"
+    );
+    assert_eq!(
+        workers.stats.snapshot().cached,
+        u64::from(from_cache),
+        "{row}"
+    );
+    app.close().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_fault_with_the_cache_on_and_off_ends_in_its_documented_outcome() {
+    let runs = rows().into_iter().flat_map(|(name, fault, expect)| {
+        [false, true].map(|cache| run_row(name, fault.clone(), expect, cache))
+    });
+    join_all(runs).await;
+}
