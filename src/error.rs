@@ -64,17 +64,24 @@ impl Error {
         let err: redb::Error = err.into();
         let kind = match &err {
             redb::Error::Corrupted(_) => StorageKind::Corrupted,
+            // ENOSPC, EDQUOT, and EFBIG (a file size limit such as `ulimit -f`).
             redb::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::StorageFull
-                    || io.kind() == std::io::ErrorKind::QuotaExceeded
-                    || io.raw_os_error() == Some(28) =>
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                        | std::io::ErrorKind::FileTooLarge
+                ) || matches!(io.raw_os_error(), Some(27 | 28 | 122)) =>
             {
                 StorageKind::DiskFull
             }
             _ => StorageKind::Other,
         };
         let message = match kind {
-            StorageKind::DiskFull => format!("no space left on device ({err})"),
+            StorageKind::DiskFull => format!(
+                "the disk is full or the database file may not grow ({err}); this write was \
+                 not committed, earlier commits are intact: free space and run again"
+            ),
             _ => err.to_string(),
         };
         Error::Storage {

@@ -33,10 +33,15 @@ impl Env {
     /// A `reasonq` command against this env's database and server, with no API key and no
     /// stray configuration from the environment.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_on(&self.db(), args)
+    }
+
+    /// [`Env::command`] against the database at `db`.
+    pub fn command_on(&self, db: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_reasonq"));
         cmd.current_dir(self.dir.path())
             .arg("--db")
-            .arg(self.db())
+            .arg(db)
             .arg("--base-url")
             .arg(self.server.base_url())
             .args(args)
