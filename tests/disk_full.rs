@@ -56,9 +56,11 @@ impl Limit {
         env.path("disk").join("full.redb")
     }
 
-    /// Runs `reasonq` on the small disk.
-    async fn run(&self, env: &Env, args: &[&str]) -> Output {
-        let inner = env.command_on(&self.db(env), args);
+    /// Runs `reasonq batch <name>.jsonl --batch <name>` on the small disk.
+    async fn batch(&self, env: &Env, name: &str) -> Output {
+        let (input, output) = (format!("{name}.jsonl"), format!("{name}.out.jsonl"));
+        let args = ["batch", &input, "--batch", name, "-o", &output];
+        let inner = env.command_on(&self.db(env), &args);
         let mut cmd = match self {
             Limit::Tmpfs(_) => inner,
             Limit::FileSize(kib) => {
@@ -121,36 +123,12 @@ async fn a_full_disk_is_a_clear_error_and_loses_no_committed_job() {
 
     // A small batch fits and completes.
     env.write_input("small.jsonl", &questions(20));
-    let out = limit
-        .run(
-            &env,
-            &[
-                "batch",
-                "small.jsonl",
-                "--batch",
-                "small",
-                "-o",
-                "small.out.jsonl",
-            ],
-        )
-        .await;
+    let out = limit.batch(&env, "small").await;
     assert!(out.status.success(), "{}", stderr(&out));
 
     // A large one does not fit: a clear error, not a crash.
     env.write_input("big.jsonl", &big_questions(400, "big"));
-    let out = limit
-        .run(
-            &env,
-            &[
-                "batch",
-                "big.jsonl",
-                "--batch",
-                "big",
-                "-o",
-                "big.out.jsonl",
-            ],
-        )
-        .await;
+    let out = limit.batch(&env, "big").await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -172,19 +150,7 @@ async fn a_full_disk_is_a_clear_error_and_loses_no_committed_job() {
         .collect();
 
     // And the same command finishes the batch, keeping what was already done.
-    let out = limit
-        .run(
-            &env,
-            &[
-                "batch",
-                "big.jsonl",
-                "--batch",
-                "big",
-                "-o",
-                "big.out.jsonl",
-            ],
-        )
-        .await;
+    let out = limit.batch(&env, "big").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let big = jobs_of(&db, "big");
     assert_eq!(big.len(), 400);

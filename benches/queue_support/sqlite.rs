@@ -53,10 +53,13 @@ pub fn connect(path: &Path, sync: Sync) -> Connection {
         Sync::Full => "FULL",
         Sync::Normal => "NORMAL",
     };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"
-    ))
-    .unwrap();
+    // `journal_mode` returns a row, which rusqlite 0.31's `execute_batch` refuses.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch(&format!("PRAGMA synchronous={sync};"))
+        .unwrap();
     conn
 }
 

@@ -103,12 +103,18 @@ impl Store {
     /// [`Store::open_async`].
     pub fn open(config: StoreConfig) -> Result<Store> {
         let db = open_database(&config)?;
-        let txn = db.begin_write()?;
-        check_schema(&txn)?;
-        for hook in OPEN_HOOKS {
-            hook(&txn)?;
-        }
-        txn.commit()?;
+        // redb may also panic in the first transaction on a damaged file (fuzz target
+        // `open_db`): an error, never a crash.
+        let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let txn = db.begin_write()?;
+            check_schema(&txn)?;
+            for hook in OPEN_HOOKS {
+                hook(&txn)?;
+            }
+            txn.commit()?;
+            Ok(())
+        }));
+        prepared.unwrap_or_else(|_| Err(damaged(&config.path)))?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Box<dyn WriteOp>>();
         let thread_db = db.clone();
@@ -263,10 +269,15 @@ fn open_database(config: &StoreConfig) -> Result<redb::Database> {
             path: path_text,
             message: format!("not a valid reasonq database ({e})"),
         }),
-        Err(_) => Err(Error::BadDatabase {
-            path: path_text,
-            message: "the file is damaged".into(),
-        }),
+        Err(_) => Err(damaged(&config.path)),
+    }
+}
+
+/// The error for a file redb panicked on.
+fn damaged(path: &Path) -> Error {
+    Error::BadDatabase {
+        path: path.display().to_string(),
+        message: "the file is damaged".into(),
     }
 }
 
