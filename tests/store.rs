@@ -200,3 +200,24 @@ async fn concurrent_writes_all_land_and_a_failing_one_undoes_nothing_else() {
         assert!(store.experience(id).await.unwrap().is_some(), "id {id}");
     }
 }
+
+/// redb panics on some damaged pages (found by the `open_db` fuzz target); a read that hits
+/// one must report a damaged file, not take the process down.
+#[test]
+fn a_panic_inside_a_read_is_a_damaged_file_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path().join("p.redb"))).unwrap();
+    let blocking: reasonq::Result<()> = store.read_blocking(|_| panic!("simulated redb panic"));
+    assert!(
+        matches!(&blocking, Err(reasonq::Error::BadDatabase { message, .. }) if message.contains("damaged")),
+        "{blocking:?}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let asynchronous: reasonq::Result<()> =
+        rt.block_on(store.read(|_| panic!("simulated redb panic")));
+    assert!(
+        matches!(asynchronous, Err(reasonq::Error::BadDatabase { .. })),
+        "{asynchronous:?}"
+    );
+    store.close().unwrap();
+}

@@ -103,9 +103,8 @@ impl Store {
     /// [`Store::open_async`].
     pub fn open(config: StoreConfig) -> Result<Store> {
         let db = open_database(&config)?;
-        // redb may also panic in the first transaction on a damaged file (fuzz target
-        // `open_db`): an error, never a crash.
-        let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // redb may also panic in the first transaction on a damaged file.
+        unpanicked(&config.path, || {
             let txn = db.begin_write()?;
             check_schema(&txn)?;
             for hook in OPEN_HOOKS {
@@ -113,8 +112,7 @@ impl Store {
             }
             txn.commit()?;
             Ok(())
-        }));
-        prepared.unwrap_or_else(|_| Err(damaged(&config.path)))?;
+        })?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Box<dyn WriteOp>>();
         let thread_db = db.clone();
@@ -198,9 +196,12 @@ impl Store {
         R: Send + 'static,
     {
         let db = self.inner.db.clone();
+        let path = self.inner.path.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read()?;
-            f(&txn)
+            unpanicked(&path, || {
+                let txn = db.begin_read()?;
+                f(&txn)
+            })
         })
         .await
         .map_err(|e| Error::Invalid(format!("read task failed: {e}")))?
@@ -208,8 +209,10 @@ impl Store {
 
     /// [`Store::read`] for synchronous callers.
     pub fn read_blocking<R>(&self, f: impl FnOnce(&ReadTransaction) -> Result<R>) -> Result<R> {
-        let txn = self.inner.db.begin_read()?;
-        f(&txn)
+        unpanicked(&self.inner.path, || {
+            let txn = self.inner.db.begin_read()?;
+            f(&txn)
+        })
     }
 
     /// Stops the writer after the writes already submitted, makes a final durable commit and
@@ -271,6 +274,12 @@ fn open_database(config: &StoreConfig) -> Result<redb::Database> {
         }),
         Err(_) => Err(damaged(&config.path)),
     }
+}
+
+/// Runs `f`, turning a panic into [`damaged`]: redb panics on some damaged pages (found by
+/// the `open_db` fuzz target), and a bad file must be an error, never a crash.
+fn unpanicked<R>(path: &Path, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(damaged(path)))
 }
 
 /// The error for a file redb panicked on.
