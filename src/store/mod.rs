@@ -79,7 +79,8 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<redb::Database>,
+    /// `None` only while `Inner` drops (see its `Drop`).
+    db: Option<Arc<redb::Database>>,
     path: PathBuf,
     writer: Mutex<Option<Writer>>,
 }
@@ -127,7 +128,7 @@ impl Store {
             })?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                db: Some(db),
                 path: config.path,
                 writer: Mutex::new(Some(Writer { tx, thread })),
             }),
@@ -195,7 +196,7 @@ impl Store {
         F: FnOnce(&ReadTransaction) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let db = self.inner.db.clone();
+        let db = self.inner.db.clone().ok_or(Error::Closed)?;
         let path = self.inner.path.clone();
         tokio::task::spawn_blocking(move || {
             unpanicked(&path, || {
@@ -210,7 +211,8 @@ impl Store {
     /// [`Store::read`] for synchronous callers.
     pub fn read_blocking<R>(&self, f: impl FnOnce(&ReadTransaction) -> Result<R>) -> Result<R> {
         unpanicked(&self.inner.path, || {
-            let txn = self.inner.db.begin_read()?;
+            let db = self.inner.db.as_ref().ok_or(Error::Closed)?;
+            let txn = db.begin_read()?;
             f(&txn)
         })
     }
@@ -245,6 +247,13 @@ impl Drop for Inner {
                 let _ = thread.join();
             }
         }
+        // redb's `Database` writes when it drops and may panic on a damaged file (fuzz target
+        // `open_db`); dropping a store must never take the process down.
+        let db = self.db.take();
+        let _ = unpanicked(&self.path, move || {
+            drop(db);
+            Ok(())
+        });
     }
 }
 
