@@ -105,7 +105,7 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Store> {
         let db = open_database(&config)?;
         // redb may also panic in the first transaction on a damaged file.
-        unpanicked(&config.path, || {
+        let prepared = unpanicked(&config.path, || {
             let txn = db.begin_write()?;
             check_schema(&txn)?;
             for hook in OPEN_HOOKS {
@@ -113,7 +113,11 @@ impl Store {
             }
             txn.commit()?;
             Ok(())
-        })?;
+        });
+        if let Err(e) = prepared {
+            drop_guarded(db);
+            return Err(e);
+        }
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Box<dyn WriteOp>>();
         let thread_db = db.clone();
@@ -247,13 +251,7 @@ impl Drop for Inner {
                 let _ = thread.join();
             }
         }
-        // redb's `Database` writes when it drops and may panic on a damaged file (fuzz target
-        // `open_db`); dropping a store must never take the process down.
-        let db = self.db.take();
-        let _ = unpanicked(&self.path, move || {
-            drop(db);
-            Ok(())
-        });
+        drop_guarded(self.db.take());
     }
 }
 
@@ -289,6 +287,13 @@ fn open_database(config: &StoreConfig) -> Result<redb::Database> {
 /// the `open_db` fuzz target), and a bad file must be an error, never a crash.
 fn unpanicked<R>(path: &Path, f: impl FnOnce() -> Result<R>) -> Result<R> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(damaged(path)))
+}
+
+/// Drops `value` (a redb `Database`, which writes when it drops and may panic on a damaged
+/// file, or panic again after an earlier panic poisoned its state): dropping a store must
+/// never take the process down.
+fn drop_guarded<T>(value: T) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value)));
 }
 
 /// The error for a file redb panicked on.
