@@ -32,6 +32,8 @@ pub struct Config {
     pub cache: CacheSection,
     pub shutdown: ShutdownSection,
     pub retention: RetentionSection,
+    /// Memory in prompts, strategy choice and insights.
+    pub memory: crate::memory::MemoryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +135,7 @@ impl Default for Config {
             cache: CacheSection::default(),
             shutdown: ShutdownSection::default(),
             retention: RetentionSection::default(),
+            memory: crate::memory::MemoryConfig::default(),
         }
     }
 }

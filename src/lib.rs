@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod llm;
+pub mod memory;
 pub mod queue;
 pub mod runs;
 pub mod shutdown;

@@ -26,10 +26,12 @@ use crate::cache::{cacheable, Cache, CacheKey, CachePolicy, CachedResponse, Hit}
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::llm::{ChatOutcome, LlmClient, LlmError};
+use crate::memory::prompt::{self, MemorySection};
+use crate::memory::{apply, rules, strategy, MemoryConfig, Strategy};
 use crate::queue::{Failure, Lease, Queue};
 use crate::shutdown::{Listener, Phase};
 use crate::store::codec;
-use crate::store::experience::{self, ExperienceData, NewExperience, Outcome};
+use crate::store::experience::{self, ExperienceData, NewExperience};
 
 /// How workers run.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct WorkerConfig {
     pub owner: String,
     /// How often an idle dispatcher looks for scheduled jobs that became due.
     pub poll: Duration,
+    /// Strategies, memory in prompts and judging.
+    pub memory: MemoryConfig,
 }
 
 impl WorkerConfig {
@@ -60,6 +64,7 @@ impl WorkerConfig {
             endpoint: endpoint.into(),
             owner: format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             poll: Duration::from_millis(200),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -252,7 +257,8 @@ impl Workers {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Runs one job to a durable end state.
+    /// Runs one job to a durable end state: resolve the strategy, shape the request
+    /// (strategy and memory), call, then judge and record.
     pub async fn run_job(&self, lease: Lease) -> Result<()> {
         let job: ChatJob = match codec::decode(&lease.job.payload) {
             Ok(job) => job,
@@ -261,22 +267,70 @@ impl Workers {
                 return self.fail(&lease, &failure, Failure::Fatal).await;
             }
         };
-        let body: serde_json::Value = match serde_json::from_str(&job.body) {
+        let strategy = match self.resolve_strategy(&job).await {
+            Ok(s) => s,
+            Err(Error::Invalid(message)) => {
+                let failure = failure("bad_payload", message);
+                return self.fail(&lease, &failure, Failure::Fatal).await;
+            }
+            Err(e) => return Err(e),
+        };
+        // Strategies with an engine of their own take the job from here.
+        let mut body: serde_json::Value = match serde_json::from_str(&job.body) {
             Ok(body) => body,
             Err(e) => {
                 let failure = failure("bad_payload", format!("request body is not JSON: {e}"));
                 return self.fail(&lease, &failure, Failure::Fatal).await;
             }
         };
+        let memory = self.memory_for(&job).await?;
+        apply::shape(&mut body, strategy, &memory);
         let heartbeat = self.spawn_heartbeat(lease.clone());
         let started = Instant::now();
         let outcome = self.call(&body).await;
         heartbeat.abort();
         match outcome {
-            Ok((response, hit)) => self.complete(&lease, &job, response, hit, started).await,
+            Ok((response, hit)) => {
+                let done = Done {
+                    strategy,
+                    memory,
+                    hit,
+                    started,
+                };
+                self.complete(&lease, &job, response, done).await
+            }
             Err(CallError::Store(e)) => Err(e),
             Err(CallError::Llm(e)) => self.handle_llm_error(&lease, e).await,
         }
+    }
+
+    /// The line's own strategy, else the bandit's pick among the configured ones for the
+    /// job's domain. An unknown name is `Error::Invalid`.
+    pub async fn resolve_strategy(&self, job: &ChatJob) -> Result<Strategy> {
+        if let Some(name) = &job.strategy {
+            return name.parse().map_err(Error::Invalid);
+        }
+        let domain = job.domain.clone();
+        let arms = self.config.memory.strategies.clone();
+        self.queue
+            .store()
+            .read(move |txn| strategy::choose_read(txn, &domain, &arms))
+            .await
+    }
+
+    /// The memory section of a job's prompt (empty when memory is off).
+    async fn memory_for(&self, job: &ChatJob) -> Result<MemorySection> {
+        if !job.memory {
+            return Ok(MemorySection::default());
+        }
+        let question = question_of(&job.body);
+        let domain = job.domain.clone();
+        let (k, budget) = (self.config.memory.k, self.config.memory.token_budget);
+        let now = now_ms();
+        self.queue
+            .store()
+            .read(move |txn| prompt::build_read(txn, &domain, &question, k, budget, now))
+            .await
     }
 
     /// Looks up the cache and calls the API on a miss: the one way every LLM call is made
@@ -311,9 +365,14 @@ impl Workers {
         lease: &Lease,
         job: &ChatJob,
         outcome: ChatOutcome,
-        hit: Hit,
-        started: Instant,
+        done: Done,
     ) -> Result<()> {
+        let Done {
+            strategy,
+            memory,
+            hit,
+            started,
+        } = done;
         let cached = matches!(hit, Hit::Memory | Hit::Disk);
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let record = ResponseRecord {
@@ -325,33 +384,54 @@ impl Workers {
         };
         let result = codec::encode(&record)?;
         let usage = outcome.response.usage.clone().unwrap_or_default();
+        let judged = apply::judge_reply(
+            strategy,
+            outcome.response.content().unwrap_or_default(),
+            job.expected.as_ref(),
+            self.config.memory.confidence_threshold,
+        );
+        // The model's own reasoning channel, when the strategy found no steps in the text.
+        let reasoning = if judged.reasoning.is_empty() {
+            outcome
+                .response
+                .choices
+                .first()
+                .and_then(|c| c.message.reasoning_content.clone())
+                .into_iter()
+                .collect()
+        } else {
+            judged.reasoning
+        };
+        let mut tags = Vec::new();
+        if judged.parse_error.is_some() {
+            tags.push(apply::PARSE_ERROR_TAG.to_string());
+        }
+        if !memory.used_experiences.is_empty() || !memory.used_rules.is_empty() {
+            tags.push(apply::MEMORY_TAG.to_string());
+        }
         let experience = NewExperience {
             created_at: None,
             data: ExperienceData {
                 question: question_of(&job.body),
-                context: None,
-                reasoning: outcome
-                    .response
-                    .choices
-                    .first()
-                    .and_then(|c| c.message.reasoning_content.clone())
-                    .into_iter()
-                    .collect(),
-                answer: outcome.response.content().unwrap_or_default().to_string(),
-                confidence: None,
-                outcome: Outcome::Unknown,
+                context: judged.parse_error.map(|e| format!("parse error: {e}")),
+                reasoning,
+                answer: judged.answer,
+                confidence: judged.confidence,
+                outcome: judged.outcome,
                 domain: job.domain.clone(),
-                strategy: job.strategy.clone().unwrap_or_else(|| "direct".into()),
-                tags: Vec::new(),
+                strategy: strategy.name().to_string(),
+                tags,
                 model: outcome.response.model.clone().unwrap_or_default(),
                 prompt_tokens: saturate(usage.prompt_tokens),
                 completion_tokens: saturate(usage.completion_tokens),
                 latency_ms,
                 job_id: Some(lease.job.id),
-                used_experiences: Vec::new(),
+                used_experiences: memory.used_experiences,
             },
         };
         let lease_for_txn = lease.clone();
+        let (domain, used_rules, judged_outcome) =
+            (job.domain.clone(), memory.used_rules, judged.outcome);
         let committed = self
             .queue
             .store()
@@ -359,6 +439,7 @@ impl Workers {
                 let now = now_ms();
                 crate::queue::complete_in(txn, &lease_for_txn, &result, now)?;
                 experience::record_in(txn, &experience, now)?;
+                rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
                 Ok(())
             })
             .await;
@@ -440,6 +521,14 @@ impl Workers {
             }
         })
     }
+}
+
+/// What a successful call brings to the completion besides the response.
+struct Done {
+    strategy: Strategy,
+    memory: MemorySection,
+    hit: Hit,
+    started: Instant,
 }
 
 /// A lost lease means another worker owns the job now: its result wins, ours is dropped.

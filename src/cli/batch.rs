@@ -69,7 +69,19 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     }
 
     // Enqueue idempotently: the dedup key is the id plus a hash of the request and endpoint.
-    let jobs: Vec<ChatJob> = parsed.items.iter().map(ChatJob::from_item).collect();
+    // Batch flags are the defaults of lines that do not say.
+    let jobs: Vec<ChatJob> = parsed
+        .items
+        .iter()
+        .map(|item| {
+            let mut job = ChatJob::from_item(item);
+            job.strategy = job
+                .strategy
+                .or_else(|| args.strategy.map(|s| s.name().to_string()));
+            job.memory = item.memory.unwrap_or(args.memory);
+            job
+        })
+        .collect();
     let keys: HashSet<String> = jobs
         .iter()
         .map(|j| j.dedup_key(&connected.endpoint))

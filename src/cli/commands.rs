@@ -21,7 +21,7 @@ use crate::worker::{DrainEnd, Workers};
 const SUBMIT_QUEUE: &str = "submit";
 
 /// Prints rows as aligned columns under a header.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -42,13 +42,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn print_json(value: &Value) -> CliResult {
+pub(super) fn print_json(value: &Value) -> CliResult {
     let text = serde_json::to_string_pretty(value).map_err(fail)?;
     println!("{text}");
     Ok(Outcome::Done)
 }
 
-fn short(text: &str, max: usize) -> String {
+pub(super) fn short(text: &str, max: usize) -> String {
     let one_line = text.replace('\n', " ");
     if one_line.chars().count() <= max {
         one_line
@@ -79,6 +79,7 @@ pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResu
         domain: args.domain.clone(),
         strategy: None,
         expected: None,
+        memory: false,
     };
     let mut new = NewJob::new(SUBMIT_QUEUE, "chat", codec::encode(&job).map_err(fail)?);
     new.dedup_key = Some(job.dedup_key(&connected.endpoint));
@@ -365,6 +366,12 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
                 );
                 Ok(Outcome::Done)
             }
+            ExperiencesCommand::Search {
+                text,
+                domain,
+                limit,
+                json: as_json,
+            } => super::memory::search(&store, text, domain, limit, as_json).await,
             ExperiencesCommand::Show { id, json: _ } => {
                 let e = store
                     .experience(id)
@@ -384,9 +391,14 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
 pub async fn patterns(config: Config, as_json: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
     let list = app.store.patterns(None).await.map_err(fail)?;
+    let rules = app
+        .store
+        .read(|txn| crate::memory::rules::list_read(txn, None))
+        .await
+        .map_err(fail)?;
     app.close().await.map_err(fail)?;
     if as_json {
-        return print_json(&serde_json::to_value(&list).map_err(fail)?);
+        return print_json(&json!({"statistics": list, "rules": rules}));
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -418,6 +430,7 @@ pub async fn patterns(config: Config, as_json: bool) -> CliResult {
         ],
         &rows,
     );
+    super::memory::print_rules(&rules);
     Ok(Outcome::Done)
 }
 

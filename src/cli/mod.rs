@@ -4,6 +4,7 @@
 pub mod args;
 mod batch;
 mod commands;
+mod memory;
 pub mod progress;
 
 use std::fmt::Display;
@@ -107,6 +108,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Jobs(cmd) => commands::jobs(config, cmd).await,
         Command::Experiences(cmd) => commands::experiences(config, cmd).await,
         Command::Patterns(f) => commands::patterns(config, f.json).await,
+        Command::Insights(args) => memory::insights(config, args, simulate).await,
         Command::Cleanup(f) => commands::cleanup(config, f.json).await,
         Command::Stats(f) => commands::stats(config, f.json).await,
         Command::Models(f) => commands::models(config, f.json, simulate).await,

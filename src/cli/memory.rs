@@ -1,0 +1,122 @@
+//! Memory subcommands: `experiences search`, the rules part of `patterns`, `insights`.
+
+use serde_json::json;
+
+use super::args::InsightsArgs;
+use super::commands::{print_json, short, table};
+use super::{fail, CliResult, Outcome};
+use crate::app::App;
+use crate::config::Config;
+use crate::memory::insights;
+use crate::memory::retrieve::{search_experiences_read, Query};
+use crate::memory::rules::Rule;
+use crate::store::Store;
+use crate::worker::Workers;
+
+/// `reasonq experiences search TEXT`.
+pub async fn search(
+    store: &Store,
+    text: String,
+    domain: Option<String>,
+    limit: usize,
+    as_json: bool,
+) -> CliResult {
+    let now = crate::clock::now_ms();
+    let hits = store
+        .read(move |txn| {
+            let q = Query {
+                text: &text,
+                domain: domain.as_deref(),
+                limit,
+                successes_only: false,
+                now,
+            };
+            search_experiences_read(txn, &q)
+        })
+        .await
+        .map_err(fail)?;
+    if as_json {
+        let list: Vec<_> = hits
+            .iter()
+            .map(|(e, score)| json!({"score": score, "experience": e}))
+            .collect();
+        return print_json(&json!(list));
+    }
+    if hits.is_empty() {
+        println!("no matching experiences");
+        return Ok(Outcome::Done);
+    }
+    let rows: Vec<Vec<String>> = hits
+        .iter()
+        .map(|(e, score)| {
+            vec![
+                format!("{score:.3}"),
+                e.id.to_string(),
+                e.data.domain.clone(),
+                format!("{:?}", e.data.outcome).to_lowercase(),
+                short(&e.data.question, 50),
+                short(&e.data.answer, 30),
+            ]
+        })
+        .collect();
+    table(
+        &["score", "id", "domain", "outcome", "question", "answer"],
+        &rows,
+    );
+    Ok(Outcome::Done)
+}
+
+/// The rules table under `reasonq patterns`.
+pub fn print_rules(rules: &[Rule]) {
+    if rules.is_empty() {
+        println!("\nno rules yet (`reasonq insights DOMAIN` learns them)");
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.domain.clone(),
+                r.id.to_string(),
+                r.score.to_string(),
+                format!("{}/{}", r.successes, r.failures),
+                r.evidence.len().to_string(),
+                short(&r.text, 70),
+            ]
+        })
+        .collect();
+    table(
+        &["domain", "rule", "score", "won/lost", "evidence", "text"],
+        &rows,
+    );
+}
+
+/// `reasonq insights DOMAIN`.
+pub async fn insights(config: Config, args: InsightsArgs, simulate: bool) -> CliResult {
+    let n = config.memory.insight_examples.max(1);
+    let app = App::open(config).await.map_err(fail)?;
+    let result = async {
+        let connected = app.connect(simulate).await.map_err(fail)?;
+        let workers = Workers::new(
+            app.queue.clone(),
+            connected.client.clone(),
+            app.cache.clone(),
+            app.worker_config(&connected.endpoint).map_err(fail)?,
+        );
+        insights::run(&workers, &args.domain, n).await.map_err(fail)
+    }
+    .await;
+    app.close().await.map_err(fail)?;
+    let rules = result?;
+    if args.json {
+        return print_json(&json!(rules));
+    }
+    if rules.is_empty() {
+        println!("the model wrote no rules for {}", args.domain);
+    }
+    for r in &rules {
+        println!("rule {} (score {}): {}", r.id, r.score, r.text);
+    }
+    Ok(Outcome::Done)
+}
