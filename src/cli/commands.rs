@@ -310,6 +310,22 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
     }
 }
 
+/// Columns of [`experience_row`].
+pub(super) const EXPERIENCE_COLUMNS: [&str; 6] =
+    ["id", "domain", "strategy", "outcome", "question", "answer"];
+
+/// One experience as a table row.
+pub(super) fn experience_row(e: &Experience) -> Vec<String> {
+    vec![
+        e.id.to_string(),
+        e.data.domain.clone(),
+        e.data.strategy.clone(),
+        format!("{:?}", e.data.outcome).to_lowercase(),
+        short(&e.data.question, 40),
+        short(&e.data.answer, 40),
+    ]
+}
+
 fn experience_json(e: &Experience) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
 }
@@ -347,23 +363,8 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
                 if as_json {
                     return print_json(&Value::Array(list.iter().map(experience_json).collect()));
                 }
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            e.id.to_string(),
-                            e.data.domain.clone(),
-                            e.data.strategy.clone(),
-                            format!("{:?}", e.data.outcome).to_lowercase(),
-                            short(&e.data.question, 40),
-                            short(&e.data.answer, 40),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["id", "domain", "strategy", "outcome", "question", "answer"],
-                    &rows,
-                );
+                let rows: Vec<Vec<String>> = list.iter().map(experience_row).collect();
+                table(&EXPERIENCE_COLUMNS, &rows);
                 Ok(Outcome::Done)
             }
             ExperiencesCommand::Search {

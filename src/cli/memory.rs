@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::args::InsightsArgs;
-use super::commands::{print_json, short, table};
+use super::commands::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
 use super::{fail, CliResult, Outcome};
 use crate::app::App;
 use crate::config::Config;
@@ -49,20 +49,14 @@ pub async fn search(
     let rows: Vec<Vec<String>> = hits
         .iter()
         .map(|(e, score)| {
-            vec![
-                format!("{score:.3}"),
-                e.id.to_string(),
-                e.data.domain.clone(),
-                format!("{:?}", e.data.outcome).to_lowercase(),
-                short(&e.data.question, 50),
-                short(&e.data.answer, 30),
-            ]
+            let mut row = vec![format!("{score:.3}")];
+            row.extend(experience_row(e));
+            row
         })
         .collect();
-    table(
-        &["score", "id", "domain", "outcome", "question", "answer"],
-        &rows,
-    );
+    let mut header = vec!["score"];
+    header.extend(EXPERIENCE_COLUMNS);
+    table(&header, &rows);
     Ok(Outcome::Done)
 }
 
