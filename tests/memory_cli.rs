@@ -219,14 +219,28 @@ async fn memory_puts_similar_successes_and_rules_in_the_prompt_and_rules_follow_
     assert_eq!(rules.len(), 2);
     assert_eq!(rules[0]["text"], "Name only the city.");
     assert_eq!(rules[0]["score"], 2);
-    assert_eq!(rules[0]["evidence"], json!([1, 2]));
+    // Both experiences (ids 1 and 2, in completion order): the success first.
+    let learned = json_of(&env, &["experiences", "list", "--domain", "geo", "--json"]).await;
+    let id_of = |q: &str| {
+        learned
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["data"]["question"] == q)
+            .unwrap()["id"]
+            .clone()
+    };
+    let france = id_of("What is the capital of France?");
+    assert_eq!(
+        rules[0]["evidence"],
+        json!([france, id_of("What is the capital of Chile?")])
+    );
 
     env.write_input(
         "use.jsonl",
         &[
             line("c", "Capital city of France, please?", "Paris", None),
             line("d", "Capital city of Peru?", "Cusco", None),
-            line("e", "Capital of France again?", "Paris", Some(false)),
         ],
     );
     run_ok(&env, &["batch", "use.jsonl", "--memory"]).await;
@@ -240,10 +254,6 @@ async fn memory_puts_similar_successes_and_rules_in_the_prompt_and_rules_follow_
         sys.contains("- Name only the city.") && sys.contains("- Check the country first."),
         "{sys}"
     );
-    assert!(
-        system_texts(&env, "Capital of France again?").is_empty(),
-        "the line said no memory"
-    );
 
     let exps = json_of(&env, &["experiences", "list", "--domain", "geo", "--json"]).await;
     let c = exps
@@ -252,8 +262,16 @@ async fn memory_puts_similar_successes_and_rules_in_the_prompt_and_rules_follow_
         .iter()
         .find(|e| e["data"]["question"] == "Capital city of France, please?")
         .unwrap();
-    assert_eq!(c["data"]["used_experiences"], json!([1]));
+    assert_eq!(c["data"]["used_experiences"], json!([france]));
     assert_eq!(c["data"]["tags"], json!(["memory"]));
+
+    // A line that says no memory gets none, even with --memory.
+    env.write_input(
+        "off.jsonl",
+        &[line("e", "Capital of France again?", "Paris", Some(false))],
+    );
+    run_ok(&env, &["batch", "off.jsonl", "--memory"]).await;
+    assert!(system_texts(&env, "Capital of France again?").is_empty());
 
     // c succeeded and d failed, each with both rules in its prompt: +1 - 1.
     let patterns = json_of(&env, &["patterns", "--json"]).await;
