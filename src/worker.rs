@@ -267,13 +267,14 @@ impl Workers {
                 return self.fail(&lease, &failure, Failure::Fatal).await;
             }
         };
-        let strategy = match self.resolve_strategy(&job).await {
-            Ok(s) => s,
-            Err(Error::Invalid(message)) => {
+        // The line's own strategy, else the bandit's pick for the domain.
+        let strategy = match job.strategy.as_deref().map(str::parse::<Strategy>) {
+            Some(Ok(s)) => s,
+            Some(Err(message)) => {
                 let failure = failure("bad_payload", message);
                 return self.fail(&lease, &failure, Failure::Fatal).await;
             }
-            Err(e) => return Err(e),
+            None => self.choose_strategy(&job.domain).await?,
         };
         // Strategies with an engine of their own take the job from here.
         let mut body: serde_json::Value = match serde_json::from_str(&job.body) {
@@ -304,13 +305,9 @@ impl Workers {
         }
     }
 
-    /// The line's own strategy, else the bandit's pick among the configured ones for the
-    /// job's domain. An unknown name is `Error::Invalid`.
-    pub async fn resolve_strategy(&self, job: &ChatJob) -> Result<Strategy> {
-        if let Some(name) = &job.strategy {
-            return name.parse().map_err(Error::Invalid);
-        }
-        let domain = job.domain.clone();
+    /// The bandit's pick among the configured strategies for `domain`.
+    pub async fn choose_strategy(&self, domain: &str) -> Result<Strategy> {
+        let domain = domain.to_string();
         let arms = self.config.memory.strategies.clone();
         self.queue
             .store()

@@ -337,3 +337,43 @@ async fn bad_evaluation_fields_are_refused_with_line_and_field() {
         assert!(err.contains(expected), "missing {expected:?} in {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_without_a_strategy_get_the_bandits_pick_from_the_configured_arms() {
+    let env = Env::start(SimConfig::default()).await;
+    let arms = [(
+        "REASONQ_MEMORY_STRATEGIES",
+        r#"["chain_of_thought", "direct"]"#,
+    )];
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        env.write_input(
+            name,
+            &[json!({"id": name, "question": format!("question {i}"), "domain": "x"}).to_string()],
+        );
+        let out = env.run_with_env(&["batch", name], &arms).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Untried arms first, in configured order; then (no outcome known) the first arm again.
+    assert!(system_texts(&env, "question 0")[0].contains("step by step"));
+    assert!(system_texts(&env, "question 1").is_empty());
+    assert!(system_texts(&env, "question 2")[0].contains("step by step"));
+    let patterns = json_of(&env, &["patterns", "--json"]).await;
+    let uses: Vec<(String, u64)> = patterns["statistics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["strategy"].as_str().unwrap().to_string(),
+                p["uses"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            ("chain_of_thought".to_string(), 2),
+            ("direct".to_string(), 1)
+        ]
+    );
+}
