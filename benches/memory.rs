@@ -118,11 +118,13 @@ fn retrieval(c: &mut Criterion) {
         let stats = indexed.read_blocking(index::stats_read).unwrap();
         let (a, b) = (file_mib(&dir, "indexed.redb"), file_mib(&dir, "plain.redb"));
         eprintln!(
-            "{size} experiences: file {a:.1} MiB with index, {b:.1} MiB without (index {:.1} MiB, \
-             {:.0} bytes per experience); {} postings, {} terms; built in {:.2} s with index, \
-             {:.2} s without (batches of 5,000)",
+            "{size} experiences: file {a:.1} MiB with index, {b:.1} MiB without (difference \
+             {:.1} MiB); index tables {:.1} MiB ({:.0} bytes per experience, {:.0} per posting); \
+             {} postings, {} terms; built in {:.2} s with index, {:.2} s without (batches of 5,000)",
             a - b,
-            (a - b) * 1024.0 * 1024.0 / size as f64,
+            stats.bytes as f64 / (1024.0 * 1024.0),
+            stats.bytes as f64 / size as f64,
+            stats.bytes as f64 / stats.postings as f64,
             stats.postings,
             stats.terms,
             with_index.as_secs_f64(),

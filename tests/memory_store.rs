@@ -371,5 +371,72 @@ fn retention_deletes_postings_with_the_experiences() {
     store
         .write_blocking(|txn| experience::delete_beyond_in(txn, 0))
         .unwrap();
-    assert_eq!(index_stats(&store), IndexStats::default());
+    let empty = index_stats(&store);
+    assert_eq!(
+        (empty.docs, empty.total_len, empty.terms, empty.postings),
+        (0, 0, 0, 0)
+    );
+}
+
+#[test]
+fn early_termination_returns_exactly_the_exhaustive_top_k() {
+    use rand::{Rng, SeedableRng};
+    let (_dir, store) = open();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    // Skewed vocabulary: word i is drawn about 1 / (i + 1) as often as word 0.
+    let words = |rng: &mut rand::rngs::StdRng, n: usize| -> String {
+        (0..n)
+            .map(|_| format!("w{}", (40f64.powf(rng.random::<f64>()) as usize) - 1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let items: Vec<NewExperience> = (0..400)
+        .map(|i| {
+            let outcome = if i % 3 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            let q = words(&mut rng, 10);
+            let a = words(&mut rng, 3);
+            exp(
+                ["a", "b"][i % 2],
+                &q,
+                &a,
+                outcome,
+                NOW - (i as u64) * DAY / 7,
+            )
+        })
+        .collect();
+    record(&store, items);
+    for _ in 0..40 {
+        let text = words(&mut rng, 6);
+        for domain in [Some("a"), None] {
+            for successes_only in [false, true] {
+                let run = |limit: usize| {
+                    let text = text.clone();
+                    store
+                        .read_blocking(move |txn| {
+                            let q = Query {
+                                text: &text,
+                                domain,
+                                limit,
+                                successes_only,
+                                now: NOW,
+                            };
+                            search_read(txn, &q)
+                        })
+                        .unwrap()
+                };
+                let mut all = run(usize::MAX);
+                all.truncate(5);
+                let top = run(5);
+                assert_eq!(top.len(), all.len());
+                for (a, b) in top.iter().zip(&all) {
+                    assert_eq!(a.id, b.id, "{text}");
+                    assert!((a.score - b.score).abs() < 1e-9);
+                }
+            }
+        }
+    }
 }

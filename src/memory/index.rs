@@ -145,17 +145,26 @@ pub struct IndexStats {
     pub terms: u64,
     /// (domain, term, experience) entries.
     pub postings: u64,
+    /// Bytes of the index tables' B-trees: entries, page metadata and unused page space.
+    pub bytes: u64,
 }
 
 /// Reads the index totals.
 pub fn stats_read(txn: &ReadTransaction) -> Result<IndexStats> {
     let stats = txn.open_table(MEMORY_STATS)?;
     let get = |k: &str| -> Result<u64> { Ok(stats.get(k)?.map_or(0, |v| v.value())) };
+    let terms = txn.open_table(MEMORY_TERMS)?;
+    let postings = txn.open_table(MEMORY_POSTINGS)?;
+    let mut bytes = 0;
+    for s in [stats.stats()?, terms.stats()?, postings.stats()?] {
+        bytes += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
+    }
     Ok(IndexStats {
         docs: get(MEMORY_DOCS)?,
         total_len: get(MEMORY_TOTAL_LEN)?,
-        terms: txn.open_table(MEMORY_TERMS)?.len()?,
-        postings: txn.open_table(MEMORY_POSTINGS)?.len()?,
+        terms: terms.len()?,
+        postings: postings.len()?,
+        bytes,
     })
 }
 
