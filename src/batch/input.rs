@@ -530,4 +530,36 @@ mod tests {
             "in.jsonl:1: line is not valid UTF-8"
         );
     }
+
+    #[test]
+    fn both_forms_carry_evaluation_and_memory_options() {
+        let p = parse(concat!(
+            r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"2+2"}]},"#,
+            r#""expected":4,"match":{"rule":"numeric","tolerance":0.5},"domain":"math","strategy":"chain-of-thought","memory":true}"#,
+            "\n",
+            r#"{"id":"b","question":"capital of France","expected":"paris","match":"contains"}"#,
+        ));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let a = &p.items[0];
+        assert_eq!(a.domain, "math");
+        assert_eq!(a.strategy.as_deref(), Some("chain_of_thought"));
+        assert_eq!(a.memory, Some(true));
+        let expected = a.expected.as_ref().unwrap();
+        assert_eq!(expected.answer, "4");
+        assert_eq!(
+            expected.rule,
+            crate::memory::MatchRule::Numeric { tolerance: 0.5 }
+        );
+        let b = &p.items[1];
+        assert_eq!(
+            b.expected.as_ref().unwrap().rule,
+            crate::memory::MatchRule::Contains
+        );
+        assert_eq!((b.memory, b.strategy.clone()), (None, None));
+        let body: Value = serde_json::from_str(&a.body).unwrap();
+        assert!(
+            body.get("expected").is_none(),
+            "options never reach the request"
+        );
+    }
 }
