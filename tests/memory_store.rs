@@ -124,26 +124,17 @@ fn retrieval_ranks_a_known_corpus_by_bm25_with_success_and_recency_boosts() {
     assert!(search(&store, "area", Some("chemistry"), false).is_empty());
 
     // Recency: the same text recorded 60 days earlier ranks below the fresh one.
-    let old = record(
-        &store,
-        vec![exp(
+    let ethanol = |at: u64| {
+        exp(
             "math",
             "Boiling point of ethanol",
             "78 C",
             Outcome::Success,
-            NOW - 60 * DAY,
-        )],
-    );
-    let new = record(
-        &store,
-        vec![exp(
-            "math",
-            "Boiling point of ethanol",
-            "78 C",
-            Outcome::Success,
-            NOW,
-        )],
-    );
+            at,
+        )
+    };
+    let old = record(&store, vec![ethanol(NOW - 60 * DAY)]);
+    let new = record(&store, vec![ethanol(NOW)]);
     assert_eq!(
         search(&store, "ethanol", Some("math"), false),
         [new[0], old[0]]
