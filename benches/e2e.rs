@@ -45,7 +45,12 @@ fn run_batch(dir: &std::path::Path, base_url: &str, round: usize) -> (Duration, 
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_reasonq"))
         .current_dir(dir)
-        .args(["--db", db.to_str().unwrap_or("db.redb"), "--base-url", base_url])
+        .args([
+            "--db",
+            db.to_str().unwrap_or("db.redb"),
+            "--base-url",
+            base_url,
+        ])
         .args(["batch", "in.jsonl", "-o", "out.jsonl", "--plain"])
         .args(["--concurrency", &CONCURRENCY.to_string()])
         .stdin(Stdio::null())
