@@ -11,8 +11,10 @@ use reasonq::config::Config;
 use reasonq::store::{Store, StoreConfig};
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.db = dir.join("db.redb");
+    let mut config = Config {
+        db: dir.join("db.redb"),
+        ..Config::default()
+    };
     config.queue.lease_s = 2;
     config.retention.interval_s = 1;
     config
