@@ -42,7 +42,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn print_json(value: &Value) -> CliResult {
+pub(super) fn print_json(value: &Value) -> CliResult {
     let text = serde_json::to_string_pretty(value).map_err(fail)?;
     println!("{text}");
     Ok(Outcome::Done)

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod batch;
+mod board;
 mod commands;
 pub mod progress;
 
@@ -110,5 +111,6 @@ async fn run(cli: Cli) -> CliResult {
         Command::Cleanup(f) => commands::cleanup(config, f.json).await,
         Command::Stats(f) => commands::stats(config, f.json).await,
         Command::Models(f) => commands::models(config, f.json, simulate).await,
+        Command::Board(args) => board::board(config, args.session, args.json).await,
     }
 }

@@ -1,0 +1,99 @@
+//! A session's board in redb: the session record and its entries, read and written inside
+//! the caller's transactions so a step's entries commit with the job's checkpoint.
+
+use redb::{ReadTransaction, WriteTransaction};
+
+use super::{Entry, EntryKind, Session};
+use crate::error::Result;
+use crate::store::{codec, tables};
+
+/// The session id of a job: stable, so a resumed job finds its board.
+pub fn session_id(job_id: u64) -> String {
+    format!("bb-{job_id}")
+}
+
+/// A session with its entries in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Board {
+    pub session: Session,
+    pub entries: Vec<Entry>,
+}
+
+impl Board {
+    /// Appends an entry with the next seq, written by the current step, and returns it.
+    pub fn push(
+        &mut self,
+        kind: EntryKind,
+        parent: Option<u32>,
+        source: &str,
+        text: impl Into<String>,
+        accepted: Option<bool>,
+        now: u64,
+    ) -> &Entry {
+        let seq = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.entries.push(Entry {
+            seq,
+            kind,
+            parent,
+            source: source.to_string(),
+            text: text.into(),
+            accepted,
+            step: self.session.steps_done,
+            created_at: now,
+        });
+        &self.entries[self.entries.len() - 1]
+    }
+
+    /// Sub-problems in order.
+    pub fn sub_problems(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::SubProblem)
+    }
+
+    /// The latest partial solution of sub-problem `sub`.
+    pub fn latest_partial(&self, sub: u32) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.kind == EntryKind::Partial && e.parent == Some(sub))
+    }
+
+    /// The latest entry written by `source`.
+    pub fn latest_from(&self, source: &str) -> Option<&Entry> {
+        self.entries.iter().rev().find(|e| e.source == source)
+    }
+
+    /// The final answer, if the board has one.
+    pub fn final_answer(&self) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.kind == EntryKind::Final)
+    }
+}
+
+/// Reads a session and its entries.
+pub fn load_read(txn: &ReadTransaction, id: &str) -> Result<Option<Board>> {
+    let sessions = txn.open_table(tables::BOARD_SESSIONS)?;
+    let Some(bytes) = sessions.get(id)? else {
+        return Ok(None);
+    };
+    let session: Session = codec::decode(bytes.value())?;
+    let table = txn.open_table(tables::BOARD_ENTRIES)?;
+    let mut entries = Vec::new();
+    for row in table.range((id, 0)..=(id, u32::MAX))? {
+        let (_, value) = row?;
+        entries.push(codec::decode(value.value())?);
+    }
+    Ok(Some(Board { session, entries }))
+}
+
+/// Writes the session record and the entries from `first_new_seq` on.
+pub fn save_in(txn: &WriteTransaction, board: &Board, first_new_seq: u32) -> Result<()> {
+    let id = board.session.id.as_str();
+    txn.open_table(tables::BOARD_SESSIONS)?
+        .insert(id, codec::encode(&board.session)?.as_slice())?;
+    let mut table = txn.open_table(tables::BOARD_ENTRIES)?;
+    for entry in board.entries.iter().filter(|e| e.seq >= first_new_seq) {
+        table.insert((id, entry.seq), codec::encode(entry)?.as_slice())?;
+    }
+    Ok(())
+}
