@@ -274,8 +274,17 @@ async fn bad_model_output_is_recorded_and_the_session_still_answers() {
     assert!(stderr(&missing).contains("no blackboard session `bb-999`"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_sigkill_mid_session_it_resumes_without_repeating_a_step() {
+/// How the first run is stopped mid-session.
+#[derive(Clone, Copy)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// Starts a session (300 ms per call, no cache so repeats would show), stops the process
+/// while the third call is in flight, runs it again to the end and checks that no step
+/// answered before the stop was called again.
+async fn stop_mid_session_then_resume(stop: Stop) {
     let env = Env::start(SimConfig {
         random: Some(RandomFaults {
             latency_min: Duration::from_millis(300),
@@ -294,6 +303,8 @@ async fn after_sigkill_mid_session_it_resumes_without_repeating_a_step() {
         "out.jsonl",
         "--cache",
         "never",
+        "--drain-timeout",
+        "0",
         "--plain",
     ];
     let mut child = env
@@ -306,20 +317,31 @@ async fn after_sigkill_mid_session_it_resumes_without_repeating_a_step() {
     while call_sequence(&env).len() < 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let _ = child.kill(); // SIGKILL
-    tokio::task::spawn_blocking(move || child.wait())
+    match stop {
+        Stop::Kill => child.kill().unwrap(),
+        Stop::Term => {
+            let pid = child.id().to_string();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
+    assert!(!status.success(), "the first run finished before the stop");
     let before = prompts(&env);
-    assert!(before.len() < 6, "the kill came after the session ended");
+    assert!(before.len() < 6, "the stop came after the session ended");
 
     let out = env.run(&args).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = read_jsonl(&env.path("out.jsonl"));
     assert_eq!(answer(&lines[0]), "the answer is 4");
     let calls = env.server.stats().by_prompt;
-    // Every step answered before the kill was paid for once; only the one in flight again.
+    // Every step answered before the stop was paid for once; only the one in flight again.
     let (in_flight, completed) = before.split_last().unwrap();
     for prompt in completed {
         assert_eq!(
@@ -342,4 +364,15 @@ async fn after_sigkill_mid_session_it_resumes_without_repeating_a_step() {
     let board = board_json(&env, session).await;
     let partials = kinds(&board).iter().filter(|(k, _)| k == "partial").count();
     assert_eq!(partials, 3);
+    assert_eq!(board["session"]["steps_done"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_mid_session_it_resumes_without_repeating_a_step() {
+    stop_mid_session_then_resume(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_mid_session_it_resumes_without_repeating_a_step() {
+    stop_mid_session_then_resume(Stop::Term).await;
 }
