@@ -3,7 +3,8 @@
 
 use redb::{ReadTransaction, WriteTransaction};
 
-use super::{Entry, EntryKind, Session};
+use super::sources::CONTROLLER;
+use super::{Entry, EntryKind, Session, SessionState};
 use crate::error::Result;
 use crate::store::{codec, tables};
 
@@ -20,6 +21,29 @@ pub struct Board {
 }
 
 impl Board {
+    /// A new session of job `job_id`, holding its problem (entry 0, step 0).
+    pub fn start(job_id: u64, problem: &str, domain: &str, now: u64) -> Board {
+        let mut board = Board {
+            session: Session {
+                id: session_id(job_id),
+                job_id,
+                problem: problem.to_string(),
+                domain: domain.to_string(),
+                created_at: now,
+                state: SessionState::Running,
+                steps_done: 0,
+                final_answer: None,
+                model: String::new(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cached_steps: 0,
+            },
+            entries: Vec::new(),
+        };
+        board.push(EntryKind::Problem, None, CONTROLLER, problem, None, now);
+        board
+    }
+
     /// Appends an entry with the next seq, written by the current step, and returns it.
     pub fn push(
         &mut self,

@@ -106,7 +106,6 @@ fn revisions(board: &Board) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blackboard::{Session, SessionState};
 
     const LIMITS: Limits = Limits {
         max_steps: 8,
@@ -114,25 +113,7 @@ mod tests {
     };
 
     fn board() -> Board {
-        let mut b = Board {
-            session: Session {
-                id: "bb-1".into(),
-                job_id: 1,
-                problem: "p".into(),
-                domain: "d".into(),
-                created_at: 0,
-                state: SessionState::Running,
-                steps_done: 0,
-                final_answer: None,
-                model: String::new(),
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                cached_steps: 0,
-            },
-            entries: Vec::new(),
-        };
-        b.push(EntryKind::Problem, None, "controller", "p", None, 0);
-        b
+        Board::start(1, "p", "d", 0)
     }
 
     /// Records one step's entries the way the runner does.

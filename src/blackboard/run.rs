@@ -97,18 +97,14 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
 
 /// The session of this job: resumed from the board, or created with its problem entry.
 async fn open(workers: &Workers, lease: &Lease, job: &ChatJob) -> Result<Board> {
-    let id = board::session_id(lease.job.id);
     let job_id = lease.job.id;
     let found = workers
         .queue
         .store()
-        .read({
-            let id = id.clone();
-            move |txn| {
-                let board = board::load_read(txn, &id)?;
-                let checkpoint = load_checkpoint_read(txn, job_id)?;
-                Ok((board, checkpoint))
-            }
+        .read(move |txn| {
+            let board = board::load_read(txn, &board::session_id(job_id))?;
+            let checkpoint = load_checkpoint_read(txn, job_id)?;
+            Ok((board, checkpoint))
         })
         .await?;
     if let (Some(mut board), checkpoint) = found {
@@ -119,33 +115,7 @@ async fn open(workers: &Workers, lease: &Lease, job: &ChatJob) -> Result<Board> 
         }
         return Ok(board);
     }
-    let now = now_ms();
-    let problem = question_of(&job.body);
-    let mut board = Board {
-        session: Session {
-            id,
-            job_id,
-            problem: problem.clone(),
-            domain: job.domain.clone(),
-            created_at: now,
-            state: SessionState::Running,
-            steps_done: 0,
-            final_answer: None,
-            model: String::new(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cached_steps: 0,
-        },
-        entries: Vec::new(),
-    };
-    board.push(
-        EntryKind::Problem,
-        None,
-        sources::CONTROLLER,
-        problem,
-        None,
-        now,
-    );
+    let board = Board::start(job_id, &question_of(&job.body), &job.domain, now_ms());
     commit_step(workers, lease, &board, 0).await?;
     Ok(board)
 }
