@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reasonq::sim::{RandomFaults, Reply, SimConfig};
+use reasonq::sim::{Fault, RandomFaults, Reply, SimConfig};
 use serde_json::Value;
 use support::{answer, read_jsonl, stderr, stdout, Env};
 
@@ -272,6 +272,50 @@ async fn bad_model_output_is_recorded_and_the_session_still_answers() {
     let missing = env.run(&["board", "bb-999"]).await;
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("no blackboard session `bb-999`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_is_retried_by_the_queue_and_the_session_resumes_after_it() {
+    let env = Env::start(SimConfig::default()).await;
+    // The first two solve calls fail with a 503 (the job goes back to the queue each time);
+    // everything else answers.
+    let solves = Arc::new(AtomicUsize::new(0));
+    env.server.set_responder(Arc::new(move |body: &Value| {
+        let prompt = prompt_of(body);
+        Reply::Text(
+            match role(&prompt) {
+                "decompose" => "1. find a\n2. find b",
+                "solve" if solves.fetch_add(1, Ordering::SeqCst) < 2 => {
+                    return Reply::Fault(Fault::status(503))
+                }
+                "solve" => "solved",
+                "critique" => "ACCEPT",
+                _ => "the answer is 4",
+            }
+            .into(),
+        )
+    }));
+    let vars = [
+        ("REASONQ_RETRY_MAX_ATTEMPTS", "1"),
+        ("REASONQ_QUEUE_BACKOFF_BASE_S", "0"),
+    ];
+    let line = run_batch(&env, &vars).await;
+    assert_eq!(answer(&line), "the answer is 4");
+    assert_eq!(
+        call_sequence(&env),
+        [
+            "decompose",
+            "solve",
+            "solve",
+            "solve",
+            "solve",
+            "critique",
+            "synthesize"
+        ]
+    );
+    let session = line["response"]["body"]["board_session"].as_str().unwrap();
+    let board = board_json(&env, session).await;
+    assert_eq!(board["session"]["steps_done"], 5);
 }
 
 /// How the first run is stopped mid-session.
