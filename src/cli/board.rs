@@ -107,5 +107,14 @@ fn label(e: &Entry) -> String {
 
 /// Continuation lines of a multi-line text, indented under the first.
 fn indent(text: &str, prefix: &str) -> String {
-    text.trim_end().replace('\n', &format!("\n{prefix}"))
+    let lines: Vec<String> = text
+        .trim_end()
+        .lines()
+        .enumerate()
+        .map(|(i, line)| match i {
+            0 => line.to_string(),
+            _ => format!("{prefix}{line}").trim_end().to_string(),
+        })
+        .collect();
+    lines.join("\n")
 }
