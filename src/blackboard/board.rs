@@ -1,7 +1,7 @@
 //! A session's board in redb: the session record and its entries, read and written inside
 //! the caller's transactions so a step's entries commit with the job's checkpoint.
 
-use redb::{ReadTransaction, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::sources::CONTROLLER;
 use super::{Entry, EntryKind, Session, SessionState};
@@ -120,4 +120,62 @@ pub fn save_in(txn: &WriteTransaction, board: &Board, first_new_seq: u32) -> Res
         table.insert((id, entry.seq), codec::encode(entry)?.as_slice())?;
     }
     Ok(())
+}
+
+/// Deletes the boards whose job no longer exists (pruned by retention); returns how many.
+pub fn prune_orphans_in(txn: &WriteTransaction) -> Result<usize> {
+    let jobs = txn.open_table(tables::JOBS)?;
+    let mut sessions = txn.open_table(tables::BOARD_SESSIONS)?;
+    let mut orphans = Vec::new();
+    for row in sessions.iter()? {
+        let (id, bytes) = row?;
+        let session: Session = codec::decode(bytes.value())?;
+        if jobs.get(session.job_id)?.is_none() {
+            orphans.push(id.value().to_string());
+        }
+    }
+    let mut entries = txn.open_table(tables::BOARD_ENTRIES)?;
+    for id in &orphans {
+        sessions.remove(id.as_str())?;
+        entries.retain_in((id.as_str(), 0)..=(id.as_str(), u32::MAX), |_, _| false)?;
+    }
+    Ok(orphans.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    use crate::queue::{enqueue_in, NewJob, QueueConfig};
+    use crate::store::{Store, StoreConfig};
+
+    #[test]
+    fn boards_of_vanished_jobs_are_pruned_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path().join("b.redb"))).unwrap();
+        let kept = store
+            .write_blocking(|txn| {
+                let job = NewJob::new("q", "chat", vec![1]);
+                let id = enqueue_in(txn, &QueueConfig::default(), &job, 0)?.id;
+                for job_id in [id, id + 100] {
+                    let mut board = Board::start(job_id, "p", "d", 0);
+                    board.push(EntryKind::SubProblem, Some(0), "decompose", "s", None, 0);
+                    save_in(txn, &board, 0)?;
+                }
+                Ok(id)
+            })
+            .unwrap();
+        let pruned = store.write_blocking(prune_orphans_in).unwrap();
+        assert_eq!(pruned, 1);
+        store
+            .read_blocking(|txn| {
+                assert_eq!(load_read(txn, &session_id(kept))?.unwrap().entries.len(), 2);
+                assert_eq!(load_read(txn, &session_id(kept + 100))?, None);
+                let entries = txn.open_table(tables::BOARD_ENTRIES)?;
+                assert_eq!(entries.len()?, 2);
+                Ok(())
+            })
+            .unwrap();
+    }
 }

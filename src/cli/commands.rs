@@ -437,8 +437,8 @@ pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
         return print_json(&serde_json::to_value(report).map_err(fail)?);
     }
     println!(
-        "pruned {} finished jobs, deleted {} experiences, dropped {} expired cache entries, rescued {} expired leases",
-        report.jobs_pruned, report.experiences_deleted, report.cache_entries_expired, report.leases_rescued
+        "pruned {} finished jobs and {} blackboard sessions, deleted {} experiences, dropped {} expired cache entries, rescued {} expired leases",
+        report.jobs_pruned, report.boards_pruned, report.experiences_deleted, report.cache_entries_expired, report.leases_rescued
     );
     Ok(Outcome::Done)
 }
