@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// LLM steps a blackboard session may take (see `docs/blackboard.md`).
     pub blackboard_max_steps: u32,
+    /// Keep fresh responses in the database's cache table (the memory tier is always on).
+    pub persist_cache: bool,
 }
 
 impl WorkerConfig {
@@ -63,6 +65,7 @@ impl WorkerConfig {
             owner: format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             poll: Duration::from_millis(200),
             blackboard_max_steps: 8,
+            persist_cache: true,
         }
     }
 }
@@ -276,10 +279,13 @@ impl Workers {
         };
         let heartbeat = self.spawn_heartbeat(lease.clone());
         let started = Instant::now();
-        let outcome = self.call(&body).await;
+        let outcome = self.call_deferred(&body).await;
         heartbeat.abort();
         match outcome {
-            Ok((response, hit)) => self.complete(&lease, &job, response, hit, started).await,
+            Ok((response, hit, cache_write)) => {
+                self.complete(&lease, &job, response, hit, cache_write, started)
+                    .await
+            }
             Err(CallError::Store(e)) => Err(e),
             Err(CallError::Llm(e)) => self.handle_llm_error(&lease, e).await,
         }
@@ -287,8 +293,25 @@ impl Workers {
 
     /// Looks up the cache and calls the API on a miss: the one way every LLM call is made
     /// (batch lines, blackboard steps, insight prompts), so all are cached, retried and rate
-    /// limited alike.
+    /// limited alike. A fresh response is kept on disk before this returns.
     pub async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
+        let (outcome, hit, write) = self.call_deferred(body).await?;
+        if let Some(write) = write {
+            self.queue
+                .store()
+                .write(move |txn| write.put_in(txn))
+                .await?;
+        }
+        Ok((outcome, hit))
+    }
+
+    /// [`Workers::call`], leaving the disk-cache write to the caller, who puts it in the
+    /// transaction that records the result: one commit instead of two per job, and a
+    /// response is on disk exactly when its job is complete.
+    pub async fn call_deferred(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
         let key = CacheKey::for_request(&self.config.endpoint, "/chat/completions", body);
         let allowed = cacheable(self.config.cache_policy, body);
         let client = self.client.clone();
@@ -309,7 +332,12 @@ impl Workers {
             Bytes::from(cached.body.to_vec()),
         )
         .map_err(CallError::Llm)?;
-        Ok((outcome, hit))
+        let keep = matches!(hit, Hit::Miss) && self.config.persist_cache && cached.is_success();
+        let write = keep.then(|| CacheWrite {
+            key,
+            response: cached,
+        });
+        Ok((outcome, hit, write))
     }
 
     async fn complete(
@@ -318,6 +346,7 @@ impl Workers {
         job: &ChatJob,
         outcome: ChatOutcome,
         hit: Hit,
+        cache_write: Option<CacheWrite>,
         started: Instant,
     ) -> Result<()> {
         let cached = matches!(hit, Hit::Memory | Hit::Disk);
@@ -365,6 +394,9 @@ impl Workers {
                 let now = now_ms();
                 crate::queue::complete_in(txn, &lease_for_txn, &result, now)?;
                 experience::record_in(txn, &experience, now)?;
+                if let Some(write) = &cache_write {
+                    write.put_in(txn)?;
+                }
                 Ok(())
             })
             .await;
@@ -499,6 +531,21 @@ pub fn question_of(body: &str) -> String {
 
 pub(crate) fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A fresh response for the disk tier of the cache, to be written in the caller's
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct CacheWrite {
+    key: CacheKey,
+    response: CachedResponse,
+}
+
+impl CacheWrite {
+    /// Writes the response into the cache table within `txn`.
+    pub fn put_in(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        crate::cache::put_in(txn, &self.key, &self.response)
+    }
 }
 
 /// Why a call produced no response: the API's error, or the store (cache tier 2) failing.

@@ -178,6 +178,22 @@ async fn session_decomposes_solves_critiques_synthesizes_and_outputs_the_final_a
         5,
         "one line per entry between problem and final"
     );
+
+    // The same question on another line: a new session whose every step is a cache hit
+    // (from disk: a new process), so nothing is sent.
+    let again = LINE.replace("\"b1\"", "\"b2\"");
+    env.write_input("again.jsonl", &[again]);
+    let out = env
+        .run(&["batch", "again.jsonl", "-o", "again.out.jsonl"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(call_sequence(&env).len(), 5);
+    let second = &read_jsonl(&env.path("again.out.jsonl"))[0];
+    assert_eq!(answer(second), "the answer is 4");
+    assert_ne!(
+        second["response"]["body"]["board_session"].as_str(),
+        Some(session.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

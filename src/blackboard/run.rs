@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::queue::{checkpoint_in, complete_in, load_checkpoint_read, Failure, Lease};
 use crate::store::codec;
 use crate::store::experience::{self, ExperienceData, NewExperience, Outcome};
-use crate::worker::{failure, ignore_lost, question_of, saturate, CallError, Workers};
+use crate::worker::{failure, ignore_lost, question_of, saturate, CacheWrite, CallError, Workers};
 
 /// Re-solves the critic may ask for in one session.
 const MAX_REVISIONS: u32 = 1;
@@ -53,6 +53,8 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
         Ok(b) => b,
         Err(e) => return ignore_lost(e),
     };
+    // A fresh response goes to the disk cache in its step's transaction.
+    let mut cache_write: Option<CacheWrite> = None;
     loop {
         let action = next_action(&board, limits);
         let first_new = u32::try_from(board.entries.len()).unwrap_or(u32::MAX);
@@ -61,7 +63,7 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
             Action::FinalFromBest => sources::final_from_best(&mut board, now_ms()),
             _ => {
                 let body = step_request(&request, &sources::prompt(&board, action));
-                let (outcome, hit) = match workers.call(&body).await {
+                let (outcome, hit, write) = match workers.call_deferred(&body).await {
                     Ok(answer) => answer,
                     Err(CallError::Store(e)) => return Err(e),
                     Err(CallError::Llm(e)) => return workers.handle_llm_error(&lease, e).await,
@@ -87,9 +89,10 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
                 }
                 let answer = outcome.response.content().unwrap_or_default().to_string();
                 sources::apply(&mut board, action, &answer, now_ms());
+                cache_write = write;
             }
         }
-        if let Err(e) = commit_step(workers, &lease, &board, first_new).await {
+        if let Err(e) = commit_step(workers, &lease, &board, first_new, cache_write.take()).await {
             return ignore_lost(e);
         }
     }
@@ -116,17 +119,18 @@ async fn open(workers: &Workers, lease: &Lease, job: &ChatJob) -> Result<Board> 
         return Ok(board);
     }
     let board = Board::start(job_id, &question_of(&job.body), &job.domain, now_ms());
-    commit_step(workers, lease, &board, 0).await?;
+    commit_step(workers, lease, &board, 0, None).await?;
     Ok(board)
 }
 
-/// Commits a step: its new entries, the session totals and the job's checkpoint, in one
-/// fenced transaction.
+/// Commits a step: its new entries, the session totals, the job's checkpoint and the step's
+/// fresh response for the disk cache, in one fenced transaction.
 async fn commit_step(
     workers: &Workers,
     lease: &Lease,
     board: &Board,
     first_new: u32,
+    cache_write: Option<CacheWrite>,
 ) -> Result<()> {
     let progress = codec::encode(&Progress {
         steps_done: board.session.steps_done,
@@ -137,6 +141,9 @@ async fn commit_step(
         .store()
         .write(move |txn| {
             checkpoint_in(txn, &lease, &progress)?;
+            if let Some(write) = &cache_write {
+                write.put_in(txn)?;
+            }
             board::save_in(txn, &board, first_new)
         })
         .await

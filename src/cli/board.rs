@@ -26,7 +26,7 @@ pub async fn board(config: Config, session: String, as_json: bool) -> CliResult 
     if as_json {
         return print_json(&json!({"session": board.session, "entries": board.entries}));
     }
-    print!("{}", render(&board));
+    emit!("{}", render(&board).trim_end())?;
     Ok(Outcome::Done)
 }
 
