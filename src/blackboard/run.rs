@@ -53,14 +53,16 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
         Ok(b) => b,
         Err(e) => return ignore_lost(e),
     };
-    // A fresh response goes to the disk cache in its step's transaction.
-    let mut cache_write: Option<CacheWrite> = None;
     loop {
         let action = next_action(&board, limits);
         let first_new = u32::try_from(board.entries.len()).unwrap_or(u32::MAX);
-        match action {
+        // A fresh response goes to the disk cache in its step's transaction.
+        let cache_write = match action {
             Action::Done => return complete(workers, &lease, &job, board).await,
-            Action::FinalFromBest => sources::final_from_best(&mut board, now_ms()),
+            Action::FinalFromBest => {
+                sources::final_from_best(&mut board, now_ms());
+                None
+            }
             _ => {
                 let body = step_request(&request, &sources::prompt(&board, action));
                 let (outcome, hit, write) = match workers.call_deferred(&body).await {
@@ -89,10 +91,10 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
                 }
                 let answer = outcome.response.content().unwrap_or_default().to_string();
                 sources::apply(&mut board, action, &answer, now_ms());
-                cache_write = write;
+                write
             }
-        }
-        if let Err(e) = commit_step(workers, &lease, &board, first_new, cache_write.take()).await {
+        };
+        if let Err(e) = commit_step(workers, &lease, &board, first_new, cache_write).await {
             return ignore_lost(e);
         }
     }
