@@ -90,6 +90,7 @@ impl App {
         w.lease = Duration::from_secs(self.config.queue.lease_s.max(1));
         w.drain_timeout = Duration::from_secs(self.config.shutdown.drain_timeout_s);
         w.cache_policy = self.cache_policy()?;
+        w.blackboard_max_steps = self.config.blackboard.max_steps.max(1);
         w.persist_cache = self.config.cache.persist;
         Ok(w)
     }

@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     pub owner: String,
     /// How often an idle dispatcher looks for scheduled jobs that became due.
     pub poll: Duration,
+    /// LLM steps a blackboard session may take (see `docs/blackboard.md`).
+    pub blackboard_max_steps: u32,
     /// Keep fresh responses in the database's cache table (the memory tier is always on).
     pub persist_cache: bool,
 }
@@ -62,6 +64,7 @@ impl WorkerConfig {
             endpoint: endpoint.into(),
             owner: format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             poll: Duration::from_millis(200),
+            blackboard_max_steps: 8,
             persist_cache: true,
         }
     }
@@ -264,6 +267,9 @@ impl Workers {
                 return self.fail(&lease, &failure, Failure::Fatal).await;
             }
         };
+        if job.strategy.as_deref() == Some("blackboard") {
+            return crate::blackboard::run(self, lease, job).await;
+        }
         let body: serde_json::Value = match serde_json::from_str(&job.body) {
             Ok(body) => body,
             Err(e) => {
@@ -414,7 +420,7 @@ impl Workers {
         Ok(())
     }
 
-    async fn handle_llm_error(&self, lease: &Lease, err: LlmError) -> Result<()> {
+    pub(crate) async fn handle_llm_error(&self, lease: &Lease, err: LlmError) -> Result<()> {
         let record = FailureRecord {
             code: err.code().to_string(),
             message: err.to_string(),
@@ -443,7 +449,12 @@ impl Workers {
         }
     }
 
-    async fn fail(&self, lease: &Lease, record: &FailureRecord, how: Failure) -> Result<()> {
+    pub(crate) async fn fail(
+        &self,
+        lease: &Lease,
+        record: &FailureRecord,
+        how: Failure,
+    ) -> Result<()> {
         let state = self
             .queue
             .fail(lease, &record.to_last_error(), how)
@@ -456,7 +467,7 @@ impl Workers {
     }
 
     /// Extends the lease every third of its length while the call runs.
-    fn spawn_heartbeat(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_heartbeat(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
         let queue = self.queue.clone();
         let every = self.config.lease / 3;
         let lease_for = self.config.lease;
@@ -475,7 +486,7 @@ impl Workers {
 }
 
 /// A lost lease means another worker owns the job now: its result wins, ours is dropped.
-fn ignore_lost(e: Error) -> Result<()> {
+pub(crate) fn ignore_lost(e: Error) -> Result<()> {
     match e {
         Error::LeaseLost { job_id } => {
             tracing::warn!(job = job_id, "lease lost; result discarded");
@@ -485,7 +496,7 @@ fn ignore_lost(e: Error) -> Result<()> {
     }
 }
 
-fn failure(code: &str, message: String) -> FailureRecord {
+pub(crate) fn failure(code: &str, message: String) -> FailureRecord {
     FailureRecord {
         code: code.into(),
         message,
@@ -518,7 +529,7 @@ pub fn question_of(body: &str) -> String {
         .unwrap_or_default()
 }
 
-fn saturate(n: u64) -> u32 {
+pub(crate) fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 

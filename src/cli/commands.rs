@@ -43,7 +43,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_json(value: &Value) -> CliResult {
+pub(super) fn print_json(value: &Value) -> CliResult {
     let text = serde_json::to_string_pretty(value).map_err(fail)?;
     emit!("{text}")?;
     Ok(Outcome::Done)
@@ -438,8 +438,8 @@ pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
         return print_json(&serde_json::to_value(report).map_err(fail)?);
     }
     emit!(
-        "pruned {} finished jobs, deleted {} experiences, dropped {} expired cache entries, rescued {} expired leases",
-        report.jobs_pruned, report.experiences_deleted, report.cache_entries_expired, report.leases_rescued
+        "pruned {} finished jobs and {} blackboard sessions, deleted {} experiences, dropped {} expired cache entries, rescued {} expired leases",
+        report.jobs_pruned, report.boards_pruned, report.experiences_deleted, report.cache_entries_expired, report.leases_rescued
     )?;
     Ok(Outcome::Done)
 }

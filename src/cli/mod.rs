@@ -11,6 +11,7 @@ macro_rules! emit {
 
 pub mod args;
 mod batch;
+mod board;
 mod commands;
 pub mod progress;
 
@@ -134,5 +135,6 @@ async fn run(cli: Cli) -> CliResult {
         Command::Cleanup(f) => commands::cleanup(config, f.json).await,
         Command::Stats(f) => commands::stats(config, f.json).await,
         Command::Models(f) => commands::models(config, f.json, simulate).await,
+        Command::Board(args) => board::board(config, args.session, args.json).await,
     }
 }
