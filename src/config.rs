@@ -34,6 +34,7 @@ pub struct Config {
     pub retention: RetentionSection,
     /// Memory in prompts, strategy choice and insights.
     pub memory: crate::memory::MemoryConfig,
+    pub blackboard: BlackboardSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +120,13 @@ pub struct RetentionSection {
     pub interval_s: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlackboardSection {
+    /// LLM steps a blackboard session may take; the last one always synthesizes the answer.
+    pub max_steps: u32,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -136,7 +144,14 @@ impl Default for Config {
             shutdown: ShutdownSection::default(),
             retention: RetentionSection::default(),
             memory: crate::memory::MemoryConfig::default(),
+            blackboard: BlackboardSection::default(),
         }
+    }
+}
+
+impl Default for BlackboardSection {
+    fn default() -> Self {
+        BlackboardSection { max_steps: 8 }
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod background;
 pub mod batch;
+pub mod blackboard;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -51,6 +51,10 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// Strategies, memory in prompts and judging.
     pub memory: MemoryConfig,
+    /// LLM steps a blackboard session may take (see `docs/blackboard.md`).
+    pub blackboard_max_steps: u32,
+    /// Keep fresh responses in the database's cache table (the memory tier is always on).
+    pub persist_cache: bool,
 }
 
 impl WorkerConfig {
@@ -65,6 +69,8 @@ impl WorkerConfig {
             owner: format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             poll: Duration::from_millis(200),
             memory: MemoryConfig::default(),
+            blackboard_max_steps: 8,
+            persist_cache: true,
         }
     }
 }
@@ -277,6 +283,9 @@ impl Workers {
             None => self.choose_strategy(&job.domain).await?,
         };
         // Strategies with an engine of their own take the job from here.
+        if strategy == "blackboard" {
+            return crate::blackboard::run(self, lease, job).await;
+        }
         let mut body: serde_json::Value = match serde_json::from_str(&job.body) {
             Ok(body) => body,
             Err(e) => {
@@ -288,14 +297,15 @@ impl Workers {
         apply::shape(&mut body, strategy, &memory);
         let heartbeat = self.spawn_heartbeat(lease.clone());
         let started = Instant::now();
-        let outcome = self.call(&body).await;
+        let outcome = self.call_deferred(&body).await;
         heartbeat.abort();
         match outcome {
-            Ok((response, hit)) => {
+            Ok((response, hit, cache_write)) => {
                 let done = Done {
                     strategy,
                     memory,
                     hit,
+                    cache_write,
                     started,
                 };
                 self.complete(&lease, &job, response, done).await
@@ -332,8 +342,25 @@ impl Workers {
 
     /// Looks up the cache and calls the API on a miss: the one way every LLM call is made
     /// (batch lines, blackboard steps, insight prompts), so all are cached, retried and rate
-    /// limited alike.
+    /// limited alike. A fresh response is kept on disk before this returns.
     pub async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
+        let (outcome, hit, write) = self.call_deferred(body).await?;
+        if let Some(write) = write {
+            self.queue
+                .store()
+                .write(move |txn| write.put_in(txn))
+                .await?;
+        }
+        Ok((outcome, hit))
+    }
+
+    /// [`Workers::call`], leaving the disk-cache write to the caller, who puts it in the
+    /// transaction that records the result: one commit instead of two per job, and a
+    /// response is on disk exactly when its job is complete.
+    pub async fn call_deferred(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
         let key = CacheKey::for_request(&self.config.endpoint, "/chat/completions", body);
         let allowed = cacheable(self.config.cache_policy, body);
         let client = self.client.clone();
@@ -354,7 +381,12 @@ impl Workers {
             Bytes::from(cached.body.to_vec()),
         )
         .map_err(CallError::Llm)?;
-        Ok((outcome, hit))
+        let keep = matches!(hit, Hit::Miss) && self.config.persist_cache && cached.is_success();
+        let write = keep.then(|| CacheWrite {
+            key,
+            response: cached,
+        });
+        Ok((outcome, hit, write))
     }
 
     async fn complete(
@@ -368,6 +400,7 @@ impl Workers {
             strategy,
             memory,
             hit,
+            cache_write,
             started,
         } = done;
         let cached = matches!(hit, Hit::Memory | Hit::Disk);
@@ -437,6 +470,9 @@ impl Workers {
                 crate::queue::complete_in(txn, &lease_for_txn, &result, now)?;
                 experience::record_in(txn, &experience, now)?;
                 rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
+                if let Some(write) = &cache_write {
+                    write.put_in(txn)?;
+                }
                 Ok(())
             })
             .await;
@@ -460,7 +496,7 @@ impl Workers {
         Ok(())
     }
 
-    async fn handle_llm_error(&self, lease: &Lease, err: LlmError) -> Result<()> {
+    pub(crate) async fn handle_llm_error(&self, lease: &Lease, err: LlmError) -> Result<()> {
         let record = FailureRecord {
             code: err.code().to_string(),
             message: err.to_string(),
@@ -489,7 +525,12 @@ impl Workers {
         }
     }
 
-    async fn fail(&self, lease: &Lease, record: &FailureRecord, how: Failure) -> Result<()> {
+    pub(crate) async fn fail(
+        &self,
+        lease: &Lease,
+        record: &FailureRecord,
+        how: Failure,
+    ) -> Result<()> {
         let state = self
             .queue
             .fail(lease, &record.to_last_error(), how)
@@ -502,7 +543,7 @@ impl Workers {
     }
 
     /// Extends the lease every third of its length while the call runs.
-    fn spawn_heartbeat(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_heartbeat(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
         let queue = self.queue.clone();
         let every = self.config.lease / 3;
         let lease_for = self.config.lease;
@@ -525,11 +566,13 @@ struct Done {
     strategy: Strategy,
     memory: MemorySection,
     hit: Hit,
+    /// The fresh response's disk-cache write, committed with the completion.
+    cache_write: Option<CacheWrite>,
     started: Instant,
 }
 
 /// A lost lease means another worker owns the job now: its result wins, ours is dropped.
-fn ignore_lost(e: Error) -> Result<()> {
+pub(crate) fn ignore_lost(e: Error) -> Result<()> {
     match e {
         Error::LeaseLost { job_id } => {
             tracing::warn!(job = job_id, "lease lost; result discarded");
@@ -539,7 +582,7 @@ fn ignore_lost(e: Error) -> Result<()> {
     }
 }
 
-fn failure(code: &str, message: String) -> FailureRecord {
+pub(crate) fn failure(code: &str, message: String) -> FailureRecord {
     FailureRecord {
         code: code.into(),
         message,
@@ -572,8 +615,23 @@ pub fn question_of(body: &str) -> String {
         .unwrap_or_default()
 }
 
-fn saturate(n: u64) -> u32 {
+pub(crate) fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A fresh response for the disk tier of the cache, to be written in the caller's
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct CacheWrite {
+    key: CacheKey,
+    response: CachedResponse,
+}
+
+impl CacheWrite {
+    /// Writes the response into the cache table within `txn`.
+    pub fn put_in(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        crate::cache::put_in(txn, &self.key, &self.response)
+    }
 }
 
 /// Why a call produced no response: the API's error, or the store (cache tier 2) failing.

@@ -80,6 +80,21 @@ pub enum Command {
     /// List the models the endpoint offers.
     #[command(after_help = "Example:\n  reasonq models --base-url http://localhost:8000/v1")]
     Models(JsonFlag),
+    /// Show a blackboard session as a tree: problem, sub-problems with their solutions and
+    /// critiques, final answer.
+    #[command(
+        after_help = "Example:\n  reasonq board bb-42\n  reasonq board 42 --json   # by job id, for tools"
+    )]
+    Board(BoardArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BoardArgs {
+    /// Session id (`bb-<job id>`, in the output line's `board_session`) or the job id.
+    pub session: String,
+    /// Print the session and its entries as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

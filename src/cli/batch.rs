@@ -28,6 +28,7 @@ const ENQUEUE_CHUNK: usize = 5_000;
 const SHOWN_ERRORS: usize = 20;
 
 pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
+    let phase = std::time::Instant::now();
     let parsed = read_file(&args.input, &config.model)
         .map_err(|e| fail(format!("cannot read {}: {e}", args.input.display())))?;
     if !parsed.errors.is_empty() && !args.skip_invalid {
@@ -39,6 +40,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
             args.input.display()
         )));
     }
+    tracing::info!(lines = parsed.items.len(), elapsed = ?phase.elapsed(), "input read");
     let output = args
         .output
         .clone()
@@ -97,6 +99,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
         let done = app.queue.enqueue_many(new_jobs).await.map_err(fail)?;
         inserted += done.iter().filter(|e| e.inserted).count();
     }
+    tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
     let counts = app.queue.counts(Some(&batch)).await.map_err(fail)?;
     let label = if simulate { " (simulated API)" } else { "" };
     eprintln!(
@@ -137,6 +140,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     progress.finish();
     background.stop().await;
     let end = drained.map_err(fail)?;
+    tracing::info!(elapsed = ?phase.elapsed(), "drained");
 
     let jobs_now = app.queue.jobs_in_queue(&batch).await.map_err(fail)?;
     let result = export(jobs_now, Some(&keys)).map_err(fail)?;
@@ -160,6 +164,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
         write_jsonl(&errors_path, &error_lines)
             .map_err(|e| fail(format!("cannot write {}: {e}", errors_path.display())))?;
     }
+    tracing::info!(elapsed = ?phase.elapsed(), "exported");
     let stats = workers.stats.snapshot();
     let metrics = connected.client.metrics();
     let run = RunRecord::new(

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::args::InsightsArgs;
 use super::commands::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
-use super::{fail, CliResult, Outcome};
+use super::{fail, CliError, CliResult, Outcome};
 use crate::app::App;
 use crate::config::Config;
 use crate::memory::insights;
@@ -43,7 +43,7 @@ pub async fn search(
         return print_json(&json!(list));
     }
     if hits.is_empty() {
-        println!("no matching experiences");
+        emit!("no matching experiences")?;
         return Ok(Outcome::Done);
     }
     let rows: Vec<Vec<String>> = hits
@@ -56,17 +56,16 @@ pub async fn search(
         .collect();
     let mut header = vec!["score"];
     header.extend(EXPERIENCE_COLUMNS);
-    table(&header, &rows);
+    table(&header, &rows)?;
     Ok(Outcome::Done)
 }
 
 /// The rules table under `reasonq patterns`.
-pub fn print_rules(rules: &[Rule]) {
+pub fn print_rules(rules: &[Rule]) -> Result<(), CliError> {
     if rules.is_empty() {
-        println!("\nno rules yet (`reasonq insights DOMAIN` learns them)");
-        return;
+        return emit!("\nno rules yet (`reasonq insights DOMAIN` learns them)");
     }
-    println!();
+    emit!("")?;
     let rows: Vec<Vec<String>> = rules
         .iter()
         .map(|r| {
@@ -83,7 +82,7 @@ pub fn print_rules(rules: &[Rule]) {
     table(
         &["domain", "rule", "score", "won/lost", "evidence", "text"],
         &rows,
-    );
+    )
 }
 
 /// `reasonq insights DOMAIN`.
@@ -107,10 +106,10 @@ pub async fn insights(config: Config, args: InsightsArgs, simulate: bool) -> Cli
         return print_json(&json!(rules));
     }
     if rules.is_empty() {
-        println!("the model wrote no rules for {}", args.domain);
+        emit!("the model wrote no rules for {}", args.domain)?;
     }
     for r in &rules {
-        println!("rule {} (score {}): {}", r.id, r.score, r.text);
+        emit!("rule {} (score {}): {}", r.id, r.score, r.text)?;
     }
     Ok(Outcome::Done)
 }

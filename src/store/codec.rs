@@ -70,8 +70,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// and the corpus replay test.
 pub fn fuzz_decode_all(bytes: &[u8]) -> Result<(), String> {
     use super::{experience::Experience, pattern::Pattern};
+    use crate::blackboard::{Entry, Session};
     round_trips::<Experience>(bytes)?;
-    round_trips::<Pattern>(bytes)
+    round_trips::<Pattern>(bytes)?;
+    round_trips::<Session>(bytes)?;
+    round_trips::<Entry>(bytes)
 }
 
 fn round_trips<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {

@@ -86,6 +86,14 @@ pub const CACHE_BY_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> =
 /// Run id -> encoded `RunRecord`: the figures of each batch run, for `reasonq stats`.
 pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
 
+// ---- blackboard sessions (blackboard/) ----
+
+/// Session id (`bb-<job id>`) -> encoded `blackboard::Session`.
+pub const BOARD_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("board_sessions");
+/// (session id, entry seq) -> encoded `blackboard::Entry`: a board's entries in order.
+pub const BOARD_ENTRIES: TableDefinition<(&str, u32), &[u8]> =
+    TableDefinition::new("board_entries");
+
 /// Creates every table so that read transactions never meet a missing one.
 pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(META)?;
@@ -110,6 +118,8 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_BY_EXPIRY)?;
     txn.open_table(RUNS)?;
+    txn.open_table(BOARD_SESSIONS)?;
+    txn.open_table(BOARD_ENTRIES)?;
     Ok(())
 }
 
