@@ -377,3 +377,23 @@ async fn lines_without_a_strategy_get_the_bandits_pick_from_the_configured_arms(
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackboard_lines_are_judged_on_their_final_answer() {
+    let env = Env::start(SimConfig::default()).await;
+    let lines = [
+        json!({"id": "a", "question": "Plan a trip", "strategy": "blackboard",
+               "expected": "simulated", "match": "contains", "domain": "plans"}),
+        json!({"id": "b", "question": "Plan a party", "strategy": "blackboard",
+               "expected": "^never$", "match": "regex", "domain": "plans"}),
+    ];
+    env.write_input("bb.jsonl", &lines.map(|l| l.to_string()));
+    run_ok(&env, &["batch", "bb.jsonl"]).await;
+    let patterns = json_of(&env, &["patterns", "--json"]).await;
+    let stats = &patterns["statistics"][0];
+    assert_eq!(stats["strategy"], "blackboard");
+    assert_eq!(
+        (stats["successes"].clone(), stats["failures"].clone()),
+        (json!(1), json!(1))
+    );
+}

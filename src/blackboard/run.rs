@@ -216,6 +216,11 @@ async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board)
         .filter(|e| !matches!(e.kind, EntryKind::Problem | EntryKind::Final))
         .map(|e| format!("[{} {}] {}", e.source, e.kind.as_str(), e.text))
         .collect();
+    // An evaluation line is judged on the final answer, like any other strategy.
+    let outcome = job
+        .expected
+        .as_ref()
+        .map_or(Outcome::Unknown, |x| x.judge(&answer));
     let experience = NewExperience {
         created_at: None,
         data: ExperienceData {
@@ -224,7 +229,7 @@ async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board)
             reasoning,
             answer,
             confidence: None,
-            outcome: Outcome::Unknown,
+            outcome,
             domain: job.domain.clone(),
             strategy: "blackboard".into(),
             tags: Vec::new(),
