@@ -26,7 +26,7 @@ const KINDS: [Kind; 4] = [Kind::Ours, Kind::Reqwest, Kind::Bare, Kind::Fresh];
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
 struct Env {
-    _server: SimServer,
+    _server: Option<SimServer>,
     url: String,
     addr: std::net::SocketAddr,
     body: Bytes,
@@ -36,17 +36,35 @@ struct Env {
 }
 
 impl Env {
+    /// Against `LLM_BENCH_URL` (an external server such as nginx, see benches/nginx.sh) when
+    /// set, else against the in-process sim server in fast mode.
     async fn new() -> Env {
-        let server = SimServer::start(SimConfig {
-            record_requests: false,
-            fast: true,
-            ..SimConfig::default()
-        })
-        .await
-        .expect("sim server");
-        let url = format!("{}/chat/completions", server.base_url());
+        let (server, base_url, addr) = match std::env::var("LLM_BENCH_URL") {
+            Ok(base) => {
+                let uri: http::Uri = base.parse().expect("LLM_BENCH_URL");
+                let authority = uri.authority().expect("host:port").as_str().to_string();
+                let addr = tokio::net::lookup_host(authority)
+                    .await
+                    .expect("resolve")
+                    .next()
+                    .expect("address");
+                (None, base.trim_end_matches('/').to_string(), addr)
+            }
+            Err(_) => {
+                let server = SimServer::start(SimConfig {
+                    record_requests: false,
+                    fast: true,
+                    ..SimConfig::default()
+                })
+                .await
+                .expect("sim server");
+                let (base, addr) = (server.base_url(), server.addr());
+                (Some(server), base, addr)
+            }
+        };
+        let url = format!("{base_url}/chat/completions");
         let ours = LlmClient::new(LlmConfig {
-            base_url: server.base_url(),
+            base_url: base_url.clone(),
             limits: RateLimits {
                 max_concurrency: 1024,
                 ..RateLimits::default()
@@ -66,7 +84,7 @@ impl Env {
             .pool_max_idle_per_host(1024)
             .build(http);
         Env {
-            addr: server.addr(),
+            addr,
             _server: server,
             url,
             body,

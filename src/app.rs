@@ -90,6 +90,9 @@ impl App {
         w.lease = Duration::from_secs(self.config.queue.lease_s.max(1));
         w.drain_timeout = Duration::from_secs(self.config.shutdown.drain_timeout_s);
         w.cache_policy = self.cache_policy()?;
+        w.memory = self.config.memory.clone();
+        w.blackboard_max_steps = self.config.blackboard.max_steps.max(1);
+        w.persist_cache = self.config.cache.persist;
         Ok(w)
     }
 
@@ -133,7 +136,8 @@ fn cache_config(c: &Config) -> CacheConfig {
     CacheConfig {
         memory_bytes: (c.cache.memory_mb * MIB) as u64,
         ttl: Duration::from_secs(c.cache.ttl_days * DAY),
-        persist: c.cache.persist,
+        // The workers write fresh responses in the transaction that completes their job.
+        persist: false,
     }
 }
 

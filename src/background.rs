@@ -25,6 +25,8 @@ pub struct CleanupReport {
     pub experiences_deleted: u64,
     pub cache_entries_expired: usize,
     pub leases_rescued: usize,
+    /// Blackboard sessions whose job was pruned.
+    pub boards_pruned: usize,
 }
 
 /// Retention limits for experiences.
@@ -36,7 +38,8 @@ pub struct ExperienceRetention {
     pub max_count: Option<u64>,
 }
 
-/// Runs one cleanup pass: rescue expired leases, prune finished jobs, apply experience
+/// Runs one cleanup pass: rescue expired leases, prune finished jobs (and their blackboard
+/// sessions), apply experience
 /// retention and drop expired cache entries. `reasonq cleanup` and the background task both
 /// call this.
 pub async fn cleanup_pass(
@@ -47,6 +50,9 @@ pub async fn cleanup_pass(
 ) -> Result<CleanupReport> {
     let leases_rescued = queue.rescue_expired().await?;
     let jobs_pruned = queue.prune().await?;
+    let boards_pruned = store
+        .write(crate::blackboard::board::prune_orphans_in)
+        .await?;
     let mut experiences_deleted = 0;
     if let Some(age) = experiences.max_age {
         let cutoff = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
@@ -62,6 +68,7 @@ pub async fn cleanup_pass(
         experiences_deleted,
         cache_entries_expired,
         leases_rescued,
+        boards_pruned,
     })
 }
 

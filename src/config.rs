@@ -32,6 +32,9 @@ pub struct Config {
     pub cache: CacheSection,
     pub shutdown: ShutdownSection,
     pub retention: RetentionSection,
+    /// Memory in prompts, strategy choice and insights.
+    pub memory: crate::memory::MemoryConfig,
+    pub blackboard: BlackboardSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +120,13 @@ pub struct RetentionSection {
     pub interval_s: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlackboardSection {
+    /// LLM steps a blackboard session may take; the last one always synthesizes the answer.
+    pub max_steps: u32,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -133,7 +143,15 @@ impl Default for Config {
             cache: CacheSection::default(),
             shutdown: ShutdownSection::default(),
             retention: RetentionSection::default(),
+            memory: crate::memory::MemoryConfig::default(),
+            blackboard: BlackboardSection::default(),
         }
+    }
+}
+
+impl Default for BlackboardSection {
+    fn default() -> Self {
+        BlackboardSection { max_steps: 8 }
     }
 }
 

@@ -11,12 +11,14 @@
 pub mod app;
 pub mod background;
 pub mod batch;
+pub mod blackboard;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod llm;
+pub mod memory;
 pub mod queue;
 pub mod runs;
 pub mod shutdown;

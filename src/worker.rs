@@ -26,10 +26,12 @@ use crate::cache::{cacheable, Cache, CacheKey, CachePolicy, CachedResponse, Hit}
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::llm::{ChatOutcome, LlmClient, LlmError};
+use crate::memory::prompt::{self, MemorySection};
+use crate::memory::{apply, rules, strategy, MemoryConfig, Strategy};
 use crate::queue::{Failure, Lease, Queue};
 use crate::shutdown::{Listener, Phase};
 use crate::store::codec;
-use crate::store::experience::{self, ExperienceData, NewExperience, Outcome};
+use crate::store::experience::{self, ExperienceData, NewExperience};
 
 /// How workers run.
 #[derive(Debug, Clone)]
@@ -47,6 +49,12 @@ pub struct WorkerConfig {
     pub owner: String,
     /// How often an idle dispatcher looks for scheduled jobs that became due.
     pub poll: Duration,
+    /// Strategies, memory in prompts and judging.
+    pub memory: MemoryConfig,
+    /// LLM steps a blackboard session may take (see `docs/blackboard.md`).
+    pub blackboard_max_steps: u32,
+    /// Keep fresh responses in the database's cache table (the memory tier is always on).
+    pub persist_cache: bool,
 }
 
 impl WorkerConfig {
@@ -60,6 +68,9 @@ impl WorkerConfig {
             endpoint: endpoint.into(),
             owner: format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             poll: Duration::from_millis(200),
+            memory: MemoryConfig::default(),
+            blackboard_max_steps: 8,
+            persist_cache: true,
         }
     }
 }
@@ -252,7 +263,8 @@ impl Workers {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Runs one job to a durable end state.
+    /// Runs one job to a durable end state: resolve the strategy, shape the request
+    /// (strategy and memory), call, then judge and record.
     pub async fn run_job(&self, lease: Lease) -> Result<()> {
         let job: ChatJob = match codec::decode(&lease.job.payload) {
             Ok(job) => job,
@@ -261,28 +273,94 @@ impl Workers {
                 return self.fail(&lease, &failure, Failure::Fatal).await;
             }
         };
-        let body: serde_json::Value = match serde_json::from_str(&job.body) {
+        // The line's own strategy, else the bandit's pick for the domain.
+        let strategy = match job.strategy.as_deref().map(str::parse::<Strategy>) {
+            Some(Ok(s)) => s,
+            Some(Err(message)) => {
+                let failure = failure("bad_payload", message);
+                return self.fail(&lease, &failure, Failure::Fatal).await;
+            }
+            None => self.choose_strategy(&job.domain).await?,
+        };
+        // Strategies with an engine of their own take the job from here.
+        if strategy == "blackboard" {
+            return crate::blackboard::run(self, lease, job).await;
+        }
+        let mut body: serde_json::Value = match serde_json::from_str(&job.body) {
             Ok(body) => body,
             Err(e) => {
                 let failure = failure("bad_payload", format!("request body is not JSON: {e}"));
                 return self.fail(&lease, &failure, Failure::Fatal).await;
             }
         };
+        let memory = self.memory_for(&job).await?;
+        apply::shape(&mut body, strategy, &memory);
         let heartbeat = self.spawn_heartbeat(lease.clone());
         let started = Instant::now();
-        let outcome = self.call(&body).await;
+        let outcome = self.call_deferred(&body).await;
         heartbeat.abort();
         match outcome {
-            Ok((response, hit)) => self.complete(&lease, &job, response, hit, started).await,
+            Ok((response, hit, cache_write)) => {
+                let done = Done {
+                    strategy,
+                    memory,
+                    hit,
+                    cache_write,
+                    started,
+                };
+                self.complete(&lease, &job, response, done).await
+            }
             Err(CallError::Store(e)) => Err(e),
             Err(CallError::Llm(e)) => self.handle_llm_error(&lease, e).await,
         }
     }
 
+    /// The bandit's pick among the configured strategies for `domain`.
+    pub async fn choose_strategy(&self, domain: &str) -> Result<Strategy> {
+        let domain = domain.to_string();
+        let arms = self.config.memory.strategies.clone();
+        self.queue
+            .store()
+            .read(move |txn| strategy::choose_read(txn, &domain, &arms))
+            .await
+    }
+
+    /// The memory section of a job's prompt (empty when memory is off).
+    async fn memory_for(&self, job: &ChatJob) -> Result<MemorySection> {
+        if !job.memory {
+            return Ok(MemorySection::default());
+        }
+        let question = question_of(&job.body);
+        let domain = job.domain.clone();
+        let (k, budget) = (self.config.memory.k, self.config.memory.token_budget);
+        let now = now_ms();
+        self.queue
+            .store()
+            .read(move |txn| prompt::build_read(txn, &domain, &question, k, budget, now))
+            .await
+    }
+
     /// Looks up the cache and calls the API on a miss: the one way every LLM call is made
     /// (batch lines, blackboard steps, insight prompts), so all are cached, retried and rate
-    /// limited alike.
+    /// limited alike. A fresh response is kept on disk before this returns.
     pub async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
+        let (outcome, hit, write) = self.call_deferred(body).await?;
+        if let Some(write) = write {
+            self.queue
+                .store()
+                .write(move |txn| write.put_in(txn))
+                .await?;
+        }
+        Ok((outcome, hit))
+    }
+
+    /// [`Workers::call`], leaving the disk-cache write to the caller, who puts it in the
+    /// transaction that records the result: one commit instead of two per job, and a
+    /// response is on disk exactly when its job is complete.
+    pub async fn call_deferred(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
         let key = CacheKey::for_request(&self.config.endpoint, "/chat/completions", body);
         let allowed = cacheable(self.config.cache_policy, body);
         let client = self.client.clone();
@@ -303,7 +381,12 @@ impl Workers {
             Bytes::from(cached.body.to_vec()),
         )
         .map_err(CallError::Llm)?;
-        Ok((outcome, hit))
+        let keep = matches!(hit, Hit::Miss) && self.config.persist_cache && cached.is_success();
+        let write = keep.then(|| CacheWrite {
+            key,
+            response: cached,
+        });
+        Ok((outcome, hit, write))
     }
 
     async fn complete(
@@ -311,9 +394,15 @@ impl Workers {
         lease: &Lease,
         job: &ChatJob,
         outcome: ChatOutcome,
-        hit: Hit,
-        started: Instant,
+        done: Done,
     ) -> Result<()> {
+        let Done {
+            strategy,
+            memory,
+            hit,
+            cache_write,
+            started,
+        } = done;
         let cached = matches!(hit, Hit::Memory | Hit::Disk);
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let record = ResponseRecord {
@@ -325,33 +414,54 @@ impl Workers {
         };
         let result = codec::encode(&record)?;
         let usage = outcome.response.usage.clone().unwrap_or_default();
+        let judged = apply::judge_reply(
+            strategy,
+            outcome.response.content().unwrap_or_default(),
+            job.expected.as_ref(),
+            self.config.memory.confidence_threshold,
+        );
+        // The model's own reasoning channel, when the strategy found no steps in the text.
+        let reasoning = if judged.reasoning.is_empty() {
+            outcome
+                .response
+                .choices
+                .first()
+                .and_then(|c| c.message.reasoning_content.clone())
+                .into_iter()
+                .collect()
+        } else {
+            judged.reasoning
+        };
+        let mut tags = Vec::new();
+        if judged.parse_error.is_some() {
+            tags.push(apply::PARSE_ERROR_TAG.to_string());
+        }
+        if !memory.used_experiences.is_empty() || !memory.used_rules.is_empty() {
+            tags.push(apply::MEMORY_TAG.to_string());
+        }
         let experience = NewExperience {
             created_at: None,
             data: ExperienceData {
                 question: question_of(&job.body),
-                context: None,
-                reasoning: outcome
-                    .response
-                    .choices
-                    .first()
-                    .and_then(|c| c.message.reasoning_content.clone())
-                    .into_iter()
-                    .collect(),
-                answer: outcome.response.content().unwrap_or_default().to_string(),
-                confidence: None,
-                outcome: Outcome::Unknown,
+                context: judged.parse_error.map(|e| format!("parse error: {e}")),
+                reasoning,
+                answer: judged.answer,
+                confidence: judged.confidence,
+                outcome: judged.outcome,
                 domain: job.domain.clone(),
-                strategy: job.strategy.clone().unwrap_or_else(|| "direct".into()),
-                tags: Vec::new(),
+                strategy: strategy.name().to_string(),
+                tags,
                 model: outcome.response.model.clone().unwrap_or_default(),
                 prompt_tokens: saturate(usage.prompt_tokens),
                 completion_tokens: saturate(usage.completion_tokens),
                 latency_ms,
                 job_id: Some(lease.job.id),
-                used_experiences: Vec::new(),
+                used_experiences: memory.used_experiences,
             },
         };
         let lease_for_txn = lease.clone();
+        let (domain, used_rules, judged_outcome) =
+            (job.domain.clone(), memory.used_rules, judged.outcome);
         let committed = self
             .queue
             .store()
@@ -359,6 +469,10 @@ impl Workers {
                 let now = now_ms();
                 crate::queue::complete_in(txn, &lease_for_txn, &result, now)?;
                 experience::record_in(txn, &experience, now)?;
+                rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
+                if let Some(write) = &cache_write {
+                    write.put_in(txn)?;
+                }
                 Ok(())
             })
             .await;
@@ -382,7 +496,7 @@ impl Workers {
         Ok(())
     }
 
-    async fn handle_llm_error(&self, lease: &Lease, err: LlmError) -> Result<()> {
+    pub(crate) async fn handle_llm_error(&self, lease: &Lease, err: LlmError) -> Result<()> {
         let record = FailureRecord {
             code: err.code().to_string(),
             message: err.to_string(),
@@ -411,7 +525,12 @@ impl Workers {
         }
     }
 
-    async fn fail(&self, lease: &Lease, record: &FailureRecord, how: Failure) -> Result<()> {
+    pub(crate) async fn fail(
+        &self,
+        lease: &Lease,
+        record: &FailureRecord,
+        how: Failure,
+    ) -> Result<()> {
         let state = self
             .queue
             .fail(lease, &record.to_last_error(), how)
@@ -424,7 +543,7 @@ impl Workers {
     }
 
     /// Extends the lease every third of its length while the call runs.
-    fn spawn_heartbeat(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_heartbeat(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
         let queue = self.queue.clone();
         let every = self.config.lease / 3;
         let lease_for = self.config.lease;
@@ -442,8 +561,18 @@ impl Workers {
     }
 }
 
+/// What a successful call brings to the completion besides the response.
+struct Done {
+    strategy: Strategy,
+    memory: MemorySection,
+    hit: Hit,
+    /// The fresh response's disk-cache write, committed with the completion.
+    cache_write: Option<CacheWrite>,
+    started: Instant,
+}
+
 /// A lost lease means another worker owns the job now: its result wins, ours is dropped.
-fn ignore_lost(e: Error) -> Result<()> {
+pub(crate) fn ignore_lost(e: Error) -> Result<()> {
     match e {
         Error::LeaseLost { job_id } => {
             tracing::warn!(job = job_id, "lease lost; result discarded");
@@ -453,7 +582,7 @@ fn ignore_lost(e: Error) -> Result<()> {
     }
 }
 
-fn failure(code: &str, message: String) -> FailureRecord {
+pub(crate) fn failure(code: &str, message: String) -> FailureRecord {
     FailureRecord {
         code: code.into(),
         message,
@@ -486,8 +615,23 @@ pub fn question_of(body: &str) -> String {
         .unwrap_or_default()
 }
 
-fn saturate(n: u64) -> u32 {
+pub(crate) fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A fresh response for the disk tier of the cache, to be written in the caller's
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct CacheWrite {
+    key: CacheKey,
+    response: CachedResponse,
+}
+
+impl CacheWrite {
+    /// Writes the response into the cache table within `txn`.
+    pub fn put_in(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        crate::cache::put_in(txn, &self.key, &self.response)
+    }
 }
 
 /// Why a call produced no response: the API's error, or the store (cache tier 2) failing.

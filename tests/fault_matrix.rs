@@ -128,6 +128,7 @@ fn enqueue_job(custom_id: &str, prompt: &str) -> NewJob {
         domain: "general".into(),
         strategy: None,
         expected: None,
+        memory: false,
     };
     let mut new = NewJob::new(QUEUE, "chat", codec::encode(&job).unwrap());
     new.dedup_key = Some(job.dedup_key("matrix"));

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::output::{failure_line, success_line, FailureRecord, ResponseRecord};
 use super::ChatJob;
@@ -15,12 +15,12 @@ use crate::store::codec;
 /// A batch's results, one entry per request id.
 #[derive(Debug, Default)]
 pub struct Export {
-    /// Output lines of finished requests, in input order.
-    pub lines: Vec<Value>,
+    /// Output lines (JSON text) of finished requests, in input order.
+    pub lines: Vec<String>,
     /// The failed ones among them (also in `lines`), for the errors file.
-    pub errors: Vec<Value>,
-    /// Our own details per request, for `reasonq results --json`.
-    pub details: Vec<Value>,
+    pub errors: Vec<String>,
+    /// Our own details per request (JSON text), for `reasonq results --json`.
+    pub details: Vec<String>,
     /// Requests not finished yet.
     pub pending: usize,
 }
@@ -84,19 +84,19 @@ pub fn export(jobs: Vec<Job>, only: Option<&HashSet<String>>) -> Result<Export> 
             }
             _ => {
                 out.pending += 1;
-                out.details.push(detail);
+                out.details.push(detail.to_string());
                 continue;
             }
         };
         out.lines.push(line);
-        out.details.push(detail);
+        out.details.push(detail.to_string());
     }
     Ok(out)
 }
 
 /// Writes JSON lines to `path` atomically (a temporary file renamed over it), so a crash
 /// never leaves a half-written output.
-pub fn write_jsonl(path: &Path, lines: &[Value]) -> std::io::Result<()> {
+pub fn write_jsonl(path: &Path, lines: &[String]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -108,7 +108,7 @@ pub fn write_jsonl(path: &Path, lines: &[Value]) -> std::io::Result<()> {
     {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         for line in lines {
-            serde_json::to_writer(&mut file, line)?;
+            file.write_all(line.as_bytes())?;
             file.write_all(b"\n")?;
         }
         file.into_inner().map_err(|e| e.into_error())?.sync_all()?;

@@ -4,8 +4,11 @@
 //! Accepted lines:
 //! - OpenAI's batch request format, exactly as documented:
 //!   `{"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}`.
-//! - The short form `{"id", "question", "system"?, "model"?, "params"?, "domain"?,
-//!   "strategy"?}`, which becomes the same request.
+//! - The short form `{"id", "question", "system"?, "model"?, "params"?}`, which becomes the
+//!   same request.
+//!
+//! Both forms may carry the line options of [`OPTION_FIELDS`] (`domain`, `strategy`,
+//! `expected` with `match`, `memory`) as top-level keys; see docs/memory.md.
 //!
 //! Every problem is reported with the file, the line and the field, and nothing is enqueued
 //! unless every line is valid (or the caller asked to skip invalid lines).
@@ -17,6 +20,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::memory::{Expectation, Strategy};
 
 /// The only endpoint a batch line may name.
 pub const CHAT_COMPLETIONS_URL: &str = "/v1/chat/completions";
@@ -35,10 +40,58 @@ pub struct BatchItem {
     pub body: String,
     /// Domain for memory and pattern statistics ("general" when not given).
     pub domain: String,
-    /// Strategy name, if the line names one.
+    /// Strategy name ([`Strategy::name`]), if the line names one.
     pub strategy: Option<String>,
-    /// The expected answer, for evaluation batches (kept as given; used by the memory layer).
-    pub expected: Option<Value>,
+    /// The expected answer and how to compare, for evaluation batches.
+    pub expected: Option<Expectation>,
+    /// Whether memory goes into the prompt, if the line says.
+    pub memory: Option<bool>,
+}
+
+/// Fields of the short form that make the request.
+pub const SHORT_FORM_FIELDS: &[&str] = &["id", "question", "system", "model", "params"];
+/// Line options both forms take as top-level keys.
+pub const OPTION_FIELDS: &[&str] = &["domain", "strategy", "expected", "match", "memory"];
+
+/// The line options of [`OPTION_FIELDS`], validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LineOptions {
+    domain: String,
+    strategy: Option<String>,
+    expected: Option<Expectation>,
+    memory: Option<bool>,
+}
+
+fn line_options(obj: &Map<String, Value>) -> Result<LineOptions, LineError> {
+    let domain = optional_string(obj, "domain")?.unwrap_or_else(|| "general".into());
+    let strategy = match optional_string(obj, "strategy")? {
+        None => None,
+        Some(s) => Some(
+            s.parse::<Strategy>()
+                .map_err(|e| field_err("strategy", e))?
+                .name()
+                .to_string(),
+        ),
+    };
+    let rule = obj.get("match").filter(|v| !v.is_null());
+    let expected = match obj.get("expected") {
+        None | Some(Value::Null) if rule.is_some() => {
+            return Err(field_err("match", "given without `expected`"))
+        }
+        None | Some(Value::Null) => None,
+        Some(v) => Some(Expectation::parse(v, rule).map_err(|(f, m)| field_err(&f, m))?),
+    };
+    let memory = match obj.get("memory") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(field_err("memory", "must be true or false")),
+    };
+    Ok(LineOptions {
+        domain,
+        strategy,
+        expected,
+        memory,
+    })
 }
 
 /// A line that cannot be used, with where and why.
@@ -250,28 +303,20 @@ fn parse_openai(mut obj: Map<String, Value>, default_model: &str) -> Result<Batc
         None | Some(Value::Null) => return Err(field_err("body", "missing")),
         Some(_) => return Err(field_err("body", "must be a JSON object")),
     };
-    let domain = optional_string(&obj, "domain")?.unwrap_or_else(|| "general".into());
-    let strategy = optional_string(&obj, "strategy")?;
-    finish(
-        custom_id,
-        body,
-        default_model,
-        "body.",
-        domain,
-        strategy,
-        obj.remove("expected"),
-    )
+    let options = line_options(&obj)?;
+    finish(custom_id, body, default_model, "body.", options)
 }
 
 fn parse_short(mut obj: Map<String, Value>, default_model: &str) -> Result<BatchItem, LineError> {
-    const KNOWN: &[&str] = &[
-        "id", "question", "system", "model", "params", "domain", "strategy", "expected", "match",
-        "memory",
-    ];
-    if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    let known = |k: &str| SHORT_FORM_FIELDS.contains(&k) || OPTION_FIELDS.contains(&k);
+    if let Some(unknown) = obj.keys().find(|k| !known(k)) {
         return Err(field_err(
             unknown,
-            format!("unknown field; the short form takes {}", KNOWN.join(", ")),
+            format!(
+                "unknown field; the short form takes {}, {}",
+                SHORT_FORM_FIELDS.join(", "),
+                OPTION_FIELDS.join(", ")
+            ),
         ));
     }
     let custom_id = required_string(&obj, "id")?;
@@ -300,17 +345,8 @@ fn parse_short(mut obj: Map<String, Value>, default_model: &str) -> Result<Batch
     }
     messages.push(serde_json::json!({"role": "user", "content": question}));
     body.insert("messages".into(), Value::Array(messages));
-    let domain = optional_string(&obj, "domain")?.unwrap_or_else(|| "general".into());
-    let strategy = optional_string(&obj, "strategy")?;
-    finish(
-        custom_id,
-        body,
-        default_model,
-        "params.",
-        domain,
-        strategy,
-        obj.remove("expected"),
-    )
+    let options = line_options(&obj)?;
+    finish(custom_id, body, default_model, "params.", options)
 }
 
 /// Checks the request body shared by both forms and fills in the model.
@@ -319,9 +355,7 @@ fn finish(
     mut body: Map<String, Value>,
     default_model: &str,
     prefix: &str,
-    domain: String,
-    strategy: Option<String>,
-    expected: Option<Value>,
+    options: LineOptions,
 ) -> Result<BatchItem, LineError> {
     let f = |name: &str| format!("{prefix}{name}");
     match body.get("model") {
@@ -375,9 +409,10 @@ fn finish(
         line: 0,
         custom_id,
         body,
-        domain,
-        strategy,
-        expected,
+        domain: options.domain,
+        strategy: options.strategy,
+        expected: options.expected,
+        memory: options.memory,
     })
 }
 
@@ -493,6 +528,38 @@ mod tests {
         assert_eq!(
             p.errors[0].to_string(),
             "in.jsonl:1: line is not valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn both_forms_carry_evaluation_and_memory_options() {
+        let p = parse(concat!(
+            r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"2+2"}]},"#,
+            r#""expected":4,"match":{"rule":"numeric","tolerance":0.5},"domain":"math","strategy":"chain-of-thought","memory":true}"#,
+            "\n",
+            r#"{"id":"b","question":"capital of France","expected":"paris","match":"contains"}"#,
+        ));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let a = &p.items[0];
+        assert_eq!(a.domain, "math");
+        assert_eq!(a.strategy.as_deref(), Some("chain_of_thought"));
+        assert_eq!(a.memory, Some(true));
+        let expected = a.expected.as_ref().unwrap();
+        assert_eq!(expected.answer, "4");
+        assert_eq!(
+            expected.rule,
+            crate::memory::MatchRule::Numeric { tolerance: 0.5 }
+        );
+        let b = &p.items[1];
+        assert_eq!(
+            b.expected.as_ref().unwrap().rule,
+            crate::memory::MatchRule::Contains
+        );
+        assert_eq!((b.memory, b.strategy.clone()), (None, None));
+        let body: Value = serde_json::from_str(&a.body).unwrap();
+        assert!(
+            body.get("expected").is_none(),
+            "options never reach the request"
         );
     }
 }

@@ -8,6 +8,8 @@ pub mod output;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::memory::Expectation;
+
 /// The payload of a chat job, encoded with the store codec.
 ///
 /// The request body is kept as JSON text, exactly as it will be sent (bincode cannot carry a
@@ -19,9 +21,12 @@ pub struct ChatJob {
     pub line: u64,
     pub body: String,
     pub domain: String,
+    /// The line's strategy name; `None` lets the bandit choose.
     pub strategy: Option<String>,
-    /// Expected answer as JSON text, for evaluation batches.
-    pub expected: Option<String>,
+    /// Expected answer and match rule, for evaluation batches.
+    pub expected: Option<Expectation>,
+    /// Put memory (worked examples and rules) into the prompt.
+    pub memory: bool,
 }
 
 impl ChatJob {
@@ -33,7 +38,8 @@ impl ChatJob {
             body: item.body.clone(),
             domain: item.domain.clone(),
             strategy: item.strategy.clone(),
-            expected: item.expected.as_ref().map(|v| v.to_string()),
+            expected: item.expected.clone(),
+            memory: item.memory.unwrap_or(false),
         }
     }
 

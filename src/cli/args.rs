@@ -62,9 +62,15 @@ pub enum Command {
     /// Inspect recorded reasoning experiences.
     #[command(subcommand)]
     Experiences(ExperiencesCommand),
-    /// Learned statistics per domain and strategy.
+    /// Learned statistics per domain and strategy, and the learned rules.
     #[command(after_help = "Example:\n  reasonq patterns --json")]
     Patterns(JsonFlag),
+    /// Ask the model to compare recent successes and failures of a domain and store the
+    /// rules it writes (used as guidance in prompts with memory on).
+    #[command(
+        after_help = "Example:\n  reasonq insights math\n  reasonq --simulate insights math"
+    )]
+    Insights(InsightsArgs),
     /// Delete finished jobs and old experiences past retention, and expired cache entries.
     #[command(after_help = "Example:\n  reasonq cleanup")]
     Cleanup(JsonFlag),
@@ -74,6 +80,21 @@ pub enum Command {
     /// List the models the endpoint offers.
     #[command(after_help = "Example:\n  reasonq models --base-url http://localhost:8000/v1")]
     Models(JsonFlag),
+    /// Show a blackboard session as a tree: problem, sub-problems with their solutions and
+    /// critiques, final answer.
+    #[command(
+        after_help = "Example:\n  reasonq board bb-42\n  reasonq board 42 --json   # by job id, for tools"
+    )]
+    Board(BoardArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BoardArgs {
+    /// Session id (`bb-<job id>`, in the output line's `board_session`) or the job id.
+    pub session: String,
+    /// Print the session and its entries as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -111,6 +132,14 @@ pub struct BatchArgs {
     /// Print plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Put memory (similar past successes and learned rules) into prompts of lines that do
+    /// not say `"memory"`.
+    #[arg(long)]
+    pub memory: bool,
+    /// Strategy of lines that name none (direct, chain_of_thought, structured, blackboard);
+    /// without it the bandit chooses per domain among `memory.strategies`.
+    #[arg(long, value_name = "NAME")]
+    pub strategy: Option<crate::memory::Strategy>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -195,4 +224,26 @@ pub enum ExperiencesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Full-text search (BM25, successes and recent ones boosted), best first with scores.
+    #[command(
+        after_help = "Example:\n  reasonq experiences search \"sum of two primes\" --domain math --limit 5"
+    )]
+    Search {
+        text: String,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InsightsArgs {
+    /// The domain to learn rules for.
+    pub domain: String,
+    /// Print JSON instead of a list.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -28,6 +28,7 @@ const ENQUEUE_CHUNK: usize = 5_000;
 const SHOWN_ERRORS: usize = 20;
 
 pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
+    let phase = std::time::Instant::now();
     let parsed = read_file(&args.input, &config.model)
         .map_err(|e| fail(format!("cannot read {}: {e}", args.input.display())))?;
     if !parsed.errors.is_empty() && !args.skip_invalid {
@@ -39,6 +40,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
             args.input.display()
         )));
     }
+    tracing::info!(lines = parsed.items.len(), elapsed = ?phase.elapsed(), "input read");
     let output = args
         .output
         .clone()
@@ -69,7 +71,19 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     }
 
     // Enqueue idempotently: the dedup key is the id plus a hash of the request and endpoint.
-    let jobs: Vec<ChatJob> = parsed.items.iter().map(ChatJob::from_item).collect();
+    // Batch flags are the defaults of lines that do not say.
+    let jobs: Vec<ChatJob> = parsed
+        .items
+        .iter()
+        .map(|item| {
+            let mut job = ChatJob::from_item(item);
+            job.strategy = job
+                .strategy
+                .or_else(|| args.strategy.map(|s| s.name().to_string()));
+            job.memory = item.memory.unwrap_or(args.memory);
+            job
+        })
+        .collect();
     let keys: HashSet<String> = jobs
         .iter()
         .map(|j| j.dedup_key(&connected.endpoint))
@@ -85,6 +99,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
         let done = app.queue.enqueue_many(new_jobs).await.map_err(fail)?;
         inserted += done.iter().filter(|e| e.inserted).count();
     }
+    tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
     let counts = app.queue.counts(Some(&batch)).await.map_err(fail)?;
     let label = if simulate { " (simulated API)" } else { "" };
     eprintln!(
@@ -125,6 +140,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     progress.finish();
     background.stop().await;
     let end = drained.map_err(fail)?;
+    tracing::info!(elapsed = ?phase.elapsed(), "drained");
 
     let jobs_now = app.queue.jobs_in_queue(&batch).await.map_err(fail)?;
     let result = export(jobs_now, Some(&keys)).map_err(fail)?;
@@ -148,6 +164,7 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
         write_jsonl(&errors_path, &error_lines)
             .map_err(|e| fail(format!("cannot write {}: {e}", errors_path.display())))?;
     }
+    tracing::info!(elapsed = ?phase.elapsed(), "exported");
     let stats = workers.stats.snapshot();
     let metrics = connected.client.metrics();
     let run = RunRecord::new(

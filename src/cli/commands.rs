@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::args::{ExperiencesCommand, JobsCommand, ResultsArgs, SubmitArgs};
-use super::{fail, CliResult, Outcome};
+use super::{fail, CliError, CliResult, Outcome};
 use crate::app::App;
 use crate::background::{cleanup_pass, experience_retention};
 use crate::batch::export::{export, write_jsonl};
@@ -21,7 +21,7 @@ use crate::worker::{DrainEnd, Workers};
 const SUBMIT_QUEUE: &str = "submit";
 
 /// Prints rows as aligned columns under a header.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -34,21 +34,22 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", text.join("  ").trim_end());
+        emit!("{}", text.join("  ").trim_end())
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    line(header.iter().map(|h| h.to_string()).collect())?;
     for row in rows {
-        line(row.clone());
+        line(row.clone())?;
     }
+    Ok(())
 }
 
-fn print_json(value: &Value) -> CliResult {
+pub(super) fn print_json(value: &Value) -> CliResult {
     let text = serde_json::to_string_pretty(value).map_err(fail)?;
-    println!("{text}");
+    emit!("{text}")?;
     Ok(Outcome::Done)
 }
 
-fn short(text: &str, max: usize) -> String {
+pub(super) fn short(text: &str, max: usize) -> String {
     let one_line = text.replace('\n', " ");
     if one_line.chars().count() <= max {
         one_line
@@ -79,6 +80,7 @@ pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResu
         domain: args.domain.clone(),
         strategy: None,
         expected: None,
+        memory: false,
     };
     let mut new = NewJob::new(SUBMIT_QUEUE, "chat", codec::encode(&job).map_err(fail)?);
     new.dedup_key = Some(job.dedup_key(&connected.endpoint));
@@ -114,12 +116,12 @@ pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResu
                 return print_json(&body);
             }
             let body: Value = serde_json::from_str(&response.body).map_err(fail)?;
-            println!(
+            emit!(
                 "{}",
                 body["choices"][0]["message"]["content"]
                     .as_str()
                     .unwrap_or_default()
-            );
+            )?;
             Ok(Outcome::Done)
         }
         (_, _, Some(error)) => Err(fail(FailureRecord::from_last_error(error).message)),
@@ -152,7 +154,7 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
         return print_json(&Value::Array(list));
     }
     if rows.is_empty() {
-        println!("no batches yet");
+        emit!("no batches yet")?;
         return Ok(Outcome::Done);
     }
     let mut header = vec!["batch"];
@@ -168,7 +170,7 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
             row
         })
         .collect();
-    table(&header, &body);
+    table(&header, &body)?;
     Ok(Outcome::Done)
 }
 
@@ -192,7 +194,7 @@ pub async fn results(config: Config, args: ResultsArgs) -> CliResult {
         }
         None => {
             for line in lines {
-                println!("{line}");
+                emit!("{line}")?;
             }
         }
     }
@@ -284,7 +286,7 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
                     "last error",
                 ],
                 &rows,
-            );
+            )?;
             Ok(Outcome::Done)
         }
         JobsCommand::Show { id, json: _ } => {
@@ -298,15 +300,31 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
         }
         JobsCommand::Retry { id } => {
             app.queue.retry(id).await.map_err(fail)?;
-            println!("job {id} will run again");
+            emit!("job {id} will run again")?;
             Ok(Outcome::Done)
         }
         JobsCommand::Cancel { id } => {
             app.queue.cancel(id).await.map_err(fail)?;
-            println!("job {id} cancelled");
+            emit!("job {id} cancelled")?;
             Ok(Outcome::Done)
         }
     }
+}
+
+/// Columns of [`experience_row`].
+pub(super) const EXPERIENCE_COLUMNS: [&str; 6] =
+    ["id", "domain", "strategy", "outcome", "question", "answer"];
+
+/// One experience as a table row.
+pub(super) fn experience_row(e: &Experience) -> Vec<String> {
+    vec![
+        e.id.to_string(),
+        e.data.domain.clone(),
+        e.data.strategy.clone(),
+        format!("{:?}", e.data.outcome).to_lowercase(),
+        short(&e.data.question, 40),
+        short(&e.data.answer, 40),
+    ]
 }
 
 fn experience_json(e: &Experience) -> Value {
@@ -346,25 +364,16 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
                 if as_json {
                     return print_json(&Value::Array(list.iter().map(experience_json).collect()));
                 }
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            e.id.to_string(),
-                            e.data.domain.clone(),
-                            e.data.strategy.clone(),
-                            format!("{:?}", e.data.outcome).to_lowercase(),
-                            short(&e.data.question, 40),
-                            short(&e.data.answer, 40),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["id", "domain", "strategy", "outcome", "question", "answer"],
-                    &rows,
-                );
+                let rows: Vec<Vec<String>> = list.iter().map(experience_row).collect();
+                table(&EXPERIENCE_COLUMNS, &rows)?;
                 Ok(Outcome::Done)
             }
+            ExperiencesCommand::Search {
+                text,
+                domain,
+                limit,
+                json: as_json,
+            } => super::memory::search(&store, text, domain, limit, as_json).await,
             ExperiencesCommand::Show { id, json: _ } => {
                 let e = store
                     .experience(id)
@@ -384,9 +393,14 @@ pub async fn experiences(config: Config, cmd: ExperiencesCommand) -> CliResult {
 pub async fn patterns(config: Config, as_json: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
     let list = app.store.patterns(None).await.map_err(fail)?;
+    let rules = app
+        .store
+        .read(|txn| crate::memory::rules::list_read(txn, None))
+        .await
+        .map_err(fail)?;
     app.close().await.map_err(fail)?;
     if as_json {
-        return print_json(&serde_json::to_value(&list).map_err(fail)?);
+        return print_json(&json!({"statistics": list, "rules": rules}));
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -417,7 +431,8 @@ pub async fn patterns(config: Config, as_json: bool) -> CliResult {
             "latency ms",
         ],
         &rows,
-    );
+    )?;
+    super::memory::print_rules(&rules)?;
     Ok(Outcome::Done)
 }
 
@@ -436,10 +451,10 @@ pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
     if as_json {
         return print_json(&serde_json::to_value(report).map_err(fail)?);
     }
-    println!(
-        "pruned {} finished jobs, deleted {} experiences, dropped {} expired cache entries, rescued {} expired leases",
-        report.jobs_pruned, report.experiences_deleted, report.cache_entries_expired, report.leases_rescued
-    );
+    emit!(
+        "pruned {} finished jobs and {} blackboard sessions, deleted {} experiences, dropped {} expired cache entries, rescued {} expired leases",
+        report.jobs_pruned, report.boards_pruned, report.experiences_deleted, report.cache_entries_expired, report.leases_rescued
+    )?;
     Ok(Outcome::Done)
 }
 
@@ -451,7 +466,7 @@ pub async fn stats(config: Config, as_json: bool) -> CliResult {
     if as_json {
         return print_json(&serde_json::to_value(&summary).map_err(fail)?);
     }
-    println!("{summary}");
+    emit!("{summary}")?;
     Ok(Outcome::Done)
 }
 
@@ -466,7 +481,7 @@ pub async fn models(config: Config, as_json: bool, simulate: bool) -> CliResult 
         return print_json(&json!(models));
     }
     for m in models {
-        println!("{m}");
+        emit!("{m}")?;
     }
     Ok(Outcome::Done)
 }

@@ -1,9 +1,19 @@
 //! The command-line interface: parse arguments, load configuration, run one subcommand.
 //! `main.rs` only calls [`main`].
 
+/// Prints a line to stdout; a closed pipe (`reasonq results B | head`) ends the command
+/// quietly instead of panicking.
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 pub mod args;
 mod batch;
+mod board;
 mod commands;
+mod memory;
 pub mod progress;
 
 use std::fmt::Display;
@@ -40,6 +50,20 @@ pub fn fail(message: impl Display) -> CliError {
     }
 }
 
+/// Writes one line to stdout (see `emit!`).
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError {
+            message: String::new(),
+            code: 0,
+        }),
+        Err(e) => Err(fail(format!("cannot write to stdout: {e}"))),
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -58,7 +82,9 @@ pub fn main() -> i32 {
         Ok(Outcome::Done) => 0,
         Ok(Outcome::Exit(code)) => code,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
             e.code
         }
     }
@@ -107,8 +133,10 @@ async fn run(cli: Cli) -> CliResult {
         Command::Jobs(cmd) => commands::jobs(config, cmd).await,
         Command::Experiences(cmd) => commands::experiences(config, cmd).await,
         Command::Patterns(f) => commands::patterns(config, f.json).await,
+        Command::Insights(args) => memory::insights(config, args, simulate).await,
         Command::Cleanup(f) => commands::cleanup(config, f.json).await,
         Command::Stats(f) => commands::stats(config, f.json).await,
         Command::Models(f) => commands::models(config, f.json, simulate).await,
+        Command::Board(args) => board::board(config, args.session, args.json).await,
     }
 }

@@ -87,8 +87,9 @@ impl Queue {
         let (queue, owner) = (queue.to_owned(), owner.to_owned());
         let lease_ms = duration_ms(lease_for);
         let now = now_ms();
+        // Relaxed: a lease lost in a crash is harmless (leases are rescued at open).
         self.store
-            .write(move |txn| lease_in(txn, &queue, max, lease_ms, &owner, now))
+            .write_relaxed(move |txn| lease_in(txn, &queue, max, lease_ms, &owner, now))
             .await
     }
 
@@ -98,7 +99,7 @@ impl Queue {
         let lease_ms = duration_ms(lease_for);
         let now = now_ms();
         self.store
-            .write(move |txn| heartbeat_in(txn, &lease, lease_ms, now))
+            .write_relaxed(move |txn| heartbeat_in(txn, &lease, lease_ms, now))
             .await
     }
 

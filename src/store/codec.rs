@@ -71,6 +71,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 pub fn fuzz_decode_all(bytes: &[u8]) -> Result<(), String> {
     use super::{experience::Experience, pattern::Pattern};
     use crate::batch::{output::ResponseRecord, ChatJob};
+    use crate::blackboard::{Entry, Session};
     use crate::{cache::CachedResponse, queue::Job, runs::RunRecord};
     round_trips::<Experience>(bytes)?;
     round_trips::<Pattern>(bytes)?;
@@ -78,7 +79,9 @@ pub fn fuzz_decode_all(bytes: &[u8]) -> Result<(), String> {
     round_trips::<ChatJob>(bytes)?;
     round_trips::<ResponseRecord>(bytes)?;
     round_trips::<CachedResponse>(bytes)?;
-    round_trips::<RunRecord>(bytes)
+    round_trips::<RunRecord>(bytes)?;
+    round_trips::<Session>(bytes)?;
+    round_trips::<Entry>(bytes)
 }
 
 fn round_trips<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {

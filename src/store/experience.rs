@@ -1,8 +1,9 @@
 //! Experiences: past reasoning (question, steps, answer, outcome) kept for later prompts.
 //!
 //! Each experience lives in [`EXPERIENCES`] and in three index tables (by time, by domain, by
-//! tag) plus a per-domain counter; every write here keeps all of them, and the experience's
-//! [`Pattern`](super::pattern::Pattern), consistent in the same transaction.
+//! tag) plus a per-domain counter and the full-text index ([`crate::memory::index`]); every
+//! write here keeps all of them, and the experience's [`Pattern`](super::pattern::Pattern),
+//! consistent in the same transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +18,7 @@ use super::tables::{
 };
 use super::Store;
 use crate::error::{Error, Result, StorageKind};
+use crate::memory::index::IndexTables;
 
 /// Longest domain, strategy or tag, in bytes: they are index keys, kept short.
 pub const MAX_LABEL_BYTES: usize = 256;
@@ -188,6 +190,8 @@ pub struct ExperienceCounts {
 
 /// Every table an experience write touches, opened once per transaction.
 struct Tables<'t> {
+    /// The full-text index, kept in step with the records.
+    index: IndexTables<'t>,
     records: redb::Table<'t, u64, &'static [u8]>,
     by_time: redb::Table<'t, (u64, u64), ()>,
     by_domain: redb::Table<'t, (&'static str, u64), ()>,
@@ -199,6 +203,7 @@ struct Tables<'t> {
 impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self> {
         Ok(Tables {
+            index: IndexTables::open(txn)?,
             records: txn.open_table(EXPERIENCES)?,
             by_time: txn.open_table(EXPERIENCES_BY_TIME)?,
             by_domain: txn.open_table(EXPERIENCES_BY_DOMAIN)?,
@@ -220,7 +225,10 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    fn insert_all(&mut self, exps: &[Experience]) -> Result<()> {
+    fn insert_all(&mut self, exps: &[Experience], indexing: Indexing) -> Result<()> {
+        if indexing == Indexing::On {
+            self.index.add(exps)?;
+        }
         let mut deltas = BTreeMap::new();
         for exp in exps {
             let domain = exp.data.domain.as_str();
@@ -246,6 +254,7 @@ impl<'t> Tables<'t> {
             };
             let exp: Experience = codec::decode(bytes.value())?;
             drop(bytes);
+            self.index.remove(std::slice::from_ref(&exp))?;
             self.by_time.remove((exp.created_at, exp.id))?;
             self.by_domain.remove((exp.data.domain.as_str(), exp.id))?;
             for tag in &exp.data.tags {
@@ -274,6 +283,26 @@ pub fn record_many_in(
     items: &[NewExperience],
     now: u64,
 ) -> Result<Vec<u64>> {
+    record_with_in(txn, items, now, Indexing::On)
+}
+
+/// Whether recording adds full-text postings (see [`crate::memory::index`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indexing {
+    /// Index the question and answer (what every caller wants).
+    On,
+    /// Skip the index: such experiences are invisible to search. Only for measuring what the
+    /// index costs (benches/memory.rs).
+    Off,
+}
+
+/// [`record_many_in`] with a choice of [`Indexing`].
+pub fn record_with_in(
+    txn: &WriteTransaction,
+    items: &[NewExperience],
+    now: u64,
+    indexing: Indexing,
+) -> Result<Vec<u64>> {
     items.iter().try_for_each(|item| item.data.validate())?;
     if items.is_empty() {
         return Ok(Vec::new());
@@ -283,7 +312,7 @@ pub fn record_many_in(
         .zip(items)
         .map(|(id, item)| item.to_experience(id, now))
         .collect();
-    Tables::open(txn)?.insert_all(&exps)?;
+    Tables::open(txn)?.insert_all(&exps, indexing)?;
     Ok(exps.iter().map(|e| e.id).collect())
 }
 

@@ -163,7 +163,20 @@ impl Store {
         F: Fn(&WriteTransaction) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let rx = self.submit(f)?;
+        let rx = self.submit(f, false)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Store::write`] for a write whose loss in a crash is harmless, such as a job lease
+    /// (every lease is rescued at the next open anyway) or a heartbeat: it is committed
+    /// without its own fsync and becomes durable with the next durable commit. Grouped with
+    /// a durable write, it is as durable as that one. It is answered once committed.
+    pub async fn write_relaxed<R, F>(&self, f: F) -> Result<R>
+    where
+        F: Fn(&WriteTransaction) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let rx = self.submit(f, true)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -173,11 +186,11 @@ impl Store {
         F: Fn(&WriteTransaction) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let rx = self.submit(f)?;
+        let rx = self.submit(f, false)?;
         rx.blocking_recv().map_err(|_| Error::Closed)?
     }
 
-    fn submit<R, F>(&self, f: F) -> Result<oneshot::Receiver<Result<R>>>
+    fn submit<R, F>(&self, f: F, relaxed: bool) -> Result<oneshot::Receiver<Result<R>>>
     where
         F: Fn(&WriteTransaction) -> Result<R> + Send + 'static,
         R: Send + 'static,
@@ -187,6 +200,7 @@ impl Store {
             f,
             out: None,
             reply: Some(reply),
+            relaxed,
         });
         let guard = self.inner.writer.lock().map_err(|_| Error::Closed)?;
         let writer = guard.as_ref().ok_or(Error::Closed)?;
@@ -360,6 +374,8 @@ fn migrate(txn: &WriteTransaction, from: u64, steps: &[Migration]) -> Result<()>
 /// A write request with its result slot; type-erased so one channel carries them all.
 trait WriteOp: Send {
     fn apply(&mut self, txn: &WriteTransaction) -> Result<()>;
+    /// Whether this write may be committed without its own fsync.
+    fn relaxed(&self) -> bool;
     fn reply(self: Box<Self>, outcome: Result<()>);
 }
 
@@ -367,6 +383,7 @@ struct TypedOp<F, R> {
     f: F,
     out: Option<R>,
     reply: Option<oneshot::Sender<Result<R>>>,
+    relaxed: bool,
 }
 
 impl<F, R> WriteOp for TypedOp<F, R>
@@ -380,6 +397,10 @@ where
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(txn)));
         self.out = Some(run.map_err(|_| Error::Invalid("a store write panicked".into()))??);
         Ok(())
+    }
+
+    fn relaxed(&self) -> bool {
+        self.relaxed
     }
 
     fn reply(mut self: Box<Self>, outcome: Result<()>) {
@@ -401,6 +422,7 @@ fn writer_loop(
     durability: Durability,
     max_group: usize,
 ) {
+    let mut unsynced = false;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < max_group {
@@ -409,10 +431,11 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        commit_group(db, group, durability);
+        unsynced |= commit_group(db, group, durability);
     }
-    // A non-durable store still ends on disk: one empty immediate commit persists the rest.
-    if durability == Durability::None {
+    // Relaxed or non-durable commits still end on disk: one empty immediate commit persists
+    // the rest.
+    if unsynced || durability == Durability::None {
         if let Ok(txn) = db.begin_write() {
             let _ = txn.commit();
         }
@@ -429,16 +452,30 @@ fn begin(db: &redb::Database, durability: Durability) -> Result<WriteTransaction
 
 /// Commits a group in one transaction. If any write in it fails, the group is rolled back
 /// and every write runs alone, so one caller's error never undoes or fails another's write.
-fn commit_group(db: &redb::Database, mut group: Vec<Box<dyn WriteOp>>, durability: Durability) {
+fn commit_group(
+    db: &redb::Database,
+    mut group: Vec<Box<dyn WriteOp>>,
+    durability: Durability,
+) -> bool {
+    // Without fsync only when the store is non-durable or every write in it allows it.
+    let effective = |ops: &[Box<dyn WriteOp>]| {
+        if durability == Durability::None || ops.iter().all(|op| op.relaxed()) {
+            Durability::None
+        } else {
+            Durability::Immediate
+        }
+    };
     if group.len() > 1 {
-        match begin(db, durability) {
+        let level = effective(&group);
+        match begin(db, level) {
             Ok(txn) => {
                 if group.iter_mut().all(|op| op.apply(&txn).is_ok()) {
                     let outcome = txn.commit().map_err(Error::from);
+                    let unsynced = outcome.is_ok() && level == Durability::None;
                     for op in group {
                         op.reply(outcome.clone());
                     }
-                    return;
+                    return unsynced;
                 }
                 drop(txn); // aborts
             }
@@ -446,17 +483,21 @@ fn commit_group(db: &redb::Database, mut group: Vec<Box<dyn WriteOp>>, durabilit
                 for op in group {
                     op.reply(Err(e.clone()));
                 }
-                return;
+                return false;
             }
         }
     }
+    let mut unsynced = false;
     for mut op in group {
-        let outcome = begin(db, durability).and_then(|txn| {
+        let level = effective(std::slice::from_ref(&op));
+        let outcome = begin(db, level).and_then(|txn| {
             op.apply(&txn)?;
             txn.commit().map_err(Error::from)
         });
+        unsynced |= outcome.is_ok() && level == Durability::None;
         op.reply(outcome);
     }
+    unsynced
 }
 
 #[cfg(test)]
@@ -491,6 +532,7 @@ mod tests {
             f,
             out: None,
             reply: Some(reply),
+            relaxed: behaviour == "relaxed",
         };
         (Box::new(op), rx)
     }
@@ -587,5 +629,51 @@ mod tests {
         assert!(migrate(&txn, 1, &steps).is_err());
         drop(txn);
         assert_eq!(version(&db), Some(1));
+    }
+
+    #[test]
+    fn only_an_all_relaxed_group_skips_the_fsync() {
+        let (_dir, db) = temp_db();
+        let relaxed = || vec![op("a", "relaxed").0, op("b", "relaxed").0];
+        assert!(commit_group(&db, relaxed(), Durability::Immediate));
+        let mut mixed = relaxed();
+        mixed.push(op("c", "ok").0);
+        assert!(!commit_group(&db, mixed, Durability::Immediate));
+        assert!(!commit_group(
+            &db,
+            vec![op("d", "ok").0],
+            Durability::Immediate
+        ));
+        assert!(commit_group(
+            &db,
+            vec![op("e", "relaxed").0],
+            Durability::Immediate
+        ));
+    }
+
+    #[tokio::test]
+    async fn relaxed_writes_are_on_disk_after_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = Store::open(StoreConfig::new(&path)).unwrap();
+        store
+            .write_relaxed(|txn| {
+                txn.open_table(tables::META)?.insert("relaxed", 42)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close_async().await.unwrap();
+        drop(store);
+        let store = Store::open(StoreConfig::new(&path)).unwrap();
+        let v = store
+            .read_blocking(|txn| {
+                Ok(txn
+                    .open_table(tables::META)?
+                    .get("relaxed")?
+                    .map(|v| v.value()))
+            })
+            .unwrap();
+        assert_eq!(v, Some(42));
     }
 }

@@ -13,6 +13,7 @@ pub const SCHEMA_VERSION: &str = "schema_version";
 pub const NEXT_EXPERIENCE_ID: &str = "next_experience_id";
 pub const NEXT_JOB_ID: &str = "next_job_id";
 pub const NEXT_RUN_ID: &str = "next_run_id";
+pub const NEXT_RULE_ID: &str = "next_rule_id";
 
 // ---- experiences and patterns (store/experience.rs, store/pattern.rs) ----
 
@@ -31,6 +32,25 @@ pub const EXPERIENCES_BY_TAG: TableDefinition<(&str, u64), ()> =
 pub const EXPERIENCE_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("experience_counts");
 /// (domain, strategy) -> encoded `Pattern`.
 pub const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("patterns");
+
+// ---- memory: full-text index and insight rules (memory/) ----
+
+/// (domain, term, experience id) -> (term frequency, document length in terms, outcome code,
+/// created_at ms): everything BM25 and its boosts need, so a search reads no record.
+pub const MEMORY_POSTINGS: TableDefinition<PostingKey, Posting> =
+    TableDefinition::new("memory_postings");
+/// Key of [`MEMORY_POSTINGS`]: (domain, term, experience id).
+pub type PostingKey = (&'static str, &'static str, u64);
+/// Value of [`MEMORY_POSTINGS`]: (term frequency, document length, outcome code, created_at).
+pub type Posting = (u32, u32, u8, u64);
+/// Term -> number of indexed experiences containing it (all domains).
+pub const MEMORY_TERMS: TableDefinition<&str, u64> = TableDefinition::new("memory_terms");
+/// Index totals: [`MEMORY_DOCS`] and [`MEMORY_TOTAL_LEN`].
+pub const MEMORY_STATS: TableDefinition<&str, u64> = TableDefinition::new("memory_stats");
+pub const MEMORY_DOCS: &str = "docs";
+pub const MEMORY_TOTAL_LEN: &str = "total_len";
+/// (domain, rule id) -> encoded `Rule`: insights learned from successes and failures.
+pub const MEMORY_RULES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("memory_rules");
 
 // ---- job queue (queue/) ----
 
@@ -66,6 +86,14 @@ pub const CACHE_BY_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> =
 /// Run id -> encoded `RunRecord`: the figures of each batch run, for `reasonq stats`.
 pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
 
+// ---- blackboard sessions (blackboard/) ----
+
+/// Session id (`bb-<job id>`) -> encoded `blackboard::Session`.
+pub const BOARD_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("board_sessions");
+/// (session id, entry seq) -> encoded `blackboard::Entry`: a board's entries in order.
+pub const BOARD_ENTRIES: TableDefinition<(&str, u32), &[u8]> =
+    TableDefinition::new("board_entries");
+
 /// Creates every table so that read transactions never meet a missing one.
 pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(META)?;
@@ -75,6 +103,10 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(EXPERIENCES_BY_TAG)?;
     txn.open_table(EXPERIENCE_COUNTS)?;
     txn.open_table(PATTERNS)?;
+    txn.open_table(MEMORY_POSTINGS)?;
+    txn.open_table(MEMORY_TERMS)?;
+    txn.open_table(MEMORY_STATS)?;
+    txn.open_table(MEMORY_RULES)?;
     txn.open_table(JOBS)?;
     txn.open_table(JOBS_BY_QUEUE)?;
     txn.open_table(JOBS_DUE)?;
@@ -86,6 +118,8 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_BY_EXPIRY)?;
     txn.open_table(RUNS)?;
+    txn.open_table(BOARD_SESSIONS)?;
+    txn.open_table(BOARD_ENTRIES)?;
     Ok(())
 }
 

@@ -1,0 +1,268 @@
+//! Running a session as a job: one committed step at a time.
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::controller::{next_action, Action, Limits};
+use super::{board, sources, Board, EntryKind, Session, SessionState};
+use crate::batch::output::ResponseRecord;
+use crate::batch::ChatJob;
+use crate::cache::Hit;
+use crate::clock::now_ms;
+use crate::error::Result;
+use crate::queue::{checkpoint_in, complete_in, load_checkpoint_read, Failure, Lease};
+use crate::store::codec;
+use crate::store::experience::{self, ExperienceData, NewExperience, Outcome};
+use crate::worker::{failure, ignore_lost, question_of, saturate, CacheWrite, CallError, Workers};
+
+/// Re-solves the critic may ask for in one session.
+const MAX_REVISIONS: u32 = 1;
+
+/// The job's checkpoint: steps committed so far (the board holds the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Progress {
+    steps_done: u32,
+}
+
+/// Stops the lease heartbeat when the session ends or its task is aborted.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs (or resumes) the blackboard session of a leased job to a durable end state.
+pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
+    let request: Value = match serde_json::from_str(&job.body) {
+        Ok(v) => v,
+        Err(e) => {
+            let f = failure("bad_payload", format!("request body is not JSON: {e}"));
+            return workers.fail(&lease, &f, Failure::Fatal).await;
+        }
+    };
+    let _heartbeat = AbortOnDrop(workers.spawn_heartbeat(lease.clone()));
+    let limits = Limits {
+        max_steps: workers.config.blackboard_max_steps.max(1),
+        max_revisions: MAX_REVISIONS,
+    };
+    let mut board = match open(workers, &lease, &job).await {
+        Ok(b) => b,
+        Err(e) => return ignore_lost(e),
+    };
+    loop {
+        let action = next_action(&board, limits);
+        let first_new = u32::try_from(board.entries.len()).unwrap_or(u32::MAX);
+        // A fresh response goes to the disk cache in its step's transaction.
+        let cache_write = match action {
+            Action::Done => return complete(workers, &lease, &job, board).await,
+            Action::FinalFromBest => {
+                sources::final_from_best(&mut board, now_ms());
+                None
+            }
+            _ => {
+                let body = step_request(&request, &sources::prompt(&board, action));
+                let (outcome, hit, write) = match workers.call_deferred(&body).await {
+                    Ok(answer) => answer,
+                    Err(CallError::Store(e)) => return Err(e),
+                    Err(CallError::Llm(e)) => return workers.handle_llm_error(&lease, e).await,
+                };
+                let usage = outcome.response.usage.clone().unwrap_or_default();
+                let cached = matches!(hit, Hit::Memory | Hit::Disk);
+                let s = &mut board.session;
+                s.steps_done += 1;
+                s.prompt_tokens += usage.prompt_tokens;
+                s.completion_tokens += usage.completion_tokens;
+                s.cached_steps += u32::from(cached);
+                if let Some(model) = &outcome.response.model {
+                    s.model.clone_from(model);
+                }
+                if !cached {
+                    let stats = &workers.stats;
+                    stats
+                        .prompt_tokens
+                        .fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+                    stats
+                        .completion_tokens
+                        .fetch_add(usage.completion_tokens, Ordering::Relaxed);
+                }
+                let answer = outcome.response.content().unwrap_or_default().to_string();
+                sources::apply(&mut board, action, &answer, now_ms());
+                write
+            }
+        };
+        if let Err(e) = commit_step(workers, &lease, &board, first_new, cache_write).await {
+            return ignore_lost(e);
+        }
+    }
+}
+
+/// The session of this job: resumed from the board, or created with its problem entry.
+async fn open(workers: &Workers, lease: &Lease, job: &ChatJob) -> Result<Board> {
+    let job_id = lease.job.id;
+    let found = workers
+        .queue
+        .store()
+        .read(move |txn| {
+            let board = board::load_read(txn, &board::session_id(job_id))?;
+            let checkpoint = load_checkpoint_read(txn, job_id)?;
+            Ok((board, checkpoint))
+        })
+        .await?;
+    if let (Some(mut board), checkpoint) = found {
+        // Entries and checkpoint commit together; the checkpoint is the step count of record.
+        if let Some(bytes) = checkpoint {
+            let progress: Progress = codec::decode(&bytes)?;
+            board.session.steps_done = progress.steps_done;
+        }
+        return Ok(board);
+    }
+    let board = Board::start(job_id, &question_of(&job.body), &job.domain, now_ms());
+    commit_step(workers, lease, &board, 0, None).await?;
+    Ok(board)
+}
+
+/// Commits a step: its new entries, the session totals, the job's checkpoint and the step's
+/// fresh response for the disk cache, in one fenced transaction.
+async fn commit_step(
+    workers: &Workers,
+    lease: &Lease,
+    board: &Board,
+    first_new: u32,
+    cache_write: Option<CacheWrite>,
+) -> Result<()> {
+    let progress = codec::encode(&Progress {
+        steps_done: board.session.steps_done,
+    })?;
+    let (lease, board) = (lease.clone(), board.clone());
+    workers
+        .queue
+        .store()
+        .write(move |txn| {
+            checkpoint_in(txn, &lease, &progress)?;
+            if let Some(write) = &cache_write {
+                write.put_in(txn)?;
+            }
+            board::save_in(txn, &board, first_new)
+        })
+        .await
+}
+
+/// The request of one step: the line's request (model, parameters, system prompt) with the
+/// source's prompt as the one user message.
+fn step_request(request: &Value, prompt: &str) -> Value {
+    let mut body = request.clone();
+    let mut messages: Vec<Value> = request["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter(|m| m["role"] == "system")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    messages.push(json!({"role": "user", "content": prompt}));
+    body["messages"] = Value::Array(messages);
+    body
+}
+
+/// The job's result in the shape of any chat job, with the session id in the body.
+fn response_body(session: &Session, answer: &str) -> Value {
+    json!({
+        "id": session.id,
+        "object": "chat.completion",
+        "created": session.created_at / 1000,
+        "model": session.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": answer},
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": session.prompt_tokens,
+            "completion_tokens": session.completion_tokens,
+            "total_tokens": session.prompt_tokens + session.completion_tokens,
+        },
+        "board_session": session.id,
+    })
+}
+
+/// Completes the job with the final answer and records the experience, in one transaction.
+async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board) -> Result<()> {
+    let answer = board
+        .final_answer()
+        .map(|e| e.text.clone())
+        .unwrap_or_default();
+    let mut session = board.session.clone();
+    session.state = SessionState::Done;
+    session.final_answer = Some(answer.clone());
+    let now = now_ms();
+    let latency_ms = now.saturating_sub(session.created_at);
+    let all_cached = session.steps_done > 0 && session.cached_steps == session.steps_done;
+    let record = ResponseRecord {
+        status_code: 200,
+        request_id: None,
+        body: response_body(&session, &answer).to_string(),
+        cached: all_cached,
+        latency_ms,
+    };
+    let result = codec::encode(&record)?;
+    let reasoning = board
+        .entries
+        .iter()
+        .filter(|e| !matches!(e.kind, EntryKind::Problem | EntryKind::Final))
+        .map(|e| format!("[{} {}] {}", e.source, e.kind.as_str(), e.text))
+        .collect();
+    // An evaluation line is judged on the final answer, like any other strategy.
+    let outcome = job
+        .expected
+        .as_ref()
+        .map_or(Outcome::Unknown, |x| x.judge(&answer));
+    let experience = NewExperience {
+        created_at: None,
+        data: ExperienceData {
+            question: session.problem.clone(),
+            context: None,
+            reasoning,
+            answer,
+            confidence: None,
+            outcome,
+            domain: job.domain.clone(),
+            strategy: "blackboard".into(),
+            tags: Vec::new(),
+            model: session.model.clone(),
+            prompt_tokens: saturate(session.prompt_tokens),
+            completion_tokens: saturate(session.completion_tokens),
+            latency_ms,
+            job_id: Some(lease.job.id),
+            used_experiences: Vec::new(),
+        },
+    };
+    let done = Board {
+        session,
+        entries: board.entries,
+    };
+    let first_new = u32::try_from(done.entries.len()).unwrap_or(u32::MAX);
+    let lease_for_txn = lease.clone();
+    let committed = workers
+        .queue
+        .store()
+        .write(move |txn| {
+            complete_in(txn, &lease_for_txn, &result, now)?;
+            board::save_in(txn, &done, first_new)?;
+            experience::record_in(txn, &experience, now)?;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = committed {
+        return ignore_lost(e);
+    }
+    workers.stats.completed.fetch_add(1, Ordering::Relaxed);
+    if all_cached {
+        workers.stats.cached.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}

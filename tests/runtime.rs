@@ -1,0 +1,81 @@
+//! The runtime's upkeep: background tasks are cancelled and joined before the database
+//! closes, and the memory watchdog shrinks the in-memory cache above its RSS limit.
+
+use std::time::Duration;
+
+use reasonq::app::App;
+use reasonq::background::{cleanup_pass, experience_retention, Background};
+use reasonq::cache::{CacheKey, CachedResponse};
+use reasonq::clock::now_ms;
+use reasonq::config::Config;
+use reasonq::store::{Store, StoreConfig};
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut config = Config {
+        db: dir.join("db.redb"),
+        ..Config::default()
+    };
+    config.queue.lease_s = 2;
+    config.retention.interval_s = 1;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_tasks_are_joined_and_release_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::open(config(dir.path())).await.unwrap();
+    let background = Background::start(&app);
+    assert!(!background.is_empty());
+    // Let every task tick at least once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    background.stop().await;
+    app.close().await.unwrap();
+    drop(app);
+    // Had a task kept a handle, the file would still be locked by this process.
+    let store = Store::open(StoreConfig::new(dir.path().join("db.redb"))).unwrap();
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_empties_the_memory_cache_above_the_rss_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.cache.rss_limit_mb = 1; // any real process is above this
+    let app = App::open(config).await.unwrap();
+    let key = CacheKey::for_request(
+        "http://x",
+        "/chat/completions",
+        &serde_json::json!({"a": 1}),
+    );
+    let response = CachedResponse::new(200, None, "{}").stamped(now_ms(), Duration::from_secs(60));
+    app.cache.remember(key, response);
+    assert_eq!(app.cache.stats().memory_entries, 1);
+    let background = Background::start(&app);
+    let mut emptied = false;
+    for _ in 0..100 {
+        if app.cache.stats().memory_entries == 0 {
+            emptied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    background.stop().await;
+    app.close().await.unwrap();
+    assert!(emptied, "the watchdog never shrank the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_pass_on_an_empty_database_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::open(config(dir.path())).await.unwrap();
+    let report = cleanup_pass(
+        &app.queue,
+        &app.cache,
+        &app.store,
+        experience_retention(&app),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report, Default::default());
+    app.close().await.unwrap();
+}
