@@ -71,7 +71,7 @@ impl Soak {
                     ""
                 };
                 format!(
-                    r#"{{"id":"r{round}-{i:04}","question":"round {round} question {i}","params":{{"temperature":0}}{strategy}}}"#
+                    r#"{{"id":"r{round}-{i:04}","question":"round {round} question {i}.","params":{{"temperature":0}}{strategy}}}"#
                 )
             })
             .collect();
@@ -97,7 +97,14 @@ impl Soak {
             *per_batch.entry(job.queue.clone()).or_default() += 1;
             let chat: ChatJob = codec::decode(&job.payload).unwrap();
             let prompt = question_of(&chat.body);
-            let now = calls.get(&prompt).copied().unwrap_or(0);
+            // Every upstream call made for this job: its question, or a blackboard step
+            // prompt that quotes it (questions end with "." so "question 1." is not in
+            // "question 10.").
+            let now: u64 = calls
+                .iter()
+                .filter(|(p, _)| p.contains(&prompt))
+                .map(|(_, n)| n)
+                .sum();
             let first = *self.frozen.entry(prompt).or_insert(now);
             if now != first {
                 self.repeated_calls += now - first;
@@ -239,13 +246,10 @@ async fn main() {
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let id = v["custom_id"].as_str().unwrap_or_default().to_string();
-            let content = v["response"]["body"]["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap_or_default();
             let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
             if !seen.insert(id.clone()) {
                 duplicated += 1;
-            } else if content.contains(&format!("question {i}")) {
+            } else if v["error"].is_null() {
                 blackboard += usize::from(i % 5 == 0);
             }
         }
@@ -271,7 +275,7 @@ async fn main() {
     );
     println!("  batch kills {batch_kills} ({mid_batch} mid-batch), cleanup kills {cleanup_kills}");
     println!(
-        "  batches {} x {prompts} prompts ({} blackboard lines answered), upstream requests {}",
+        "  batches {} x {prompts} prompts ({} blackboard lines answered without error), upstream requests {}",
         rounds.len(),
         blackboard,
         soak.server.stats().requests
