@@ -98,7 +98,9 @@ impl Env {
     }
 
     fn request(&self) -> http::Request<Full<Bytes>> {
+        // A bare connection sends no Host header by itself, and real servers require one.
         http::Request::post(&self.url)
+            .header("host", self.addr.to_string())
             .header("content-type", "application/json")
             .body(Full::new(self.body.clone()))
             .expect("request")
