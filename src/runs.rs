@@ -21,13 +21,8 @@ pub struct RunRecord {
     pub batch: String,
     pub started_at: u64,
     pub finished_at: u64,
-    pub completed: u64,
-    pub failed: u64,
-    pub cached: u64,
-    pub retried: u64,
-    pub returned: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+    /// The workers' counters at the end of the run.
+    pub counts: RunCounts,
     pub requests_sent: u64,
     pub connections_opened: u64,
     pub http_retries: u64,
@@ -53,13 +48,7 @@ impl RunRecord {
             batch: batch.to_string(),
             started_at,
             finished_at,
-            completed: counts.completed,
-            failed: counts.failed,
-            cached: counts.cached,
-            retried: counts.retried,
-            returned: counts.returned,
-            prompt_tokens: counts.prompt_tokens,
-            completion_tokens: counts.completion_tokens,
+            counts,
             requests_sent: http.requests_sent,
             connections_opened: http.connections_opened,
             http_retries: http.retries,
@@ -117,13 +106,7 @@ pub async fn summary(app: &App) -> Result<Summary> {
         ..RunRecord::default()
     };
     for r in &runs {
-        totals.completed += r.completed;
-        totals.failed += r.failed;
-        totals.cached += r.cached;
-        totals.retried += r.retried;
-        totals.returned += r.returned;
-        totals.prompt_tokens += r.prompt_tokens;
-        totals.completion_tokens += r.completion_tokens;
+        totals.counts.add(&r.counts);
         totals.requests_sent += r.requests_sent;
         totals.connections_opened += r.connections_opened;
         totals.http_retries += r.http_retries;
@@ -167,12 +150,12 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "jobs completed:       {} ({} from cache), {} failed, {} retried",
-            t.completed, t.cached, t.failed, t.retried
+            t.counts.completed, t.counts.cached, t.counts.failed, t.counts.retried
         )?;
         writeln!(
             f,
             "tokens:               {} prompt, {} completion",
-            t.prompt_tokens, t.completion_tokens
+            t.counts.prompt_tokens, t.counts.completion_tokens
         )?;
         writeln!(
             f,

@@ -90,7 +90,7 @@ pub struct RunStats {
 }
 
 /// A point-in-time copy of [`RunStats`].
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct RunCounts {
     pub completed: u64,
     pub failed: u64,
@@ -99,6 +99,19 @@ pub struct RunCounts {
     pub returned: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+}
+
+impl RunCounts {
+    /// Adds another run's counters to these.
+    pub fn add(&mut self, other: &RunCounts) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cached += other.cached;
+        self.retried += other.retried;
+        self.returned += other.returned;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
 }
 
 impl RunStats {
