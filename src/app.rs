@@ -96,6 +96,18 @@ impl App {
         Ok(w)
     }
 
+    /// One cleanup pass with the configured retention (what `reasonq cleanup` runs; the
+    /// background task runs the same pass on a timer).
+    pub async fn cleanup(&self) -> Result<crate::background::CleanupReport> {
+        crate::background::cleanup_pass(
+            &self.queue,
+            &self.cache,
+            &self.store,
+            crate::background::experience_retention(self),
+        )
+        .await
+    }
+
     /// Closes the database after the writes already made.
     pub async fn close(&self) -> Result<()> {
         self.store.close_async().await

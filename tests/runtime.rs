@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use reasonq::app::App;
-use reasonq::background::{cleanup_pass, experience_retention, Background};
-use reasonq::cache::{CacheKey, CachedResponse};
+use reasonq::background::Background;
+use reasonq::cache::{put_in, CacheKey, CachedResponse};
 use reasonq::clock::now_ms;
 use reasonq::config::Config;
 use reasonq::store::{Store, StoreConfig};
@@ -65,17 +65,31 @@ async fn the_watchdog_empties_the_memory_cache_above_the_rss_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cleanup_pass_on_an_empty_database_removes_nothing() {
+async fn cleanup_drops_expired_cache_rows_and_keeps_fresh_ones() {
     let dir = tempfile::tempdir().unwrap();
     let app = App::open(config(dir.path())).await.unwrap();
-    let report = cleanup_pass(
-        &app.queue,
-        &app.cache,
-        &app.store,
-        experience_retention(&app),
-    )
-    .await
-    .unwrap();
-    assert_eq!(report, Default::default());
+    let key = |n: u64| {
+        CacheKey::for_request(
+            "http://x",
+            "/chat/completions",
+            &serde_json::json!({"n": n}),
+        )
+    };
+    let now = now_ms();
+    let expired =
+        CachedResponse::new(200, None, "{}").stamped(now - 60_000, Duration::from_secs(1));
+    let fresh = CachedResponse::new(200, None, "{}").stamped(now, Duration::from_secs(3600));
+    app.store
+        .write(move |txn| {
+            put_in(txn, &key(1), &expired)?;
+            put_in(txn, &key(2), &fresh)
+        })
+        .await
+        .unwrap();
+    let report = app.cleanup().await.unwrap();
+    assert_eq!(report.cache_entries_expired, 1);
+    assert_eq!(report.jobs_pruned, 0);
+    let again = app.cleanup().await.unwrap();
+    assert_eq!(again.cache_entries_expired, 0);
     app.close().await.unwrap();
 }

@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 use super::args::{ExperiencesCommand, JobsCommand, ResultsArgs, SubmitArgs};
 use super::{fail, CliError, CliResult, Outcome};
 use crate::app::App;
-use crate::background::{cleanup_pass, experience_retention};
 use crate::batch::export::{export, write_jsonl};
 use crate::batch::output::{FailureRecord, ResponseRecord};
 use crate::batch::ChatJob;
@@ -439,14 +438,7 @@ pub async fn patterns(config: Config, as_json: bool) -> CliResult {
 /// `reasonq cleanup`.
 pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let report = cleanup_pass(
-        &app.queue,
-        &app.cache,
-        &app.store,
-        experience_retention(&app),
-    )
-    .await
-    .map_err(fail)?;
+    let report = app.cleanup().await.map_err(fail)?;
     app.close().await.map_err(fail)?;
     if as_json {
         return print_json(&serde_json::to_value(report).map_err(fail)?);
