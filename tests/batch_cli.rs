@@ -184,3 +184,26 @@ async fn a_new_batch_with_known_prompts_is_answered_from_the_disk_cache() {
     assert_eq!(lines.len(), 20);
     assert!(answer(&lines[7]).contains("question number 7"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelled_model_fails_before_anything_is_enqueued_or_sent() {
+    let env = Env::start(SimConfig::default()).await;
+    env.write_input(
+        "in.jsonl",
+        &[
+            r#"{"id":"a","question":"q1","model":"grok-4"}"#.to_string(),
+            r#"{"id":"b","question":"q2","model":"grok4"}"#.to_string(),
+        ],
+    );
+    let out = env.run(&["batch", "in.jsonl"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("model check failed") && err.contains("grok4"),
+        "{err}"
+    );
+    assert!(err.contains("grok-4"), "no suggestion in: {err}");
+    assert_eq!(env.server.stats().by_prompt.values().sum::<u64>(), 0);
+    let status = env.run(&["status", "--json"]).await;
+    assert_eq!(support::stdout(&status).trim(), "[]");
+}

@@ -58,15 +58,17 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     let connected = app.connect(simulate).await.map_err(fail)?;
     if !simulate {
         let models: BTreeSet<String> = parsed.items.iter().filter_map(model_of).collect();
-        for model in models {
-            if let Err(e) = connected.client.check_model(&model).await {
-                // Endpoints without a model list (404) should not block the batch.
-                if e.status() == Some(404) {
-                    tracing::warn!("cannot list models at the endpoint; not checking {model}");
-                    break;
-                }
-                return Err(fail(format!("model check failed: {e}")));
+        match connected
+            .client
+            .check_models(models.iter().map(String::as_str))
+            .await
+        {
+            Ok(()) => {}
+            // Endpoints without a model list (404) should not block the batch.
+            Err(e) if e.status() == Some(404) => {
+                tracing::warn!("cannot list models at the endpoint; model names not checked");
             }
+            Err(e) => return Err(fail(format!("model check failed: {e}"))),
         }
     }
 

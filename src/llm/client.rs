@@ -240,14 +240,23 @@ impl LlmClient {
 
     /// Fails fast when `model` is not served, naming close matches.
     pub async fn check_model(&self, model: &str) -> Result<(), LlmError> {
+        self.check_models([model]).await
+    }
+
+    /// [`LlmClient::check_model`] for several names with one `GET /models`; the first
+    /// unknown name is the error.
+    pub async fn check_models<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), LlmError> {
         let models = self.models().await?;
-        if models.iter().any(|m| m == model) {
-            return Ok(());
+        match names.into_iter().find(|n| !models.iter().any(|m| m == n)) {
+            None => Ok(()),
+            Some(model) => Err(LlmError::UnknownModel {
+                model: model.to_owned(),
+                suggestions: close_names(model, &models),
+            }),
         }
-        Err(LlmError::UnknownModel {
-            model: model.to_owned(),
-            suggestions: close_names(model, &models),
-        })
     }
 
     /// The retry loop shared by all endpoints: limiter, one attempt, classify,
