@@ -15,11 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use reasonq::batch::ChatJob;
+use reasonq::chat::question_of;
+use reasonq::chat::ChatJob;
+use reasonq::codec;
 use reasonq::queue::{list_read, JobState};
 use reasonq::sim::{RandomFaults, SimConfig, SimServer};
-use reasonq::store::{codec, Store, StoreConfig};
-use reasonq::worker::question_of;
+use reasonq::store::{Store, StoreConfig};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use reasonq::memory::experience::{self, ExperienceData, Indexing, NewExperience, Outcome};
 use reasonq::memory::index;
 use reasonq::memory::retrieve::{search_read, Query};
-use reasonq::store::experience::{self, ExperienceData, Indexing, NewExperience, Outcome};
 use reasonq::store::{Durability, Store, StoreConfig};
 
 const VOCABULARY: usize = 5_000;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use reasonq::store::experience::{self, ExperienceData, NewExperience, Order, Outcome};
+use reasonq::memory::experience::{self, ExperienceData, NewExperience, Order, Outcome};
 use reasonq::store::{Store, StoreConfig};
 use rusqlite::{params, Connection};
 

@@ -3,12 +3,28 @@
 //!
 //! `docs/reasonq.toml` lists every key with its default; a test keeps it equal to
 //! [`Config::default`]. The API key is never part of this: it comes from the environment only.
+//!
+//! Each default is written once: a setting of one layer (the HTTP pool, the queue, the
+//! cache, the store) takes that layer's own default; what only the application decides
+//! (endpoint, concurrency, leases, retention of the CLI) is written here. Values are
+//! typed, so a bad one fails at load with the key named; [`Config::normalized`] clamps the
+//! counts that must be at least one, once, where the configuration becomes the parts.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::Durability;
+use crate::cache::{CacheConfig, CachePolicy};
+use crate::llm::{PoolConfig, RetryPolicy};
+use crate::memory::MemoryConfig;
+use crate::queue::QueueConfig;
+use crate::store::{Durability, DEFAULT_CACHE_BYTES};
+
+/// Units of the configuration's sizes and times.
+pub(crate) const MIB: usize = 1024 * 1024;
+pub(crate) const HOUR: u64 = 3600;
+pub(crate) const DAY: u64 = 24 * HOUR;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +39,7 @@ pub struct Config {
     /// Worker tasks, i.e. requests in flight at once.
     pub concurrency: usize,
     /// `never`, `deterministic` (temperature 0 or a seed) or `always`.
-    pub cache_policy: String,
+    pub cache_policy: CachePolicy,
     pub store: StoreSection,
     pub http: HttpSection,
     pub retry: RetrySection,
@@ -33,7 +49,7 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     pub retention: RetentionSection,
     /// Memory in prompts, strategy choice and insights.
-    pub memory: crate::memory::MemoryConfig,
+    pub memory: MemoryConfig,
     pub blackboard: BlackboardSection,
 }
 
@@ -134,7 +150,7 @@ impl Default for Config {
             base_url: "https://api.x.ai/v1".into(),
             model: "grok-4".into(),
             concurrency: 16,
-            cache_policy: "deterministic".into(),
+            cache_policy: CachePolicy::default(),
             store: StoreSection::default(),
             http: HttpSection::default(),
             retry: RetrySection::default(),
@@ -143,7 +159,7 @@ impl Default for Config {
             cache: CacheSection::default(),
             shutdown: ShutdownSection::default(),
             retention: RetentionSection::default(),
-            memory: crate::memory::MemoryConfig::default(),
+            memory: MemoryConfig::default(),
             blackboard: BlackboardSection::default(),
         }
     }
@@ -158,42 +174,46 @@ impl Default for BlackboardSection {
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
-            cache_size_mb: 16,
-            durability: Durability::Immediate,
+            cache_size_mb: DEFAULT_CACHE_BYTES / MIB,
+            durability: Durability::default(),
         }
     }
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
+        let pool = PoolConfig::default();
         HttpSection {
-            connect_timeout_ms: 10_000,
-            request_timeout_s: 600,
-            max_idle_per_host: 64,
-            idle_timeout_s: 90,
-            max_response_mb: 16,
-            tcp_keepalive_s: 60,
+            connect_timeout_ms: millis(pool.connect_timeout),
+            request_timeout_s: pool.request_timeout.as_secs(),
+            max_idle_per_host: pool.max_idle_per_host,
+            idle_timeout_s: pool.idle_timeout.as_secs(),
+            max_response_mb: pool.max_response_bytes / MIB,
+            tcp_keepalive_s: pool.tcp_keepalive.map_or(0, |d| d.as_secs()),
         }
     }
 }
 
 impl Default for RetrySection {
     fn default() -> Self {
+        let retry = RetryPolicy::default();
         RetrySection {
+            // Fewer than the client's own default: the queue tries the job again after.
             max_attempts: 4,
-            base_ms: 500,
-            cap_ms: 30_000,
-            deadline_s: 900,
+            base_ms: millis(retry.base),
+            cap_ms: millis(retry.cap),
+            deadline_s: retry.deadline.map_or(0, |d| d.as_secs()),
         }
     }
 }
 
 impl Default for QueueSection {
     fn default() -> Self {
+        let queue = QueueConfig::default();
         QueueSection {
-            max_attempts: 10,
-            backoff_base_s: 2,
-            backoff_cap_s: 600,
+            max_attempts: queue.default_max_attempts,
+            backoff_base_s: queue.backoff_base.as_secs(),
+            backoff_cap_s: queue.backoff_cap.as_secs(),
             lease_s: 120,
         }
     }
@@ -201,10 +221,11 @@ impl Default for QueueSection {
 
 impl Default for CacheSection {
     fn default() -> Self {
+        let cache = CacheConfig::default();
         CacheSection {
-            memory_mb: 64,
-            ttl_days: 30,
-            persist: true,
+            memory_mb: usize::try_from(cache.memory_bytes).unwrap_or(usize::MAX) / MIB,
+            ttl_days: cache.ttl.as_secs() / DAY,
+            persist: cache.persist,
             rss_limit_mb: 1024,
         }
     }
@@ -220,14 +241,34 @@ impl Default for ShutdownSection {
 
 impl Default for RetentionSection {
     fn default() -> Self {
+        // Longer than the queue's own (River's) defaults, so `reasonq results` can export a
+        // batch again weeks later.
         RetentionSection {
             experiences_days: 0,
             max_experiences: 0,
-            completed_jobs_hours: 24 * 30,
+            completed_jobs_hours: 30 * 24,
             cancelled_jobs_hours: 24,
             discarded_jobs_days: 30,
             interval_s: 300,
         }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Config {
+    /// The configuration with every count that must be at least one raised to one
+    /// (concurrency, attempts, lease, blackboard steps): the one place they are clamped.
+    pub fn normalized(mut self) -> Config {
+        self.concurrency = self.concurrency.max(1);
+        self.queue.max_attempts = self.queue.max_attempts.max(1);
+        self.queue.lease_s = self.queue.lease_s.max(1);
+        self.retry.max_attempts = self.retry.max_attempts.max(1);
+        self.blackboard.max_steps = self.blackboard.max_steps.max(1);
+        self.memory.insight_examples = self.memory.insight_examples.max(1);
+        self
     }
 }
 

@@ -1,7 +1,13 @@
 //! The crate's error type.
 //!
 //! Errors are `Clone` because one failed group commit must be reported to every caller whose
-//! write was in it; storage errors are therefore kept as text with the operation that failed.
+//! write was in it; storage errors are therefore kept as text with the operation that failed,
+//! and an LLM error is shared behind an `Arc`.
+
+use std::sync::Arc;
+
+use crate::codec::CodecError;
+use crate::llm::LlmError;
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -18,7 +24,7 @@ pub enum Error {
     },
     /// A stored record could not be encoded or decoded.
     #[error("codec error: {0}")]
-    Codec(#[from] crate::store::codec::CodecError),
+    Codec(#[from] CodecError),
     /// The file was written by a newer reasonq than this one.
     #[error("database schema version {found} is newer than this build supports ({supported}); upgrade reasonq")]
     SchemaTooNew { found: u64, supported: u64 },
@@ -41,9 +47,25 @@ pub enum Error {
     /// Bad input from a user or a file.
     #[error("{0}")]
     Invalid(String),
+    /// The LLM client could not be set up (no API key, a bad base URL) or a call failed.
+    #[error("{0}")]
+    Llm(Arc<LlmError>),
+    /// The simulated API (`--simulate`) could not start.
+    #[error("cannot start the simulated API: {0}")]
+    Simulator(String),
+    /// A task, thread or write closure failed or panicked: a bug or a runtime shutting down,
+    /// never bad input.
+    #[error("{0}")]
+    Task(String),
     /// The store's writer thread has stopped (the store was closed).
     #[error("the store is closed")]
     Closed,
+}
+
+impl From<LlmError> for Error {
+    fn from(e: LlmError) -> Self {
+        Error::Llm(Arc::new(e))
+    }
 }
 
 /// Coarse classification of storage failures, for callers that react differently to them.

@@ -1,31 +1,44 @@
 //! reasonq: durable, offline batch reasoning with LLMs.
 //!
-//! Layers, bottom up: [`store`] (one redb file, typed tables, a versioned codec and a
-//! group-committing writer thread), [`queue`] (a durable job queue on the store), [`llm`] (a
-//! tuned hyper client for OpenAI-compatible APIs) and [`sim`] (a loopback server that speaks
-//! the same wire format), [`cache`] (a two-tier prompt cache), then [`worker`] (draining a
-//! queue through cache and client), [`shutdown`] and [`background`] upkeep, and the
-//! [`cli`] over them.
+//! The layers, from the top down; each imports only from the layers below it (see
+//! `docs/architecture.md`):
+//!
+//! - [`app`]: the use cases ([`app::batch`], [`app::submit`], [`app::insights`], the read-only
+//!   [`app::inspect`] queries), the one place a [`config::Config`] becomes the parts
+//!   ([`app::App`]), background [`app::upkeep`] and the [`app::runs`] records.
+//! - [`config`]: `reasonq.toml`, `REASONQ_*` and flags as one typed configuration.
+//! - [`batch`]: the batch files only: input lines, output lines, export in input order.
+//! - [`chat`]: the chat job contract and its handler, the one-call strategies and the
+//!   durable [`chat::blackboard`], all ending in one [`chat::finish`].
+//! - [`memory`]: experiences and patterns, the full-text index and retrieval, judging,
+//!   strategies and their bandit, prompts, rules and insights.
+//! - [`runner`]: drains a queue with a handler per job kind; a running job's context
+//!   ([`runner::JobCtx`]) and the one gateway for LLM calls ([`runner::Gateway`]).
+//! - [`queue`], [`cache`]: the durable job queue and the two-tier prompt cache, on the store.
+//! - [`store`]: the redb file, its typed tables and the group-committing writer thread.
+//! - [`error`], [`codec`], [`llm`], [`sim`], [`shutdown`], [`clock`]: the ground floor: the
+//!   error type, the versioned record codec, the tuned hyper client, the loopback server that
+//!   speaks the providers' wire format, signal handling, time.
+//!
+//! The `reasonq` binary (`src/main.rs`, `src/cli/`) parses, calls a use case and prints.
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod background;
 pub mod batch;
-pub mod blackboard;
 pub mod cache;
-pub mod cli;
+pub mod chat;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod llm;
 pub mod memory;
 pub mod queue;
-pub mod runs;
+pub mod runner;
 pub mod shutdown;
 pub mod sim;
 pub mod store;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod worker;
 
 pub use error::{Error, Result};

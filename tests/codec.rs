@@ -1,9 +1,10 @@
 //! Every stored record type survives the codec, and no byte string makes decoding panic.
 
 use proptest::prelude::*;
-use reasonq::store::codec::{self, fuzz_decode_all, CodecError, FORMAT_V1};
-use reasonq::store::experience::{Experience, ExperienceData, Outcome};
-use reasonq::store::pattern::Pattern;
+use reasonq::codec::{self, CodecError, FORMAT_V1};
+use reasonq::memory::experience::{Experience, ExperienceData, Outcome};
+use reasonq::memory::pattern::Pattern;
+use reasonq::testing::fuzz;
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![Just(String::new()), ".{0,40}"]
@@ -109,21 +110,21 @@ proptest! {
         let bytes = codec::encode(&e).unwrap();
         prop_assert_eq!(bytes[0], FORMAT_V1);
         prop_assert_eq!(codec::decode::<Experience>(&bytes).unwrap(), e);
-        prop_assert_eq!(fuzz_decode_all(&bytes), Ok(()));
+        prop_assert_eq!(fuzz::codec(&bytes), Ok(()));
     }
 
     #[test]
     fn patterns_round_trip(p in pattern()) {
         let bytes = codec::encode(&p).unwrap();
         prop_assert_eq!(codec::decode::<Pattern>(&bytes).unwrap(), p);
-        prop_assert_eq!(fuzz_decode_all(&bytes), Ok(()));
+        prop_assert_eq!(fuzz::codec(&bytes), Ok(()));
     }
 
     #[test]
     fn random_bytes_decode_to_an_error_or_a_stable_value(
         bytes in prop::collection::vec(any::<u8>(), 0..300),
     ) {
-        prop_assert_eq!(fuzz_decode_all(&bytes), Ok(()));
+        prop_assert_eq!(fuzz::codec(&bytes), Ok(()));
     }
 
     #[test]
@@ -132,7 +133,7 @@ proptest! {
     ) {
         let mut framed = vec![FORMAT_V1];
         framed.extend(bytes);
-        prop_assert_eq!(fuzz_decode_all(&framed), Ok(()));
+        prop_assert_eq!(fuzz::codec(&framed), Ok(()));
     }
 
     #[test]

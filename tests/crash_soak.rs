@@ -29,8 +29,7 @@ fn completed_prompts(env: &Env) -> Vec<String> {
     store.close().unwrap();
     jobs.iter()
         .map(|job| {
-            let chat: reasonq::batch::ChatJob =
-                reasonq::store::codec::decode(&job.payload).unwrap();
+            let chat: reasonq::chat::ChatJob = reasonq::codec::decode(&job.payload).unwrap();
             let body: serde_json::Value = serde_json::from_str(&chat.body).unwrap();
             body["messages"][0]["content"].as_str().unwrap().to_string()
         })

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use reasonq::store::experience::{self, ExperienceData, NewExperience, Order, Outcome};
-use reasonq::store::pattern::{self, RECENT_EXAMPLES};
+use reasonq::memory::experience::{self, ExperienceData, NewExperience, Order, Outcome};
+use reasonq::memory::pattern::{self, RECENT_EXAMPLES};
 use reasonq::store::{tables, Durability, Store, StoreConfig};
 use reasonq::Error;
 use redb::{ReadableTable, ReadableTableMetadata};

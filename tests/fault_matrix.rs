@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use reasonq::app::App;
-use reasonq::batch::output::FailureRecord;
-use reasonq::batch::ChatJob;
+use reasonq::cache::CachePolicy;
+use reasonq::chat::ChatJob;
+use reasonq::codec;
 use reasonq::config::Config;
 use reasonq::queue::{Job, JobState, NewJob};
+use reasonq::runner::FailureRecord;
+use reasonq::runner::{DrainEnd, RunCounts};
 use reasonq::shutdown::Shutdown;
 use reasonq::sim::{Fault, SimConfig, SimServer};
-use reasonq::store::codec;
-use reasonq::worker::{DrainEnd, Workers};
 
 const QUEUE: &str = "matrix";
 
@@ -104,7 +105,11 @@ fn config(dir: &std::path::Path, base_url: String, cache: bool) -> Config {
         base_url,
         model: "grok-4".into(),
         concurrency: 2,
-        cache_policy: if cache { "always" } else { "never" }.into(),
+        cache_policy: if cache {
+            CachePolicy::Always
+        } else {
+            CachePolicy::Never
+        },
         ..Config::default()
     };
     c.http.request_timeout_s = 1;
@@ -135,20 +140,17 @@ fn enqueue_job(custom_id: &str, prompt: &str) -> NewJob {
     new
 }
 
-/// Runs the queue dry with the real worker path.
-async fn drain(app: &App, connected: &reasonq::app::Connected) -> Workers {
-    let workers = Workers::new(
-        app.queue.clone(),
-        connected.client.clone(),
-        app.cache.clone(),
-        app.worker_config(&connected.endpoint).unwrap(),
-    );
-    let end = workers
+/// Runs the queue dry with the real runner path (a new runner, so the counts are this
+/// drain's).
+async fn drain(app: &App) -> RunCounts {
+    let connected = app.connect(false).await.unwrap();
+    let end = connected
+        .runner
         .drain(QUEUE, Shutdown::new().listener())
         .await
         .unwrap();
     assert_eq!(end, DrainEnd::Finished);
-    workers
+    connected.runner.stats().snapshot()
 }
 
 /// Every job is in a final state, counts add up, no lease is held, and exactly the completed
@@ -196,7 +198,6 @@ async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
     let app = App::open(config(dir.path(), server.base_url(), cache))
         .await
         .unwrap();
-    let connected = app.connect(false).await.unwrap();
     let prompt = format!("prompt of {row}");
 
     server.push_faults([fault]);
@@ -204,10 +205,9 @@ async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
         .enqueue(enqueue_job("first", &prompt))
         .await
         .unwrap();
-    let workers = drain(&app, &connected).await;
+    let stats = drain(&app).await;
     let jobs = assert_consistent(&app, &row).await;
     let job = &jobs[0];
-    let stats = workers.stats.snapshot();
     let failure = job
         .last_error
         .as_deref()
@@ -239,7 +239,7 @@ async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
         .enqueue(enqueue_job("second", &prompt))
         .await
         .unwrap();
-    let workers = drain(&app, &connected).await;
+    let stats = drain(&app).await;
     let jobs = assert_consistent(&app, &row).await;
     let second = jobs.iter().find(|j| j.id != job.id).unwrap();
     assert_eq!(second.state, JobState::Completed, "{row}: second job");
@@ -249,11 +249,7 @@ async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
         u64::from(!from_cache),
         "{row}: upstream calls of the second job"
     );
-    assert_eq!(
-        workers.stats.snapshot().cached,
-        u64::from(from_cache),
-        "{row}"
-    );
+    assert_eq!(stats.cached, u64::from(from_cache), "{row}");
     app.close().await.unwrap();
     server.shutdown().await;
 }

@@ -1,11 +1,11 @@
 //! Memory on the store: retrieval ranking, the prompt budget, the bandit, rule scores and
 //! retention of index entries.
 
+use reasonq::memory::experience::{self, ExperienceData, NewExperience, Outcome};
 use reasonq::memory::index::{self, IndexStats};
 use reasonq::memory::prompt::{build_read, estimate_tokens};
 use reasonq::memory::retrieve::{search_read, Query};
 use reasonq::memory::{rules, strategy, Strategy};
-use reasonq::store::experience::{self, ExperienceData, NewExperience, Outcome};
 use reasonq::store::{Durability, Store, StoreConfig};
 
 const NOW: u64 = 1_800_000_000_000;

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reasonq::queue::{Counts, JobState, NewJob, Queue, QueueConfig};
-use reasonq::store::{Store, StoreConfig};
+use reasonq::store::StoreConfig;
 
 const JOBS: usize = 300;
 const HELD: usize = 8;
@@ -32,8 +32,9 @@ fn crash_child() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = Store::open_async(StoreConfig::new(path)).await.unwrap();
-        let queue = Queue::new(store, QueueConfig::default());
+        let queue = Queue::open(StoreConfig::new(path), QueueConfig::default())
+            .await
+            .unwrap();
         queue.enqueue_many(jobs()).await.unwrap();
         let lease_for = Duration::from_secs(3600);
         let held = queue
@@ -85,8 +86,9 @@ async fn crash_mid_work_loses_nothing() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let store = Store::open_async(StoreConfig::new(&path)).await.unwrap();
-    let queue = Queue::new(store, QueueConfig::default());
+    let queue = Queue::open(StoreConfig::new(&path), QueueConfig::default())
+        .await
+        .unwrap();
     let counts = queue.counts(Some("batch")).await.unwrap();
     assert_eq!(counts.total(), JOBS as u64, "no job lost: {counts:?}");
     assert_eq!(counts.running, 0, "running jobs are rescued at open");

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use reasonq::app::App;
-use reasonq::background::Background;
 use reasonq::cache::{put_in, CacheKey, CachedResponse};
 use reasonq::clock::now_ms;
 use reasonq::config::Config;
@@ -24,12 +23,11 @@ fn config(dir: &std::path::Path) -> Config {
 async fn background_tasks_are_joined_and_release_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let app = App::open(config(dir.path())).await.unwrap();
-    let background = Background::start(&app);
-    assert!(!background.is_empty());
+    assert!(app.upkeep_tasks().await > 0, "the app runs its upkeep");
     // Let every task tick at least once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    background.stop().await;
     app.close().await.unwrap();
+    assert_eq!(app.upkeep_tasks().await, 0, "closing joins every task");
     drop(app);
     // Had a task kept a handle, the file would still be locked by this process.
     let store = Store::open(StoreConfig::new(dir.path().join("db.redb"))).unwrap();
@@ -50,7 +48,6 @@ async fn the_watchdog_empties_the_memory_cache_above_the_rss_limit() {
     let response = CachedResponse::new(200, None, "{}").stamped(now_ms(), Duration::from_secs(60));
     app.cache.remember(key, response);
     assert_eq!(app.cache.stats().memory_entries, 1);
-    let background = Background::start(&app);
     let mut emptied = false;
     for _ in 0..100 {
         if app.cache.stats().memory_entries == 0 {
@@ -59,7 +56,6 @@ async fn the_watchdog_empties_the_memory_cache_above_the_rss_limit() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    background.stop().await;
     app.close().await.unwrap();
     assert!(emptied, "the watchdog never shrank the cache");
 }

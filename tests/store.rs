@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use reasonq::store::experience::{self, NewExperience};
+use reasonq::memory::experience::{self, NewExperience};
 use reasonq::store::{tables, Durability, Store, StoreConfig, SCHEMA_VERSION};
 use reasonq::Error;
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Err(finding) = reasonq::store::codec::fuzz_decode_all(data) {
+    if let Err(finding) = reasonq::testing::fuzz::codec(data) {
         panic!("{finding}");
     }
 });

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::output::{failure_line, success_line, FailureRecord, ResponseRecord};
-use super::ChatJob;
+use super::output::{failure_line, success_line};
+use crate::chat::{ChatJob, ResponseRecord};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::queue::{Job, JobState};
-use crate::store::codec;
+use crate::runner::FailureRecord;
 
 /// A batch's results, one entry per request id.
 #[derive(Debug, Default)]
@@ -69,13 +70,7 @@ pub fn export(jobs: Vec<Job>, only: Option<&HashSet<String>>) -> Result<Export> 
             JobState::Discarded | JobState::Cancelled => {
                 let failure = match (&job.last_error, job.state) {
                     (Some(text), JobState::Discarded) => FailureRecord::from_last_error(text),
-                    _ => FailureRecord {
-                        code: "cancelled".into(),
-                        message: "the job was cancelled".into(),
-                        status_code: None,
-                        request_id: None,
-                        body: None,
-                    },
+                    _ => FailureRecord::new("cancelled", "the job was cancelled"),
                 };
                 detail["error"] = json!({"code": failure.code, "message": failure.message});
                 let line = failure_line(Some(job.id), &chat.custom_id, &failure);

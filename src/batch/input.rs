@@ -21,6 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::chat::ChatJob;
 use crate::memory::{Expectation, Strategy};
 
 /// The only endpoint a batch line may name.
@@ -46,6 +47,21 @@ pub struct BatchItem {
     pub expected: Option<Expectation>,
     /// Whether memory goes into the prompt, if the line says.
     pub memory: Option<bool>,
+}
+
+impl BatchItem {
+    /// The chat job this line becomes (memory off unless the line says).
+    pub fn to_job(&self) -> ChatJob {
+        ChatJob {
+            custom_id: self.custom_id.clone(),
+            line: self.line as u64,
+            body: self.body.clone(),
+            domain: self.domain.clone(),
+            strategy: self.strategy.clone(),
+            expected: self.expected.clone(),
+            memory: self.memory.unwrap_or(false),
+        }
+    }
 }
 
 /// Fields of the short form that make the request.

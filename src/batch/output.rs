@@ -7,52 +7,11 @@
 //! `error: {"code", "message"}`. Our own details (cache, attempts, latency) are not here: they
 //! are in `reasonq results --json`.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
-/// What a finished job's result holds (encoded with the store codec in the job record).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResponseRecord {
-    pub status_code: u16,
-    pub request_id: Option<String>,
-    /// The response body exactly as received (JSON text).
-    pub body: String,
-    /// Served from the prompt cache instead of the API.
-    pub cached: bool,
-    pub latency_ms: u64,
-}
-
-/// Why a job failed, kept as JSON in the job's `last_error` so the output can show the
-/// provider's own status and error body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FailureRecord {
-    /// Stable short code (`rate_limited`, `timeout`, `bad_request`, ...).
-    pub code: String,
-    pub message: String,
-    /// Set when the server answered with an HTTP error.
-    pub status_code: Option<u16>,
-    pub request_id: Option<String>,
-    /// The provider's error body (JSON text), when it sent one.
-    pub body: Option<String>,
-}
-
-impl FailureRecord {
-    /// Reads a job's `last_error`: our JSON record, or any other text as a plain message.
-    pub fn from_last_error(text: &str) -> FailureRecord {
-        serde_json::from_str(text).unwrap_or_else(|_| FailureRecord {
-            code: "failed".into(),
-            message: text.to_string(),
-            status_code: None,
-            request_id: None,
-            body: None,
-        })
-    }
-
-    /// JSON text for `last_error`.
-    pub fn to_last_error(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| self.message.clone())
-    }
-}
+use crate::chat::ResponseRecord;
+use crate::runner::FailureRecord;
 
 /// A body as it goes into an output line: the server's JSON copied through unparsed (no
 /// value tree per line, so exporting 100k lines stays small), or text that was not JSON

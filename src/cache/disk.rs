@@ -7,7 +7,7 @@
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::{CacheKey, CachedResponse};
-use crate::store::codec;
+use crate::codec;
 use crate::store::tables::{CACHE, CACHE_BY_EXPIRY};
 use crate::Result;
 

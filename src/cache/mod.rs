@@ -92,6 +92,11 @@ impl Cache {
         Cache::with_clock(store, config, Arc::new(crate::clock::now_ms))
     }
 
+    /// The store behind the disk tier, if any.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
     /// [`Cache::new`] with a custom clock (tests).
     pub fn with_clock(store: Option<Store>, config: CacheConfig, clock: Clock) -> Cache {
         let counters = Counters::default();

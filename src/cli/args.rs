@@ -125,7 +125,7 @@ pub struct BatchArgs {
     pub skip_invalid: bool,
     /// Cache policy: never, deterministic or always.
     #[arg(long, value_name = "POLICY")]
-    pub cache: Option<String>,
+    pub cache: Option<reasonq::cache::CachePolicy>,
     /// Seconds in-flight calls may finish after the first SIGINT/SIGTERM.
     #[arg(long, value_name = "SECONDS")]
     pub drain_timeout: Option<u64>,
@@ -139,7 +139,7 @@ pub struct BatchArgs {
     /// Strategy of lines that name none (direct, chain_of_thought, structured, blackboard);
     /// without it the bandit chooses per domain among `memory.strategies`.
     #[arg(long, value_name = "NAME")]
-    pub strategy: Option<crate::memory::Strategy>,
+    pub strategy: Option<reasonq::memory::Strategy>,
 }
 
 #[derive(Debug, Args, Clone)]

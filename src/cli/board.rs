@@ -2,23 +2,17 @@
 
 use serde_json::json;
 
+use reasonq::app::{inspect, App};
+use reasonq::chat::blackboard::{Board, Entry, EntryKind, SessionState};
+use reasonq::config::Config;
+
 use super::commands::print_json;
 use super::{fail, CliResult, Outcome};
-use crate::app::App;
-use crate::blackboard::{load_read, session_id, Board, Entry, EntryKind, SessionState};
-use crate::config::Config;
 
 /// Prints session `session` (`bb-<job id>`, or just the job id).
 pub async fn board(config: Config, session: String, as_json: bool) -> CliResult {
-    let id = match session.parse::<u64>() {
-        Ok(job_id) => session_id(job_id),
-        Err(_) => session.clone(),
-    };
     let app = App::open(config).await.map_err(fail)?;
-    let found = {
-        let id = id.clone();
-        app.store.read(move |txn| load_read(txn, &id)).await
-    };
+    let found = inspect::board(&app, &session).await;
     app.close().await.map_err(fail)?;
     let board = found
         .map_err(fail)?
@@ -32,7 +26,7 @@ pub async fn board(config: Config, session: String, as_json: bool) -> CliResult 
 
 /// The board as a tree: the problem, each sub-problem with its solutions and critiques,
 /// then the other entries (unrelated critiques, rejected output, the final answer).
-pub fn render(board: &Board) -> String {
+fn render(board: &Board) -> String {
     let s = &board.session;
     let state = match s.state {
         SessionState::Running => "running",

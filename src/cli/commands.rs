@@ -2,22 +2,18 @@
 
 use serde_json::{json, Value};
 
+use reasonq::app::inspect::{self, job_detail};
+use reasonq::app::submit::{self, Question, Submitted};
+use reasonq::app::App;
+use reasonq::batch::export::write_jsonl;
+use reasonq::config::Config;
+use reasonq::memory::experience::{Experience, Order};
+use reasonq::queue::JobState;
+use reasonq::runner::FailureRecord;
+use reasonq::shutdown::{exit_code, Shutdown};
+
 use super::args::{ExperiencesCommand, JobsCommand, ResultsArgs, SubmitArgs};
 use super::{fail, CliError, CliResult, Outcome};
-use crate::app::App;
-use crate::batch::export::{export, write_jsonl};
-use crate::batch::output::{FailureRecord, ResponseRecord};
-use crate::batch::ChatJob;
-use crate::config::Config;
-use crate::queue::{JobState, NewJob};
-use crate::runs;
-use crate::shutdown::{exit_code, Shutdown};
-use crate::store::codec;
-use crate::store::experience::{Experience, Order};
-use crate::worker::{DrainEnd, Workers};
-
-/// The queue `reasonq submit` uses.
-const SUBMIT_QUEUE: &str = "submit";
 
 /// Prints rows as aligned columns under a header.
 pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
@@ -60,61 +56,25 @@ pub(super) fn short(text: &str, max: usize) -> String {
 
 /// `reasonq submit`: one question through the same durable path as a batch.
 pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResult {
-    let mut messages = Vec::new();
-    if let Some(system) = &args.system {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    messages.push(json!({"role": "user", "content": args.question}));
-    let body = json!({
-        "model": config.model,
-        "messages": messages,
-        "temperature": args.temperature,
-    });
+    let question = Question {
+        text: args.question,
+        system: args.system,
+        domain: args.domain,
+        temperature: args.temperature,
+    };
     let app = App::open(config).await.map_err(fail)?;
     let connected = app.connect(simulate).await.map_err(fail)?;
-    let job = ChatJob {
-        custom_id: format!("submit-{}", crate::clock::now_ms()),
-        line: 0,
-        body: body.to_string(),
-        domain: args.domain.clone(),
-        strategy: None,
-        expected: None,
-        memory: false,
-    };
-    let mut new = NewJob::new(SUBMIT_QUEUE, "chat", codec::encode(&job).map_err(fail)?);
-    new.dedup_key = Some(job.dedup_key(&connected.endpoint));
-    let enqueued = app.queue.enqueue(new).await.map_err(fail)?;
-    let workers = Workers::new(
-        app.queue.clone(),
-        connected.client.clone(),
-        app.cache.clone(),
-        app.worker_config(&connected.endpoint).map_err(fail)?,
-    );
     let shutdown = Shutdown::new();
     let _signals = shutdown.listen_for_signals().map_err(fail)?;
-    let end = workers
-        .drain(SUBMIT_QUEUE, shutdown.listener())
-        .await
-        .map_err(fail)?;
-    let job = app
-        .queue
-        .get(enqueued.id)
-        .await
-        .map_err(fail)?
-        .ok_or_else(|| fail("the submitted job disappeared"))?;
+    let submitted = submit::submit(&app, &connected, &question, shutdown.listener()).await;
     app.close().await.map_err(fail)?;
-    if let DrainEnd::Stopped(phase) = end {
-        eprintln!("stopped; the question stays queued as job {}", job.id);
-        return Ok(Outcome::Exit(exit_code(phase.signal())));
-    }
-    match (job.state, &job.result, &job.last_error) {
-        (JobState::Completed, Some(bytes), _) => {
-            let response: ResponseRecord = codec::decode(bytes).map_err(fail)?;
-            if args.json {
-                let body: Value = serde_json::from_str(&response.body).map_err(fail)?;
-                return print_json(&body);
-            }
-            let body: Value = serde_json::from_str(&response.body).map_err(fail)?;
+    match submitted.map_err(fail)? {
+        Submitted::Stopped { job_id, phase } => {
+            eprintln!("stopped; the question stays queued as job {job_id}");
+            Ok(Outcome::Exit(exit_code(phase.signal())))
+        }
+        Submitted::Answered(body) if args.json => print_json(&body),
+        Submitted::Answered(body) => {
             emit!(
                 "{}",
                 body["choices"][0]["message"]["content"]
@@ -123,31 +83,25 @@ pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResu
             )?;
             Ok(Outcome::Done)
         }
-        (_, _, Some(error)) => Err(fail(FailureRecord::from_last_error(error).message)),
-        (state, _, _) => Err(fail(format!("the job ended {state}"))),
     }
 }
 
 /// `reasonq status`: counts by state per batch, and tokens spent.
 pub async fn status(config: Config, as_json: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let mut rows = Vec::new();
-    for queue in app.queue.queues().await.map_err(fail)? {
-        let counts = app.queue.counts(Some(&queue)).await.map_err(fail)?;
-        let tokens = runs::tokens_of(&app.queue.jobs_in_queue(&queue).await.map_err(fail)?);
-        rows.push((queue, counts, tokens));
-    }
+    let rows = inspect::status(&app).await;
     app.close().await.map_err(fail)?;
+    let rows = rows.map_err(fail)?;
     if as_json {
         let list: Vec<Value> = rows
             .iter()
-            .map(|(q, c, t)| {
+            .map(|r| {
                 let mut states = serde_json::Map::new();
                 for s in JobState::ALL {
-                    states.insert(s.as_str().into(), json!(c.get(s)));
+                    states.insert(s.as_str().into(), json!(r.counts.get(s)));
                 }
-                json!({"batch": q, "states": states, "total": c.total(),
-                       "prompt_tokens": t.0, "completion_tokens": t.1})
+                json!({"batch": r.batch, "states": states, "total": r.counts.total(),
+                       "prompt_tokens": r.tokens.0, "completion_tokens": r.tokens.1})
             })
             .collect();
         return print_json(&Value::Array(list));
@@ -161,11 +115,11 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
     header.extend(["total", "tokens (prompt/completion)"]);
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|(q, c, t)| {
-            let mut row = vec![q.clone()];
-            row.extend(JobState::ALL.iter().map(|s| c.get(*s).to_string()));
-            row.push(c.total().to_string());
-            row.push(format!("{}/{}", t.0, t.1));
+        .map(|r| {
+            let mut row = vec![r.batch.clone()];
+            row.extend(JobState::ALL.iter().map(|s| r.counts.get(*s).to_string()));
+            row.push(r.counts.total().to_string());
+            row.push(format!("{}/{}", r.tokens.0, r.tokens.1));
             row
         })
         .collect();
@@ -176,15 +130,9 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
 /// `reasonq results BATCH`: export again.
 pub async fn results(config: Config, args: ResultsArgs) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let jobs = app.queue.jobs_in_queue(&args.batch).await.map_err(fail)?;
+    let out = inspect::results(&app, &args.batch).await;
     app.close().await.map_err(fail)?;
-    if jobs.is_empty() {
-        return Err(fail(format!(
-            "no batch named {:?}; `reasonq status` lists them",
-            args.batch
-        )));
-    }
-    let out = export(jobs, None).map_err(fail)?;
+    let out = out.map_err(fail)?;
     let lines = if args.json { &out.details } else { &out.lines };
     match &args.output {
         Some(path) => {
@@ -211,33 +159,6 @@ pub async fn jobs(config: Config, cmd: JobsCommand) -> CliResult {
     result
 }
 
-fn job_json(job: &crate::queue::Job) -> Value {
-    let chat: Option<ChatJob> = codec::decode(&job.payload).ok();
-    let result: Option<ResponseRecord> = job.result.as_deref().and_then(|b| codec::decode(b).ok());
-    json!({
-        "id": job.id,
-        "batch": job.queue,
-        "kind": job.kind,
-        "state": job.state.as_str(),
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "priority": job.priority,
-        "run_at": job.run_at,
-        "created_at": job.created_at,
-        "finished_at": job.finished_at,
-        "lease_owner": job.lease_owner,
-        "lease_expires_at": job.lease_expires_at,
-        "custom_id": chat.as_ref().map(|c| c.custom_id.clone()),
-        "request": chat.as_ref().and_then(|c| serde_json::from_str::<Value>(&c.body).ok()),
-        "response": result.as_ref().map(|r| json!({
-            "status_code": r.status_code, "request_id": r.request_id, "cached": r.cached,
-            "latency_ms": r.latency_ms,
-            "body": serde_json::from_str::<Value>(&r.body).unwrap_or(Value::String(r.body.clone())),
-        })),
-        "last_error": job.last_error.as_deref().map(FailureRecord::from_last_error),
-    })
-}
-
 async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
     match cmd {
         JobsCommand::List {
@@ -256,16 +177,15 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
                 .await
                 .map_err(fail)?;
             if as_json {
-                return print_json(&Value::Array(jobs.iter().map(job_json).collect()));
+                return print_json(&Value::Array(jobs.iter().map(job_detail).collect()));
             }
             let rows: Vec<Vec<String>> = jobs
                 .iter()
                 .map(|j| {
-                    let id: Option<ChatJob> = codec::decode(&j.payload).ok();
                     vec![
                         j.id.to_string(),
                         j.queue.clone(),
-                        id.map(|c| c.custom_id).unwrap_or_default(),
+                        inspect::custom_id(j).unwrap_or_default(),
                         j.state.as_str().to_string(),
                         format!("{}/{}", j.attempt, j.max_attempts),
                         j.last_error
@@ -295,7 +215,7 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
                 .await
                 .map_err(fail)?
                 .ok_or_else(|| fail(format!("no job {id}")))?;
-            print_json(&job_json(&job))
+            print_json(&job_detail(&job))
         }
         JobsCommand::Retry { id } => {
             app.queue.retry(id).await.map_err(fail)?;
@@ -394,7 +314,7 @@ pub async fn patterns(config: Config, as_json: bool) -> CliResult {
     let list = app.store.patterns(None).await.map_err(fail)?;
     let rules = app
         .store
-        .read(|txn| crate::memory::rules::list_read(txn, None))
+        .read(|txn| reasonq::memory::rules::list_read(txn, None))
         .await
         .map_err(fail)?;
     app.close().await.map_err(fail)?;
@@ -453,8 +373,9 @@ pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
 /// `reasonq stats`: figures of the recorded runs.
 pub async fn stats(config: Config, as_json: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let summary = runs::summary(&app).await.map_err(fail)?;
+    let summary = inspect::stats(&app).await;
     app.close().await.map_err(fail)?;
+    let summary = summary.map_err(fail)?;
     if as_json {
         return print_json(&serde_json::to_value(&summary).map_err(fail)?);
     }
@@ -465,8 +386,10 @@ pub async fn stats(config: Config, as_json: bool) -> CliResult {
 /// `reasonq models`.
 pub async fn models(config: Config, as_json: bool, simulate: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let connected = app.connect(simulate).await.map_err(fail)?;
-    let models = connected.client.models().await.map_err(fail);
+    let models = match app.connect(simulate).await {
+        Ok(connected) => connected.client().models().await.map_err(fail),
+        Err(e) => Err(fail(e)),
+    };
     app.close().await.map_err(fail)?;
     let models = models?;
     if as_json {

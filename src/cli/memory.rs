@@ -2,26 +2,26 @@
 
 use serde_json::json;
 
+use reasonq::app::{insights, App};
+use reasonq::clock::now_ms;
+use reasonq::config::Config;
+use reasonq::memory::retrieve::{search_experiences_read, Query};
+use reasonq::memory::rules::Rule;
+use reasonq::store::Store;
+
 use super::args::InsightsArgs;
 use super::commands::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
 use super::{fail, CliError, CliResult, Outcome};
-use crate::app::App;
-use crate::config::Config;
-use crate::memory::insights;
-use crate::memory::retrieve::{search_experiences_read, Query};
-use crate::memory::rules::Rule;
-use crate::store::Store;
-use crate::worker::Workers;
 
 /// `reasonq experiences search TEXT`.
-pub async fn search(
+pub(super) async fn search(
     store: &Store,
     text: String,
     domain: Option<String>,
     limit: usize,
     as_json: bool,
 ) -> CliResult {
-    let now = crate::clock::now_ms();
+    let now = now_ms();
     let hits = store
         .read(move |txn| {
             let q = Query {
@@ -61,7 +61,7 @@ pub async fn search(
 }
 
 /// The rules table under `reasonq patterns`.
-pub fn print_rules(rules: &[Rule]) -> Result<(), CliError> {
+pub(super) fn print_rules(rules: &[Rule]) -> Result<(), CliError> {
     if rules.is_empty() {
         return emit!("\nno rules yet (`reasonq insights DOMAIN` learns them)");
     }
@@ -86,20 +86,14 @@ pub fn print_rules(rules: &[Rule]) -> Result<(), CliError> {
 }
 
 /// `reasonq insights DOMAIN`.
-pub async fn insights(config: Config, args: InsightsArgs, simulate: bool) -> CliResult {
-    let n = config.memory.insight_examples.max(1);
+pub(super) async fn insights(config: Config, args: InsightsArgs, simulate: bool) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let result = async {
-        let connected = app.connect(simulate).await.map_err(fail)?;
-        let workers = Workers::new(
-            app.queue.clone(),
-            connected.client.clone(),
-            app.cache.clone(),
-            app.worker_config(&connected.endpoint).map_err(fail)?,
-        );
-        insights::run(&workers, &args.domain, n).await.map_err(fail)
-    }
-    .await;
+    let result = match app.connect(simulate).await {
+        Ok(connected) => insights::insights(&app, &connected.gateway, &args.domain)
+            .await
+            .map_err(fail),
+        Err(e) => Err(fail(e)),
+    };
     app.close().await.map_err(fail)?;
     let rules = result?;
     if args.json {

@@ -1,33 +1,31 @@
-//! The command-line interface: parse arguments, load configuration, run one subcommand.
-//! `main.rs` only calls [`main`].
+//! The command-line interface: parse arguments, load configuration (file, environment, then
+//! flags), run one subcommand's use case and print what it returns.
 
 /// Prints a line to stdout; a closed pipe (`reasonq results B | head`) ends the command
 /// quietly instead of panicking.
 macro_rules! emit {
     ($($arg:tt)*) => {
-        $crate::cli::write_line(format_args!($($arg)*))
+        crate::cli::write_line(format_args!($($arg)*))
     };
 }
 
-pub mod args;
+mod args;
 mod batch;
 mod board;
 mod commands;
 mod memory;
-pub mod progress;
+mod progress;
 
 use std::fmt::Display;
 
 use clap::Parser;
 
-pub use args::Cli;
-use args::{Command, Global};
-
-use crate::config::Config;
+use args::{Cli, Command, Global};
+use reasonq::config::Config;
 
 /// How a command ended successfully.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Done,
     /// Finished early with this exit code (e.g. 130 after SIGINT).
     Exit(i32),
@@ -35,15 +33,15 @@ pub enum Outcome {
 
 /// A command's failure: the message for stderr and the exit code.
 #[derive(Debug)]
-pub struct CliError {
+pub(crate) struct CliError {
     pub message: String,
     pub code: i32,
 }
 
-pub type CliResult = Result<Outcome, CliError>;
+pub(crate) type CliResult = Result<Outcome, CliError>;
 
 /// A failure with exit code 1.
-pub fn fail(message: impl Display) -> CliError {
+pub(crate) fn fail(message: impl Display) -> CliError {
     CliError {
         message: message.to_string(),
         code: 1,
@@ -65,7 +63,7 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) -> Result<(), CliError> 
 }
 
 /// Runs the CLI and returns the process exit code.
-pub fn main() -> i32 {
+pub(crate) fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(&cli.global.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -99,8 +97,9 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
-/// Configuration from file and environment, then the global flags on top.
-pub fn load_config(global: &Global) -> Result<Config, CliError> {
+/// Configuration from file and environment, then the global flags on top (a command's own
+/// flags go on top of that in [`run`]: each flag overrides the configuration in one place).
+fn load_config(global: &Global) -> Result<Config, CliError> {
     let mut config = Config::load(global.config.as_deref(), std::env::vars()).map_err(fail)?;
     if let Some(db) = &global.db {
         config.db = db.clone();
@@ -120,10 +119,13 @@ async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Batch(args) => {
             if let Some(c) = args.concurrency {
-                config.concurrency = c.max(1);
+                config.concurrency = c;
             }
-            if let Some(p) = &args.cache {
-                config.cache_policy = p.clone();
+            if let Some(p) = args.cache {
+                config.cache_policy = p;
+            }
+            if let Some(s) = args.drain_timeout {
+                config.shutdown.drain_timeout_s = s;
             }
             batch::run(config, args, simulate).await
         }

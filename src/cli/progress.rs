@@ -6,15 +6,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::worker::{RunCounts, RunStats};
-
-/// Where the run started from: jobs already finished before this run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Baseline {
-    pub total: u64,
-    pub completed: u64,
-    pub failed: u64,
-}
+use reasonq::app::batch::Baseline;
+use reasonq::runner::{RunCounts, RunStats};
 
 /// Reports progress until dropped or [`Progress::finish`]ed.
 pub struct Progress {

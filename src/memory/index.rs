@@ -11,7 +11,7 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::store::experience::{Experience, Outcome};
+use crate::memory::experience::{Experience, Outcome};
 use crate::store::tables::{
     Posting, PostingKey, MEMORY_DOCS, MEMORY_POSTINGS, MEMORY_STATS, MEMORY_TERMS, MEMORY_TOTAL_LEN,
 };

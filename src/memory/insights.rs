@@ -1,12 +1,11 @@
 //! The insights step (after ExpeL): show the model recent successes and failures of a domain,
-//! ask for short rules, store them as patterns with their evidence.
+//! ask for short rules, store them with their evidence. This module builds the request and
+//! reads the reply; the use case that makes the call is `app::insights`.
 
 use serde_json::{json, Value};
 
-use super::rules::{self, Rule};
-use crate::error::{Error, Result};
-use crate::store::experience::{self, Experience, Order, Outcome};
-use crate::worker::{CallError, Workers};
+use crate::error::Result;
+use crate::memory::experience::{self, Experience, Order, Outcome};
 
 /// Rules kept from one reply at most.
 pub const MAX_RULES: usize = 8;
@@ -97,32 +96,6 @@ pub fn parse_rules(content: &str) -> Vec<String> {
         })
         .take(MAX_RULES)
         .collect()
-}
-
-/// Runs the insights step for `domain` over up to `n` successes and `n` failures; returns
-/// the rules stored (new or reinforced). Fails when the domain has no judged experience;
-/// a reply without rules stores nothing.
-pub async fn run(workers: &Workers, domain: &str, n: usize) -> Result<Vec<Rule>> {
-    let store = workers.queue.store().clone();
-    let d = domain.to_string();
-    let (successes, failures) = store.read(move |txn| evidence_read(txn, &d, n)).await?;
-    if successes.is_empty() && failures.is_empty() {
-        return Err(Error::Invalid(format!(
-            "domain {domain:?} has no experience with a known outcome to learn from"
-        )));
-    }
-    let body = request(domain, &successes, &failures);
-    let (outcome, _) = workers.call(&body).await.map_err(|e| match e {
-        CallError::Store(e) => e,
-        CallError::Llm(e) => Error::Invalid(format!("the insights call failed: {e}")),
-    })?;
-    let texts = parse_rules(outcome.response.content().unwrap_or_default());
-    let evidence: Vec<u64> = successes.iter().chain(&failures).map(|e| e.id).collect();
-    let domain = domain.to_string();
-    let now = crate::clock::now_ms();
-    store
-        .write(move |txn| rules::add_in(txn, &domain, &texts, &evidence, now))
-        .await
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::experience::Outcome;
+use crate::memory::experience::Outcome;
 
 /// Default tolerance of the `numeric` rule (see [`MatchRule::Numeric`]).
 pub const DEFAULT_TOLERANCE: f64 = 1e-6;

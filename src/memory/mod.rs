@@ -1,11 +1,18 @@
-//! Experiences that teach: judging answers against expectations, strategies and the bandit
-//! that picks one, a full-text index of experiences with BM25 retrieval, memory sections in
-//! prompts, and insight rules learned from successes and failures. See docs/memory.md.
+//! Experiences that teach: the experience log and its per-domain patterns, judging answers
+//! against expectations, strategies and the bandit that picks one, a full-text index of
+//! experiences with BM25 retrieval, memory sections in prompts, and insight rules learned
+//! from successes and failures. See docs/memory.md.
+//!
+//! The operations on experiences and patterns are methods of [`Store`](crate::store::Store)
+//! defined here ([`experience`], [`pattern`]): the store holds the file, this layer says what
+//! an experience is.
 
 pub mod apply;
+pub mod experience;
 pub mod index;
 pub mod insights;
 pub mod judge;
+pub mod pattern;
 pub mod prompt;
 pub mod retrieve;
 pub mod rules;

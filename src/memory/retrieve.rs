@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::index::{outcome_code, tokenize};
 use crate::error::Result;
-use crate::store::experience::{self, Experience, Outcome};
+use crate::memory::experience::{self, Experience, Outcome};
 use crate::store::tables::{
     EXPERIENCE_COUNTS, MEMORY_DOCS, MEMORY_POSTINGS, MEMORY_STATS, MEMORY_TERMS, MEMORY_TOTAL_LEN,
 };

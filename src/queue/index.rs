@@ -5,8 +5,9 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::job::{Job, JobState, Lease};
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::store::{codec, tables};
+use crate::store::tables;
 
 /// Key of a waiting job in `JOBS_DUE`: best priority first, then earliest run_at, then FIFO.
 fn due_key(job: &Job, run_at: u64) -> (&str, u8, u64, u64) {

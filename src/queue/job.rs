@@ -391,7 +391,7 @@ mod opt_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::codec;
+    use crate::codec;
 
     fn sample() -> Job {
         Job {

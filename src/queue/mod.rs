@@ -20,7 +20,7 @@ pub use job::{
     Counts, Enqueued, Failure, Job, JobState, Lease, NewJob, QueueConfig, Retention,
     FREE_INTERRUPTIONS,
 };
-pub(crate) use ops::rescue_at_open;
+pub use ops::rescue_at_open;
 pub use ops::{
     cancel_in, checkpoint_in, complete_in, complete_many_in, enqueue_in, enqueue_many_in, fail_in,
     heartbeat_in, lease_in, prune_in, release_in, rescue_expired_in, rescue_interrupted_in,
@@ -32,7 +32,7 @@ pub use read::{
 
 use crate::clock::now_ms;
 use crate::error::Result;
-use crate::store::Store;
+use crate::store::{Store, StoreConfig};
 use backoff::duration_ms;
 
 /// The job queue on a [`Store`]. Cheap to clone.
@@ -43,9 +43,17 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A queue on `store` with `config`'s policy.
+    /// A queue on `store` with `config`'s policy. A store the queue is reopened on after a
+    /// crash should have been opened with [`rescue_at_open`] handed in, as [`Queue::open`]
+    /// does; otherwise the jobs a dead process left running wait for their leases to expire.
     pub fn new(store: Store, config: QueueConfig) -> Queue {
         Queue { store, config }
+    }
+
+    /// Opens the store with the queue's open hook ([`rescue_at_open`]) and a queue on it.
+    pub async fn open(store: StoreConfig, config: QueueConfig) -> Result<Queue> {
+        let store = Store::open_async(store.with_open_hook(rescue_at_open)).await?;
+        Ok(Queue::new(store, config))
     }
 
     /// The underlying store, to compose queue operations with other writes.

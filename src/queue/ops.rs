@@ -445,8 +445,10 @@ fn rescue(
     Ok(ids.len())
 }
 
-/// The open hook registered in the store: rescues every job left running by a dead process.
-pub(crate) fn rescue_at_open(txn: &WriteTransaction) -> Result<()> {
+/// The queue's open hook ([`StoreConfig::with_open_hook`](crate::store::StoreConfig::with_open_hook)):
+/// rescues every job left running by a dead process. redb lets one process hold the file, so
+/// at open any running job is orphaned.
+pub fn rescue_at_open(txn: &WriteTransaction) -> Result<()> {
     let n = rescue_interrupted_in(txn, crate::clock::now_ms())?;
     if n > 0 {
         tracing::warn!(jobs = n, "rescued jobs left running by a stopped process");

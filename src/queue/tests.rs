@@ -352,7 +352,8 @@ fn reopening_rescues_running_jobs_and_crash_loops_still_end() {
     // Each round leases the job and "crashes" (closes without finishing it).
     let mut states = Vec::new();
     for _ in 0..(FREE_INTERRUPTIONS + 3) {
-        let store = Store::open(StoreConfig::new(&path)).unwrap();
+        // The queue's open hook does the rescue, as every App::open hands it in.
+        let store = Store::open(StoreConfig::new(&path).with_open_hook(rescue_at_open)).unwrap();
         let job = store
             .read_blocking(|txn| get_read(txn, id))
             .unwrap()

@@ -1,5 +1,7 @@
 //! The embedded store: one redb file holding experiences, patterns, the job queue and the
-//! response cache.
+//! response cache. This layer knows the file, its tables and its writer; what the records
+//! mean belongs to the modules above, which hand in what must run at open (see
+//! [`StoreConfig::with_open_hook`]).
 //!
 //! redb is synchronous, so nothing here runs on the async runtime. Writes go to one dedicated
 //! writer thread that **groups** the requests waiting in its channel into one transaction
@@ -8,9 +10,6 @@
 //! Reads run on `spawn_blocking` with their own read transaction (MVCC: they never wait for
 //! the writer).
 
-pub mod codec;
-pub mod experience;
-pub mod pattern;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +45,12 @@ pub enum Durability {
     None,
 }
 
+/// A step run in the open transaction of every [`Store::open`], after the schema check.
+pub type OpenHook = fn(&WriteTransaction) -> Result<()>;
+
+/// redb's page cache by default: redb's own default is 1 GiB; 16 MiB keeps RSS small.
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// How to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -57,6 +62,9 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// Most write requests one group commit may carry.
     pub max_group: usize,
+    /// Run at open, in order, in the transaction that checks the schema (the queue's rescue
+    /// of jobs a dead process left running is one).
+    pub on_open: Vec<OpenHook>,
 }
 
 impl StoreConfig {
@@ -64,10 +72,17 @@ impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         StoreConfig {
             path: path.into(),
-            cache_size_bytes: 16 * 1024 * 1024,
+            cache_size_bytes: DEFAULT_CACHE_BYTES,
             durability: Durability::Immediate,
             max_group: 1024,
+            on_open: Vec::new(),
         }
+    }
+
+    /// Adds a step to run at every open.
+    pub fn with_open_hook(mut self, hook: OpenHook) -> Self {
+        self.on_open.push(hook);
+        self
     }
 }
 
@@ -108,7 +123,7 @@ impl Store {
         let prepared = unpanicked(&config.path, || {
             let txn = db.begin_write()?;
             check_schema(&txn)?;
-            for hook in OPEN_HOOKS {
+            for hook in &config.on_open {
                 hook(&txn)?;
             }
             txn.commit()?;
@@ -143,7 +158,7 @@ impl Store {
     pub async fn open_async(config: StoreConfig) -> Result<Store> {
         tokio::task::spawn_blocking(move || Store::open(config))
             .await
-            .map_err(|e| Error::Invalid(format!("store open task failed: {e}")))?
+            .map_err(|e| Error::Task(format!("store open task failed: {e}")))?
     }
 
     /// The database file.
@@ -223,7 +238,7 @@ impl Store {
             })
         })
         .await
-        .map_err(|e| Error::Invalid(format!("read task failed: {e}")))?
+        .map_err(|e| Error::Task(format!("read task failed: {e}")))?
     }
 
     /// [`Store::read`] for synchronous callers.
@@ -243,7 +258,7 @@ impl Store {
             drop(tx);
             thread
                 .join()
-                .map_err(|_| Error::Invalid("the writer thread panicked".into()))?;
+                .map_err(|_| Error::Task("the writer thread panicked".into()))?;
         }
         Ok(())
     }
@@ -253,7 +268,7 @@ impl Store {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
-            .map_err(|e| Error::Invalid(format!("close task failed: {e}")))?
+            .map_err(|e| Error::Task(format!("close task failed: {e}")))?
     }
 }
 
@@ -268,11 +283,6 @@ impl Drop for Inner {
         drop_guarded(self.db.take());
     }
 }
-
-/// Steps run in the open transaction of every `Store::open`, after the schema check. The
-/// queue rescues jobs left `running` by a dead process here: redb lets one process hold the
-/// file, so any such job is orphaned.
-const OPEN_HOOKS: &[fn(&WriteTransaction) -> Result<()>] = &[crate::queue::rescue_at_open];
 
 fn open_database(config: &StoreConfig) -> Result<redb::Database> {
     let path_text = config.path.display().to_string();
@@ -395,7 +405,7 @@ where
         // A panicking write must fail alone, not kill the writer thread (and the store) for
         // every other caller; its transaction is then rolled back like any failed write.
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(txn)));
-        self.out = Some(run.map_err(|_| Error::Invalid("a store write panicked".into()))??);
+        self.out = Some(run.map_err(|_| Error::Task("a store write panicked".into()))??);
         Ok(())
     }
 
@@ -407,7 +417,7 @@ where
         let result = outcome.and_then(|()| {
             self.out
                 .take()
-                .ok_or_else(|| Error::Invalid("write produced no result".into()))
+                .ok_or_else(|| Error::Task("write produced no result".into()))
         });
         if let Some(reply) = self.reply.take() {
             // The caller may have gone away (cancelled); the write is committed regardless.
@@ -567,7 +577,7 @@ mod tests {
         assert!(matches!(results[0], Ok(7)));
         assert!(matches!(&results[1], Err(Error::Invalid(m)) if m == "b fails"));
         assert!(matches!(results[2], Ok(7)));
-        assert!(matches!(&results[3], Err(Error::Invalid(m)) if m.contains("panicked")));
+        assert!(matches!(&results[3], Err(Error::Task(m)) if m.contains("panicked")));
         assert!(matches!(results[4], Ok(7)));
         assert_eq!(meta_keys(&db), ["a", "c", "e"]);
     }

@@ -6,14 +6,14 @@ use std::fmt;
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::app::App;
-use crate::batch::output::ResponseRecord;
 use crate::cache::CacheStats;
+use crate::chat::ResponseRecord;
+use crate::codec;
 use crate::error::Result;
 use crate::llm::MetricsSnapshot;
 use crate::queue::{Job, JobState};
-use crate::store::{codec, tables, Store};
-use crate::worker::RunCounts;
+use crate::runner::RunCounts;
+use crate::store::{tables, Store};
 
 /// The figures of one run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,9 +88,8 @@ pub struct Summary {
 }
 
 /// Sums every recorded run.
-pub async fn summary(app: &App) -> Result<Summary> {
-    let runs: Vec<RunRecord> = app
-        .store
+pub async fn summary(store: &Store) -> Result<Summary> {
+    let runs: Vec<RunRecord> = store
         .read(|txn| {
             let table = txn.open_table(tables::RUNS)?;
             let mut out = Vec::new();
@@ -121,9 +120,8 @@ pub async fn summary(app: &App) -> Result<Summary> {
         totals.finished_at = totals.finished_at.max(r.finished_at);
     }
     let lookups = totals.cache_hits_memory + totals.cache_hits_disk + totals.cache_misses;
-    let experiences = app.store.experience_counts().await?.total;
-    let cached_responses_on_disk = app
-        .store
+    let experiences = store.experience_counts().await?.total;
+    let cached_responses_on_disk = store
         .read(|txn| Ok(txn.open_table(tables::CACHE)?.len()?))
         .await?;
     Ok(Summary {

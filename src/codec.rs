@@ -64,39 +64,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
-/// Decodes `bytes` as every stored record type; for each that decodes, checks that encoding
-/// and decoding again gives the same bytes. Decode errors are expected on garbage and fine;
-/// `Err` means a round trip changed a value (a codec bug). Shared by the `codec` fuzz target
-/// and the corpus replay test.
-pub fn fuzz_decode_all(bytes: &[u8]) -> Result<(), String> {
-    use super::{experience::Experience, pattern::Pattern};
-    use crate::batch::{output::ResponseRecord, ChatJob};
-    use crate::blackboard::{Entry, Session};
-    use crate::{cache::CachedResponse, queue::Job, runs::RunRecord};
-    round_trips::<Experience>(bytes)?;
-    round_trips::<Pattern>(bytes)?;
-    round_trips::<Job>(bytes)?;
-    round_trips::<ChatJob>(bytes)?;
-    round_trips::<ResponseRecord>(bytes)?;
-    round_trips::<CachedResponse>(bytes)?;
-    round_trips::<RunRecord>(bytes)?;
-    round_trips::<Session>(bytes)?;
-    round_trips::<Entry>(bytes)
-}
-
-fn round_trips<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {
-    let Ok(value) = decode::<T>(bytes) else {
-        return Ok(());
-    };
-    let name = std::any::type_name::<T>();
-    let once = encode(&value).map_err(|e| format!("{name} decoded but does not encode: {e}"))?;
-    let again: T = decode(&once).map_err(|e| format!("{name} re-encoding does not decode: {e}"))?;
-    match encode(&again) {
-        Ok(twice) if twice == once => Ok(()),
-        _ => Err(format!("{name} changed in an encode/decode round trip")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,8 @@
 //!
 //! A session holds typed [`Entry`]s (problem, sub-problems, partial solutions, critiques,
 //! final answer) in redb. Knowledge sources ([`sources`]: decompose, solve, critique,
-//! synthesize) each read the board and write entries through one LLM call made with
-//! [`crate::worker::Workers::call`]. A controller ([`controller::next_action`]) picks the next
+//! synthesize) each read the board and write entries through one LLM call made through the
+//! [`Gateway`](crate::runner::Gateway). A controller ([`controller::next_action`]) picks the next
 //! source by explicit rules under a step limit. After every step the new entries and the job's
 //! checkpoint are committed in one transaction, so a crashed or stopped session resumes at
 //! the next step and never pays for a completed one twice. See `docs/blackboard.md`.
@@ -16,7 +16,7 @@ pub mod sources;
 use serde::{Deserialize, Serialize};
 
 pub use board::{load_read, session_id, Board};
-pub use run::run;
+pub(crate) use run::run;
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

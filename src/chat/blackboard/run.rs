@@ -1,21 +1,20 @@
 //! Running a session as a job: one committed step at a time.
 
-use std::sync::atomic::Ordering;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::controller::{next_action, Action, Limits};
 use super::{board, sources, Board, EntryKind, Session, SessionState};
-use crate::batch::output::ResponseRecord;
-use crate::batch::ChatJob;
 use crate::cache::Hit;
+use crate::chat::finish::{finish, Answer};
+use crate::chat::handler::{bad_payload, ChatHandler};
+use crate::chat::{question_of, saturate, ChatJob, ResponseRecord};
 use crate::clock::now_ms;
+use crate::codec;
 use crate::error::Result;
-use crate::queue::{checkpoint_in, complete_in, load_checkpoint_read, Failure, Lease};
-use crate::store::codec;
-use crate::store::experience::{self, ExperienceData, NewExperience, Outcome};
-use crate::worker::{failure, ignore_lost, question_of, saturate, CacheWrite, CallError, Workers};
+use crate::memory::experience::{ExperienceData, NewExperience, Outcome};
+use crate::queue::load_checkpoint_read;
+use crate::runner::{ignore_lost, CacheWrite, CallError, JobCtx};
 
 /// Re-solves the critic may ask for in one session.
 const MAX_REVISIONS: u32 = 1;
@@ -26,31 +25,21 @@ struct Progress {
     steps_done: u32,
 }
 
-/// Stops the lease heartbeat when the session ends or its task is aborted.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs (or resumes) the blackboard session of a leased job to a durable end state.
-pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
+pub(crate) async fn run(handler: &ChatHandler, ctx: JobCtx, job: ChatJob) -> Result<()> {
     let request: Value = match serde_json::from_str(&job.body) {
         Ok(v) => v,
-        Err(e) => {
-            let f = failure("bad_payload", format!("request body is not JSON: {e}"));
-            return workers.fail(&lease, &f, Failure::Fatal).await;
-        }
+        Err(e) => return bad_payload(&ctx, format!("request body is not JSON: {e}")).await,
     };
-    let _heartbeat = AbortOnDrop(workers.spawn_heartbeat(lease.clone()));
+    // Stops when the session ends or its task is aborted.
+    let _heartbeat = ctx.heartbeat();
     let limits = Limits {
-        max_steps: workers.config.blackboard_max_steps.max(1),
+        max_steps: handler.settings.blackboard_max_steps,
         max_revisions: MAX_REVISIONS,
     };
-    let mut board = match open(workers, &lease, &job).await {
-        Ok(b) => b,
+    let mut board = match open(&ctx, &job).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(()),
         Err(e) => return ignore_lost(e),
     };
     loop {
@@ -58,17 +47,17 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
         let first_new = u32::try_from(board.entries.len()).unwrap_or(u32::MAX);
         // A fresh response goes to the disk cache in its step's transaction.
         let cache_write = match action {
-            Action::Done => return complete(workers, &lease, &job, board).await,
+            Action::Done => return complete(&ctx, &job, board).await,
             Action::FinalFromBest => {
                 sources::final_from_best(&mut board, now_ms());
                 None
             }
             _ => {
                 let body = step_request(&request, &sources::prompt(&board, action));
-                let (outcome, hit, write) = match workers.call_deferred(&body).await {
+                let (outcome, hit, write) = match handler.gateway.call_deferred(&body).await {
                     Ok(answer) => answer,
                     Err(CallError::Store(e)) => return Err(e),
-                    Err(CallError::Llm(e)) => return workers.handle_llm_error(&lease, e).await,
+                    Err(CallError::Llm(e)) => return ctx.fail_call(e).await,
                 };
                 let usage = outcome.response.usage.clone().unwrap_or_default();
                 let cached = matches!(hit, Hit::Memory | Hit::Disk);
@@ -81,30 +70,25 @@ pub async fn run(workers: &Workers, lease: Lease, job: ChatJob) -> Result<()> {
                     s.model.clone_from(model);
                 }
                 if !cached {
-                    let stats = &workers.stats;
-                    stats
-                        .prompt_tokens
-                        .fetch_add(usage.prompt_tokens, Ordering::Relaxed);
-                    stats
-                        .completion_tokens
-                        .fetch_add(usage.completion_tokens, Ordering::Relaxed);
+                    ctx.stats()
+                        .add_tokens(usage.prompt_tokens, usage.completion_tokens);
                 }
                 let answer = outcome.response.content().unwrap_or_default().to_string();
                 sources::apply(&mut board, action, &answer, now_ms());
                 write
             }
         };
-        if let Err(e) = commit_step(workers, &lease, &board, first_new, cache_write).await {
-            return ignore_lost(e);
+        if !commit_step(&ctx, &board, first_new, cache_write).await? {
+            return Ok(());
         }
     }
 }
 
-/// The session of this job: resumed from the board, or created with its problem entry.
-async fn open(workers: &Workers, lease: &Lease, job: &ChatJob) -> Result<Board> {
-    let job_id = lease.job.id;
-    let found = workers
-        .queue
+/// The session of this job: resumed from the board, or created with its problem entry
+/// (`None` when the lease was lost meanwhile).
+async fn open(ctx: &JobCtx, job: &ChatJob) -> Result<Option<Board>> {
+    let job_id = ctx.job().id;
+    let found = ctx
         .store()
         .read(move |txn| {
             let board = board::load_read(txn, &board::session_id(job_id))?;
@@ -118,37 +102,33 @@ async fn open(workers: &Workers, lease: &Lease, job: &ChatJob) -> Result<Board> 
             let progress: Progress = codec::decode(&bytes)?;
             board.session.steps_done = progress.steps_done;
         }
-        return Ok(board);
+        return Ok(Some(board));
     }
     let board = Board::start(job_id, &question_of(&job.body), &job.domain, now_ms());
-    commit_step(workers, lease, &board, 0, None).await?;
-    Ok(board)
+    let saved = commit_step(ctx, &board, 0, None).await?;
+    Ok(saved.then_some(board))
 }
 
 /// Commits a step: its new entries, the session totals, the job's checkpoint and the step's
-/// fresh response for the disk cache, in one fenced transaction.
+/// fresh response for the disk cache, in one fenced transaction. False when the lease was
+/// lost.
 async fn commit_step(
-    workers: &Workers,
-    lease: &Lease,
+    ctx: &JobCtx,
     board: &Board,
     first_new: u32,
     cache_write: Option<CacheWrite>,
-) -> Result<()> {
+) -> Result<bool> {
     let progress = codec::encode(&Progress {
         steps_done: board.session.steps_done,
     })?;
-    let (lease, board) = (lease.clone(), board.clone());
-    workers
-        .queue
-        .store()
-        .write(move |txn| {
-            checkpoint_in(txn, &lease, &progress)?;
-            if let Some(write) = &cache_write {
-                write.put_in(txn)?;
-            }
-            board::save_in(txn, &board, first_new)
-        })
-        .await
+    let board = board.clone();
+    ctx.checkpoint(progress, move |txn| {
+        if let Some(write) = &cache_write {
+            write.put_in(txn)?;
+        }
+        board::save_in(txn, &board, first_new)
+    })
+    .await
 }
 
 /// The request of one step: the line's request (model, parameters, system prompt) with the
@@ -191,7 +171,7 @@ fn response_body(session: &Session, answer: &str) -> Value {
 }
 
 /// Completes the job with the final answer and records the experience, in one transaction.
-async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board) -> Result<()> {
+async fn complete(ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
     let answer = board
         .final_answer()
         .map(|e| e.text.clone())
@@ -199,8 +179,7 @@ async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board)
     let mut session = board.session.clone();
     session.state = SessionState::Done;
     session.final_answer = Some(answer.clone());
-    let now = now_ms();
-    let latency_ms = now.saturating_sub(session.created_at);
+    let latency_ms = now_ms().saturating_sub(session.created_at);
     let all_cached = session.steps_done > 0 && session.cached_steps == session.steps_done;
     let record = ResponseRecord {
         status_code: 200,
@@ -209,7 +188,6 @@ async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board)
         cached: all_cached,
         latency_ms,
     };
-    let result = codec::encode(&record)?;
     let reasoning = board
         .entries
         .iter()
@@ -237,7 +215,7 @@ async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board)
             prompt_tokens: saturate(session.prompt_tokens),
             completion_tokens: saturate(session.completion_tokens),
             latency_ms,
-            job_id: Some(lease.job.id),
+            job_id: Some(ctx.job().id),
             used_experiences: Vec::new(),
         },
     };
@@ -246,23 +224,14 @@ async fn complete(workers: &Workers, lease: &Lease, job: &ChatJob, board: Board)
         entries: board.entries,
     };
     let first_new = u32::try_from(done.entries.len()).unwrap_or(u32::MAX);
-    let lease_for_txn = lease.clone();
-    let committed = workers
-        .queue
-        .store()
-        .write(move |txn| {
-            complete_in(txn, &lease_for_txn, &result, now)?;
-            board::save_in(txn, &done, first_new)?;
-            experience::record_in(txn, &experience, now)?;
-            Ok(())
-        })
-        .await;
-    if let Err(e) = committed {
-        return ignore_lost(e);
-    }
-    workers.stats.completed.fetch_add(1, Ordering::Relaxed);
-    if all_cached {
-        workers.stats.cached.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(())
+    // Tokens were counted step by step.
+    let answer = Answer {
+        record,
+        experience,
+        tokens: None,
+    };
+    finish(ctx, answer, move |txn, _now| {
+        board::save_in(txn, &done, first_new)
+    })
+    .await
 }

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::codec;
 use super::experience::{Experience, Outcome};
-use super::tables::PATTERNS;
-use super::Store;
+use crate::codec;
 use crate::error::Result;
+use crate::store::tables::PATTERNS;
+use crate::store::Store;
 
 /// How many recent example experience ids a pattern keeps.
 pub const RECENT_EXAMPLES: usize = 8;

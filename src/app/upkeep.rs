@@ -1,19 +1,19 @@
 //! Background upkeep, all in one place so it is started, cancelled and joined together
 //! before the database closes: the lease rescuer, retention cleanup of old experiences,
 //! finished jobs and expired cache entries, and a memory watchdog that shrinks the in-memory
-//! cache when the process grows past its RSS limit.
+//! cache when the process grows past its RSS limit. [`App`](super::App) owns it from open to
+//! close; dropping it stops every task (as mini-redis's `DbDropGuard` stops its purge task).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use std::sync::Arc;
-
-use crate::app::App;
 use crate::cache::Cache;
 use crate::clock::now_ms;
+use crate::config::Config;
 use crate::error::Result;
 use crate::queue::Queue;
 use crate::store::Store;
@@ -51,7 +51,7 @@ pub async fn cleanup_pass(
     let leases_rescued = queue.rescue_expired().await?;
     let jobs_pruned = queue.prune().await?;
     let boards_pruned = store
-        .write(crate::blackboard::board::prune_orphans_in)
+        .write(crate::chat::blackboard::board::prune_orphans_in)
         .await?;
     let mut experiences_deleted = 0;
     if let Some(age) = experiences.max_age {
@@ -72,41 +72,52 @@ pub async fn cleanup_pass(
     })
 }
 
-/// The experience retention configured for `app`.
-pub fn experience_retention(app: &App) -> ExperienceRetention {
-    let r = &app.config.retention;
-    ExperienceRetention {
-        max_age: (r.experiences_days > 0).then(|| Duration::from_secs(r.experiences_days * 86_400)),
-        max_count: (r.max_experiences > 0).then_some(r.max_experiences),
+impl ExperienceRetention {
+    /// The retention `config` sets.
+    pub fn of(config: &Config) -> ExperienceRetention {
+        let r = &config.retention;
+        ExperienceRetention {
+            max_age: (r.experiences_days > 0)
+                .then(|| Duration::from_secs(r.experiences_days * 86_400)),
+            max_count: (r.max_experiences > 0).then_some(r.max_experiences),
+        }
     }
 }
 
-/// The running background tasks. [`Background::stop`] cancels and joins them all.
-pub struct Background {
+/// The running background tasks. [`Upkeep::stop`] cancels and joins them all; dropping it
+/// cancels them.
+pub struct Upkeep {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
-impl Background {
-    /// Starts the upkeep tasks for `app`.
-    pub fn start(app: &App) -> Background {
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.tasks.abort_all();
+    }
+}
+
+impl Upkeep {
+    /// Starts the upkeep tasks over the open parts, as `config` says.
+    pub fn start(config: &Config, queue: &Queue, cache: &Arc<Cache>, store: &Store) -> Upkeep {
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let lease = Duration::from_secs(app.config.queue.lease_s.max(2));
-        let queue = app.queue.clone();
+        let lease = Duration::from_secs(config.queue.lease_s.max(2));
+        let rescuer = queue.clone();
         every(&mut tasks, &stop, lease / 2, move || {
-            let queue = queue.clone();
+            let queue = rescuer.clone();
             async move {
                 if let Ok(n @ 1..) = queue.rescue_expired().await {
                     tracing::info!(rescued = n, "expired leases returned to the queue");
                 }
             }
         });
-        let (queue, cache, store) = (app.queue.clone(), app.cache.clone(), app.store.clone());
-        let retention = experience_retention(app);
-        let interval = Duration::from_secs(app.config.retention.interval_s.max(1));
+        let (queue, cleanup_cache, store) = (queue.clone(), cache.clone(), store.clone());
+        let retention = ExperienceRetention::of(config);
+        let interval = Duration::from_secs(config.retention.interval_s.max(1));
         every(&mut tasks, &stop, interval, move || {
-            let (queue, cache, store) = (queue.clone(), cache.clone(), store.clone());
+            let (queue, cache, store) = (queue.clone(), cleanup_cache.clone(), store.clone());
             async move {
                 match cleanup_pass(&queue, &cache, &store, retention).await {
                     Ok(report) => tracing::debug!(?report, "cleanup pass"),
@@ -114,9 +125,9 @@ impl Background {
                 }
             }
         });
-        let limit = app.config.cache.rss_limit_mb * 1024 * 1024;
+        let limit = config.cache.rss_limit_mb * 1024 * 1024;
         if limit > 0 {
-            let cache = app.cache.clone();
+            let cache = cache.clone();
             every(&mut tasks, &stop, Duration::from_secs(2), move || {
                 let cache = cache.clone();
                 async move {
@@ -129,11 +140,11 @@ impl Background {
                 }
             });
         }
-        Background { stop, tasks }
+        Upkeep { stop, tasks }
     }
 
     /// Cancels every task and waits for them to end.
-    pub async fn stop(mut self) {
+    pub async fn stop(&mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
     }

@@ -10,15 +10,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::codec;
+use super::index::IndexTables;
 use super::pattern::{self, PatternTable};
-use super::tables::{
+use crate::codec;
+use crate::error::{Error, Result, StorageKind};
+use crate::store::tables::{
     allocate_ids, EXPERIENCES, EXPERIENCES_BY_DOMAIN, EXPERIENCES_BY_TAG, EXPERIENCES_BY_TIME,
     EXPERIENCE_COUNTS, NEXT_EXPERIENCE_ID, PATTERNS,
 };
-use super::Store;
-use crate::error::{Error, Result, StorageKind};
-use crate::memory::index::IndexTables;
+use crate::store::Store;
 
 /// Longest domain, strategy or tag, in bytes: they are index keys, kept short.
 pub const MAX_LABEL_BYTES: usize = 256;

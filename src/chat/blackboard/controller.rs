@@ -1,7 +1,7 @@
 //! The controller: which knowledge source runs next, by explicit rules (docs/blackboard.md).
 
 use super::{Board, EntryKind};
-use crate::blackboard::sources::{CRITIQUE, DECOMPOSE, SOLVE};
+use crate::chat::blackboard::sources::{CRITIQUE, DECOMPOSE, SOLVE};
 
 /// Bounds of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

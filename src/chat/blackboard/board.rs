@@ -5,8 +5,9 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::sources::CONTROLLER;
 use super::{Entry, EntryKind, Session, SessionState};
+use crate::codec;
 use crate::error::Result;
-use crate::store::{codec, tables};
+use crate::store::tables;
 
 /// The session id of a job: stable, so a resumed job finds its board.
 pub fn session_id(job_id: u64) -> String {

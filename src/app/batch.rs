@@ -1,0 +1,272 @@
+//! The batch use case: read and check a file, enqueue its lines idempotently, drain them,
+//! write the output in input order and record the run.
+//!
+//! It runs in steps so that a bad file changes nothing (not even a new database) and a
+//! caller can show progress: [`read`] (before the database opens), [`prepare`] (models
+//! checked, lines enqueued) and [`Prepared::run`] (the drain and the export).
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
+
+use super::runs::{self, RunRecord};
+use super::{App, Connected};
+use crate::batch::export::{export, write_jsonl};
+use crate::batch::input::{read_file, BatchItem, InputError, ParsedInput};
+use crate::batch::output::failure_line;
+use crate::batch::{batch_name, with_suffix};
+use crate::chat::{self, ChatJob};
+use crate::clock::now_ms;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::memory::Strategy;
+use crate::queue::{JobState, NewJob};
+use crate::runner::{DrainEnd, FailureRecord, RunCounts};
+use crate::shutdown::Listener;
+
+/// Jobs enqueued per transaction: big files go in a few large commits.
+const ENQUEUE_CHUNK: usize = 5_000;
+
+/// Most invalid lines named in the error before "... and N more".
+const SHOWN_ERRORS: usize = 20;
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOptions {
+    /// OpenAI batch request lines or the short form.
+    pub input: PathBuf,
+    /// Output file (default: INPUT with `.out.jsonl`).
+    pub output: Option<PathBuf>,
+    /// Errors file (default: INPUT with `.errors.jsonl`, written when there are errors).
+    pub errors: Option<PathBuf>,
+    /// Batch name (default: [`batch_name`] of the input).
+    pub batch: Option<String>,
+    /// Run the valid lines and record the invalid ones as errors, instead of refusing.
+    pub skip_invalid: bool,
+    /// Strategy of lines that name none (else the bandit chooses).
+    pub strategy: Option<Strategy>,
+    /// Memory in prompts of lines that do not say.
+    pub memory: bool,
+}
+
+/// Where a prepared batch starts from: jobs already finished before this run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baseline {
+    pub total: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// A batch enqueued and ready to drain.
+pub struct Prepared {
+    pub batch: String,
+    pub output: PathBuf,
+    pub errors: PathBuf,
+    /// Whether the errors file was asked for (it is then written even when empty).
+    errors_asked: bool,
+    /// Requests in the file (valid lines).
+    pub requests: usize,
+    /// Jobs this run added (the others were enqueued, and maybe answered, before).
+    pub inserted: usize,
+    pub baseline: Baseline,
+    /// Dedup keys of this file's lines: the export is of exactly these.
+    keys: HashSet<String>,
+    invalid: Vec<InputError>,
+}
+
+/// How a batch run ended.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub end: DrainEnd,
+    /// Requests of the file (distinct lines).
+    pub requests: usize,
+    pub answered: usize,
+    pub failed: usize,
+    pub pending: usize,
+    /// Lines in the errors file (failed requests and invalid lines).
+    pub error_lines: usize,
+    pub output: PathBuf,
+    pub errors: PathBuf,
+    /// This run's counters.
+    pub counts: RunCounts,
+    pub requests_sent: u64,
+}
+
+/// Reads and checks the whole file (`default_model` fills lines that name none). A bad line
+/// fails the batch, unless `skip_invalid`.
+pub fn read(opts: &BatchOptions, default_model: &str) -> Result<ParsedInput> {
+    let phase = std::time::Instant::now();
+    let parsed = read_file(&opts.input, default_model)
+        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", opts.input.display())))?;
+    if !parsed.errors.is_empty() && !opts.skip_invalid {
+        return Err(Error::Invalid(invalid_report(&parsed.errors)));
+    }
+    if parsed.items.is_empty() && parsed.errors.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no requests in the file",
+            opts.input.display()
+        )));
+    }
+    tracing::info!(lines = parsed.items.len(), elapsed = ?phase.elapsed(), "input read");
+    Ok(parsed)
+}
+
+/// Checks the models the lines name (unless simulated) and enqueues them.
+pub async fn prepare(
+    app: &App,
+    connected: &Connected,
+    opts: &BatchOptions,
+    parsed: ParsedInput,
+) -> Result<Prepared> {
+    let phase = std::time::Instant::now();
+    if connected.sim.is_none() {
+        check_models(connected, &parsed.items).await?;
+    }
+    let batch = opts
+        .batch
+        .clone()
+        .unwrap_or_else(|| batch_name(&opts.input));
+    // Batch options are the defaults of lines that do not say.
+    let jobs: Vec<ChatJob> = parsed
+        .items
+        .iter()
+        .map(|item| {
+            let mut job = item.to_job();
+            job.strategy = job
+                .strategy
+                .or_else(|| opts.strategy.map(|s| s.name().to_string()));
+            job.memory = item.memory.unwrap_or(opts.memory);
+            job
+        })
+        .collect();
+    // Idempotent: the dedup key is the id plus a hash of the request and endpoint.
+    let endpoint = connected.endpoint();
+    let keys: HashSet<String> = jobs.iter().map(|j| j.dedup_key(endpoint)).collect();
+    let mut inserted = 0;
+    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+        let mut new_jobs = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let mut new = NewJob::new(batch.clone(), chat::KIND, codec::encode(job)?);
+            new.dedup_key = Some(job.dedup_key(endpoint));
+            new_jobs.push(new);
+        }
+        let done = app.queue.enqueue_many(new_jobs).await?;
+        inserted += done.iter().filter(|e| e.inserted).count();
+    }
+    tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
+    let counts = app.queue.counts(Some(&batch)).await?;
+    Ok(Prepared {
+        output: opts
+            .output
+            .clone()
+            .unwrap_or_else(|| with_suffix(&opts.input, "out.jsonl")),
+        errors: opts
+            .errors
+            .clone()
+            .unwrap_or_else(|| with_suffix(&opts.input, "errors.jsonl")),
+        errors_asked: opts.errors.is_some(),
+        requests: jobs.len(),
+        inserted,
+        baseline: Baseline {
+            total: keys.len() as u64,
+            completed: counts.get(JobState::Completed),
+            failed: counts.get(JobState::Discarded) + counts.get(JobState::Cancelled),
+        },
+        batch,
+        keys,
+        invalid: parsed.errors,
+    })
+}
+
+impl Prepared {
+    /// Drains the batch until it is done or `shutdown` stops it, then writes the output and
+    /// errors files (atomically) and records the run.
+    pub async fn run(self, app: &App, connected: &Connected, shutdown: Listener) -> Result<Report> {
+        let phase = std::time::Instant::now();
+        let started_at = now_ms();
+        let end = connected.runner.drain(&self.batch, shutdown).await?;
+        tracing::info!(elapsed = ?phase.elapsed(), "drained");
+
+        let jobs_now = app.queue.jobs_in_queue(&self.batch).await?;
+        let result = export(jobs_now, Some(&self.keys))?;
+        let mut error_lines = result.errors.clone();
+        for invalid in &self.invalid {
+            let failure = FailureRecord::new("invalid_request", invalid.to_string());
+            error_lines.push(failure_line(
+                None,
+                &format!("line-{}", invalid.line),
+                &failure,
+            ));
+        }
+        write_jsonl(&self.output, &result.lines)
+            .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", self.output.display())))?;
+        if !error_lines.is_empty() || self.errors_asked {
+            write_jsonl(&self.errors, &error_lines).map_err(|e| {
+                Error::Invalid(format!("cannot write {}: {e}", self.errors.display()))
+            })?;
+        }
+        tracing::info!(elapsed = ?phase.elapsed(), "exported");
+        let counts = connected.runner.stats().snapshot();
+        let metrics = connected.client().metrics();
+        let run = RunRecord::new(
+            &self.batch,
+            started_at,
+            now_ms(),
+            counts,
+            &metrics,
+            &app.cache.stats(),
+        );
+        runs::record(&app.store, run).await?;
+        Ok(Report {
+            end,
+            requests: self.keys.len(),
+            answered: result.lines.len() - result.errors.len(),
+            failed: result.errors.len(),
+            pending: result.pending,
+            error_lines: error_lines.len(),
+            output: self.output,
+            errors: self.errors,
+            counts,
+            requests_sent: metrics.requests_sent,
+        })
+    }
+}
+
+/// Checks every model the lines name with one model list request. Endpoints without a model
+/// list (404) do not block the batch.
+async fn check_models(connected: &Connected, items: &[BatchItem]) -> Result<()> {
+    let models: BTreeSet<String> = items.iter().filter_map(model_of).collect();
+    match connected
+        .client()
+        .check_models(models.iter().map(String::as_str))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.status() == Some(404) => {
+            tracing::warn!("cannot list models at the endpoint; model names not checked");
+            Ok(())
+        }
+        Err(e) => Err(Error::Invalid(format!("model check failed: {e}"))),
+    }
+}
+
+fn model_of(item: &BatchItem) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_str(&item.body).ok()?;
+    body["model"].as_str().map(str::to_string)
+}
+
+fn invalid_report(errors: &[InputError]) -> String {
+    let mut text: Vec<String> = errors
+        .iter()
+        .take(SHOWN_ERRORS)
+        .map(ToString::to_string)
+        .collect();
+    if errors.len() > SHOWN_ERRORS {
+        text.push(format!("... and {} more", errors.len() - SHOWN_ERRORS));
+    }
+    text.push(format!(
+        "{} invalid line(s); nothing was enqueued. Fix them, or pass --skip-invalid to run the \
+         valid lines and record these in the errors file.",
+        errors.len()
+    ));
+    text.join("\n")
+}

@@ -1,0 +1,218 @@
+//! The application: [`App::open`] is the one place a [`Config`] becomes the parts (store,
+//! queue, cache, upkeep), and [`App::connect`] the one place it becomes a client, a gateway
+//! and a runner with its job handlers. The use cases the commands run are library functions
+//! here: [`batch`], [`submit`], [`insights`], and the read-only [`inspect`] queries.
+
+pub mod batch;
+pub mod insights;
+pub mod inspect;
+pub mod runs;
+pub mod submit;
+pub mod upkeep;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{Cache, CacheConfig};
+use crate::chat::{self, ChatHandler, ChatSettings};
+use crate::config::{Config, DAY, HOUR, MIB};
+use crate::error::{Error, Result};
+use crate::llm::{LlmClient, LlmConfig, PoolConfig, RateLimits, RetryPolicy};
+use crate::queue::{Queue, QueueConfig, Retention};
+use crate::runner::{Gateway, GatewaySettings, Registry, Runner, RunnerConfig};
+use crate::sim::{RandomFaults, SimConfig, SimServer};
+use crate::store::{Store, StoreConfig};
+use upkeep::{cleanup_pass, CleanupReport, ExperienceRetention, Upkeep};
+
+/// The open database and what lives in it, with its background upkeep.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub queue: Queue,
+    pub cache: Arc<Cache>,
+    upkeep: tokio::sync::Mutex<Upkeep>,
+}
+
+/// A client ready to call an endpoint, and the runner that drains queues through it.
+pub struct Connected {
+    /// Cache and client: every LLM call goes through it.
+    pub gateway: Gateway,
+    pub runner: Runner,
+    /// The in-process server of `--simulate`, kept alive while the client is used.
+    pub sim: Option<SimServer>,
+}
+
+impl Connected {
+    /// What identifies the endpoint in cache keys and dedup keys: the configured base URL, or
+    /// `simulated`, so simulated answers never mix with real ones.
+    pub fn endpoint(&self) -> &str {
+        self.gateway.endpoint()
+    }
+
+    /// The LLM client.
+    pub fn client(&self) -> &LlmClient {
+        self.gateway.client()
+    }
+}
+
+impl App {
+    /// Opens the database named by `config` and starts the upkeep tasks.
+    pub async fn open(config: Config) -> Result<App> {
+        let config = config.normalized();
+        let queue = Queue::open(store_config(&config), queue_config(&config)).await?;
+        let store = queue.store().clone();
+        let cache = Arc::new(Cache::new(Some(store.clone()), cache_config(&config)));
+        let upkeep = Upkeep::start(&config, &queue, &cache, &store);
+        Ok(App {
+            config,
+            store,
+            queue,
+            cache,
+            upkeep: tokio::sync::Mutex::new(upkeep),
+        })
+    }
+
+    /// Builds the LLM client (against the configured endpoint, whose API key must be in the
+    /// environment, or against a loopback simulation), the gateway over it, and a runner
+    /// with every job kind's handler registered.
+    pub async fn connect(&self, simulate: bool) -> Result<Connected> {
+        let mut llm = llm_config(&self.config);
+        let (endpoint, sim) = if simulate {
+            let server = SimServer::start(simulated_api())
+                .await
+                .map_err(|e| Error::Simulator(e.to_string()))?;
+            llm.base_url = server.base_url();
+            (String::from("simulated"), Some(server))
+        } else {
+            llm.api_key = LlmConfig::api_key_from_env(&llm.base_url)?;
+            (self.config.base_url.trim_end_matches('/').to_string(), None)
+        };
+        let client = LlmClient::new(llm)?;
+        let gateway = Gateway::new(
+            client,
+            self.cache.clone(),
+            GatewaySettings {
+                endpoint,
+                cache_policy: self.config.cache_policy,
+                persist_cache: self.config.cache.persist,
+            },
+        );
+        let settings = ChatSettings {
+            memory: self.config.memory.clone(),
+            blackboard_max_steps: self.config.blackboard.max_steps,
+        };
+        let mut registry = Registry::default();
+        registry.register(chat::KIND, ChatHandler::new(gateway.clone(), settings));
+        let runner = Runner::new(self.queue.clone(), registry, runner_config(&self.config));
+        Ok(Connected {
+            gateway,
+            runner,
+            sim,
+        })
+    }
+
+    /// One cleanup pass with the configured retention (what `reasonq cleanup` runs; the
+    /// upkeep runs the same pass on a timer).
+    pub async fn cleanup(&self) -> Result<CleanupReport> {
+        let retention = ExperienceRetention::of(&self.config);
+        cleanup_pass(&self.queue, &self.cache, &self.store, retention).await
+    }
+
+    /// Upkeep tasks still running (none after [`App::close`]).
+    pub async fn upkeep_tasks(&self) -> usize {
+        self.upkeep.lock().await.len()
+    }
+
+    /// Stops the upkeep, then closes the database after the writes already made.
+    pub async fn close(&self) -> Result<()> {
+        self.upkeep.lock().await.stop().await;
+        self.store.close_async().await
+    }
+}
+
+/// The `--simulate` server: realistic latency (0.2 to 1.5 s), a 429 with `retry-after-ms` on
+/// about 3% of requests and a 503 on about 1%, reproducible from a fixed seed.
+fn simulated_api() -> SimConfig {
+    SimConfig {
+        random: Some(RandomFaults {
+            seed: 7,
+            latency_min: Duration::from_millis(200),
+            latency_max: Duration::from_millis(1500),
+            p_rate_limit: 0.03,
+            retry_after_ms: 500,
+            p_server_error: 0.01,
+        }),
+        record_requests: false,
+        ..SimConfig::default()
+    }
+}
+
+fn store_config(c: &Config) -> StoreConfig {
+    let mut store = StoreConfig::new(&c.db);
+    store.cache_size_bytes = c.store.cache_size_mb * MIB;
+    store.durability = c.store.durability;
+    store
+}
+
+fn queue_config(c: &Config) -> QueueConfig {
+    QueueConfig {
+        default_max_attempts: c.queue.max_attempts,
+        backoff_base: Duration::from_secs(c.queue.backoff_base_s),
+        backoff_cap: Duration::from_secs(c.queue.backoff_cap_s),
+        retention: Retention {
+            completed: Duration::from_secs(c.retention.completed_jobs_hours * HOUR),
+            cancelled: Duration::from_secs(c.retention.cancelled_jobs_hours * HOUR),
+            discarded: Duration::from_secs(c.retention.discarded_jobs_days * DAY),
+        },
+    }
+}
+
+fn cache_config(c: &Config) -> CacheConfig {
+    CacheConfig {
+        memory_bytes: (c.cache.memory_mb * MIB) as u64,
+        ttl: Duration::from_secs(c.cache.ttl_days * DAY),
+        // The runner writes fresh responses in the transaction that completes their job.
+        persist: false,
+    }
+}
+
+fn runner_config(c: &Config) -> RunnerConfig {
+    RunnerConfig {
+        concurrency: c.concurrency,
+        lease: Duration::from_secs(c.queue.lease_s),
+        drain_timeout: Duration::from_secs(c.shutdown.drain_timeout_s),
+        owner: RunnerConfig::owner_name(),
+    }
+}
+
+fn llm_config(c: &Config) -> LlmConfig {
+    let nonzero = |v: u32| (v > 0).then_some(v);
+    LlmConfig {
+        base_url: c.base_url.trim_end_matches('/').to_string(),
+        api_key: None,
+        model: c.model.clone(),
+        pool: PoolConfig {
+            max_idle_per_host: c.http.max_idle_per_host,
+            idle_timeout: Duration::from_secs(c.http.idle_timeout_s),
+            connect_timeout: Duration::from_millis(c.http.connect_timeout_ms),
+            tcp_keepalive: (c.http.tcp_keepalive_s > 0)
+                .then(|| Duration::from_secs(c.http.tcp_keepalive_s)),
+            request_timeout: Duration::from_secs(c.http.request_timeout_s),
+            max_response_bytes: c.http.max_response_mb * MIB,
+            ..PoolConfig::default()
+        },
+        retry: RetryPolicy {
+            max_attempts: c.retry.max_attempts,
+            base: Duration::from_millis(c.retry.base_ms),
+            cap: Duration::from_millis(c.retry.cap_ms),
+            deadline: (c.retry.deadline_s > 0).then(|| Duration::from_secs(c.retry.deadline_s)),
+        },
+        limits: RateLimits {
+            rpm: nonzero(c.limits.rpm),
+            tpm: nonzero(c.limits.tpm),
+            max_concurrency: c.concurrency,
+            ..RateLimits::default()
+        },
+        extra_root_ca_pem: None,
+    }
+}

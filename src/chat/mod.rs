@@ -1,0 +1,88 @@
+//! Chat jobs: the job contract (what is enqueued and what a finished job holds), the handler
+//! that runs them, and the strategies it runs them with.
+//!
+//! A chat job is one chat-completions request. The [`handler`] resolves its strategy (the
+//! line's own, else the bandit's pick), then hands it to that strategy's engine: one call
+//! ([`single`]) or a durable multi-step [`blackboard`] session. Both end in [`finish`], the
+//! one definition of completing a chat job.
+
+pub mod blackboard;
+pub mod finish;
+pub mod handler;
+mod single;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use handler::{ChatHandler, ChatSettings};
+
+use crate::memory::Expectation;
+
+/// The job kind chat jobs are enqueued with, and registered under.
+pub const KIND: &str = "chat";
+
+/// The payload of a chat job, encoded with the codec.
+///
+/// The request body is kept as JSON text, exactly as it will be sent (bincode cannot carry a
+/// free-form `serde_json::Value`, and text keeps the caller's key order). The strategy stays
+/// a name: it is part of the stored payload, and the handler parses it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatJob {
+    pub custom_id: String,
+    /// 1-based line of the input file it came from.
+    pub line: u64,
+    pub body: String,
+    pub domain: String,
+    /// The line's strategy name; `None` lets the bandit choose.
+    pub strategy: Option<String>,
+    /// Expected answer and match rule, for evaluation batches.
+    pub expected: Option<Expectation>,
+    /// Put memory (worked examples and rules) into the prompt.
+    pub memory: bool,
+}
+
+impl ChatJob {
+    /// The dedup key that makes enqueueing idempotent: the same id with the same request
+    /// against the same endpoint is the same job; an edited line becomes a new job.
+    pub fn dedup_key(&self, endpoint: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(endpoint.as_bytes());
+        h.update([0]);
+        h.update(self.body.as_bytes());
+        let digest = h.finalize();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}#{hex}", self.custom_id)
+    }
+}
+
+/// What a finished chat job's result holds (encoded with the codec in the job record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseRecord {
+    pub status_code: u16,
+    pub request_id: Option<String>,
+    /// The response body exactly as received (JSON text).
+    pub body: String,
+    /// Served from the prompt cache instead of the API.
+    pub cached: bool,
+    pub latency_ms: u64,
+}
+
+/// The last user message of a request body, for the experience record.
+pub fn question_of(body: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    value["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .map(|m| match &m["content"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+/// Token counts as stored in an experience.
+pub(crate) fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,162 @@
+//! The one-call strategies (direct, chain of thought, structured): shape the request with
+//! the strategy's instructions and the memory section, make one call, judge the reply.
+
+use std::time::Instant;
+
+use super::finish::{finish, Answer};
+use super::handler::{bad_payload, ChatHandler};
+use super::{question_of, saturate, ChatJob, ResponseRecord};
+use crate::cache::Hit;
+use crate::clock::now_ms;
+use crate::error::Result;
+use crate::llm::ChatOutcome;
+use crate::memory::experience::{ExperienceData, NewExperience};
+use crate::memory::prompt::{self, MemorySection};
+use crate::memory::{apply, rules, Strategy};
+use crate::runner::{CacheWrite, CallError, JobCtx};
+
+/// Runs `job` with one call shaped by `strategy`.
+pub(super) async fn run(
+    handler: &ChatHandler,
+    ctx: JobCtx,
+    job: ChatJob,
+    strategy: Strategy,
+) -> Result<()> {
+    let mut body: serde_json::Value = match serde_json::from_str(&job.body) {
+        Ok(body) => body,
+        Err(e) => return bad_payload(&ctx, format!("request body is not JSON: {e}")).await,
+    };
+    let memory = memory_for(handler, &ctx, &job).await?;
+    apply::shape(&mut body, strategy, &memory);
+    let heartbeat = ctx.heartbeat();
+    let started = Instant::now();
+    let outcome = handler.gateway.call_deferred(&body).await;
+    drop(heartbeat);
+    match outcome {
+        Ok((response, hit, cache_write)) => {
+            let reply = Reply {
+                strategy,
+                memory,
+                hit,
+                cache_write,
+                started,
+            };
+            complete(handler, &ctx, &job, response, reply).await
+        }
+        Err(CallError::Store(e)) => Err(e),
+        Err(CallError::Llm(e)) => ctx.fail_call(e).await,
+    }
+}
+
+/// The memory section of a job's prompt (empty when memory is off).
+async fn memory_for(handler: &ChatHandler, ctx: &JobCtx, job: &ChatJob) -> Result<MemorySection> {
+    if !job.memory {
+        return Ok(MemorySection::default());
+    }
+    let question = question_of(&job.body);
+    let domain = job.domain.clone();
+    let settings = &handler.settings.memory;
+    let (k, budget) = (settings.k, settings.token_budget);
+    let now = now_ms();
+    ctx.store()
+        .read(move |txn| prompt::build_read(txn, &domain, &question, k, budget, now))
+        .await
+}
+
+/// What a successful call brings to the completion besides the response.
+struct Reply {
+    strategy: Strategy,
+    memory: MemorySection,
+    hit: Hit,
+    /// The fresh response's disk-cache write, committed with the completion.
+    cache_write: Option<CacheWrite>,
+    started: Instant,
+}
+
+/// Judges the reply and finishes the job, with the rule scores of the memory it used and the
+/// fresh response's cache row in the same transaction.
+async fn complete(
+    handler: &ChatHandler,
+    ctx: &JobCtx,
+    job: &ChatJob,
+    outcome: ChatOutcome,
+    reply: Reply,
+) -> Result<()> {
+    let Reply {
+        strategy,
+        memory,
+        hit,
+        cache_write,
+        started,
+    } = reply;
+    let cached = matches!(hit, Hit::Memory | Hit::Disk);
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let record = ResponseRecord {
+        status_code: outcome.status,
+        request_id: outcome.request_id.clone(),
+        body: String::from_utf8_lossy(&outcome.body).into_owned(),
+        cached,
+        latency_ms,
+    };
+    let usage = outcome.response.usage.clone().unwrap_or_default();
+    let judged = apply::judge_reply(
+        strategy,
+        outcome.response.content().unwrap_or_default(),
+        job.expected.as_ref(),
+        handler.settings.memory.confidence_threshold,
+    );
+    // The model's own reasoning channel, when the strategy found no steps in the text.
+    let reasoning = if judged.reasoning.is_empty() {
+        outcome
+            .response
+            .choices
+            .first()
+            .and_then(|c| c.message.reasoning_content.clone())
+            .into_iter()
+            .collect()
+    } else {
+        judged.reasoning
+    };
+    let mut tags = Vec::new();
+    if judged.parse_error.is_some() {
+        tags.push(apply::PARSE_ERROR_TAG.to_string());
+    }
+    if !memory.used_experiences.is_empty() || !memory.used_rules.is_empty() {
+        tags.push(apply::MEMORY_TAG.to_string());
+    }
+    let experience = NewExperience {
+        created_at: None,
+        data: ExperienceData {
+            question: question_of(&job.body),
+            context: judged.parse_error.map(|e| format!("parse error: {e}")),
+            reasoning,
+            answer: judged.answer,
+            confidence: judged.confidence,
+            outcome: judged.outcome,
+            domain: job.domain.clone(),
+            strategy: strategy.name().to_string(),
+            tags,
+            model: outcome.response.model.clone().unwrap_or_default(),
+            prompt_tokens: saturate(usage.prompt_tokens),
+            completion_tokens: saturate(usage.completion_tokens),
+            latency_ms,
+            job_id: Some(ctx.job().id),
+            used_experiences: memory.used_experiences,
+        },
+    };
+    let answer = Answer {
+        record,
+        experience,
+        tokens: Some((usage.prompt_tokens, usage.completion_tokens)),
+    };
+    let (domain, used_rules, judged_outcome) =
+        (job.domain.clone(), memory.used_rules, judged.outcome);
+    finish(ctx, answer, move |txn, _now| {
+        rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
+        if let Some(write) = &cache_write {
+            write.put_in(txn)?;
+        }
+        Ok(())
+    })
+    .await
+}

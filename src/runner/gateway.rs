@@ -1,0 +1,125 @@
+//! The one way every LLM call is made (batch lines, blackboard steps, insight prompts): the
+//! prompt cache in front of the client, so all calls are cached, retried and rate limited
+//! alike.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::cache::{cacheable, Cache, CacheKey, CachePolicy, CachedResponse, Hit};
+use crate::error::{Error, Result};
+use crate::llm::{ChatOutcome, LlmClient, LlmError};
+
+/// Cache and client for one endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    client: LlmClient,
+    cache: Arc<Cache>,
+    settings: Arc<GatewaySettings>,
+}
+
+/// How the gateway uses the cache.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// What identifies the endpoint in cache keys (the base URL, or `simulated`, so simulated
+    /// answers never mix with real ones).
+    pub endpoint: String,
+    pub cache_policy: CachePolicy,
+    /// Keep fresh responses in the database's cache table (the memory tier is always on).
+    pub persist_cache: bool,
+}
+
+/// Why a call produced no response: the API's error, or the store (cache tier 2) failing.
+#[derive(Debug)]
+pub enum CallError {
+    Llm(LlmError),
+    Store(Error),
+}
+
+impl From<Error> for CallError {
+    fn from(e: Error) -> Self {
+        CallError::Store(e)
+    }
+}
+
+/// A fresh response for the disk tier of the cache, to be written in the caller's
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct CacheWrite {
+    key: CacheKey,
+    response: CachedResponse,
+}
+
+impl CacheWrite {
+    /// Writes the response into the cache table within `txn`.
+    pub fn put_in(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        crate::cache::put_in(txn, &self.key, &self.response)
+    }
+}
+
+impl Gateway {
+    /// A gateway over `client` and `cache`.
+    pub fn new(client: LlmClient, cache: Arc<Cache>, settings: GatewaySettings) -> Gateway {
+        Gateway {
+            client,
+            cache,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The client (for its metrics and the model list).
+    pub fn client(&self) -> &LlmClient {
+        &self.client
+    }
+
+    /// The endpoint's name in cache and dedup keys.
+    pub fn endpoint(&self) -> &str {
+        &self.settings.endpoint
+    }
+
+    /// Looks up the cache and calls the API on a miss. A fresh response is kept on disk
+    /// before this returns.
+    pub async fn call(&self, body: &serde_json::Value) -> Result<(ChatOutcome, Hit), CallError> {
+        let (outcome, hit, write) = self.call_deferred(body).await?;
+        // A cache without a disk tier has nowhere to keep it.
+        if let (Some(write), Some(store)) = (write, self.cache.store()) {
+            store.write(move |txn| write.put_in(txn)).await?;
+        }
+        Ok((outcome, hit))
+    }
+
+    /// [`Gateway::call`], leaving the disk-cache write to the caller, who puts it in the
+    /// transaction that records the result: one commit instead of two per job, and a
+    /// response is on disk exactly when its job is complete.
+    pub async fn call_deferred(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
+        let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
+        let allowed = cacheable(self.settings.cache_policy, body);
+        let client = self.client.clone();
+        let (cached, hit) = self
+            .cache
+            .get_or_fetch(key, allowed, || async move {
+                let outcome = client.chat(body).await.map_err(CallError::Llm)?;
+                Ok::<_, CallError>(CachedResponse::new(
+                    outcome.status,
+                    outcome.request_id.clone(),
+                    outcome.body.clone(),
+                ))
+            })
+            .await?;
+        let outcome = ChatOutcome::from_parts(
+            cached.status,
+            cached.request_id.clone(),
+            Bytes::from(cached.body.to_vec()),
+        )
+        .map_err(CallError::Llm)?;
+        let keep = matches!(hit, Hit::Miss) && self.settings.persist_cache && cached.is_success();
+        let write = keep.then(|| CacheWrite {
+            key,
+            response: cached,
+        });
+        Ok((outcome, hit, write))
+    }
+}

@@ -1,0 +1,185 @@
+//! A running job: its lease, and everything a handler does with it (after effectum's
+//! running job, which carries its own complete/fail/heartbeat).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::WriteTransaction;
+
+use super::failure::FailureRecord;
+use super::stats::RunStats;
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::llm::LlmError;
+use crate::queue::{checkpoint_in, complete_in, Failure, Job, JobState, Lease, Queue};
+use crate::store::Store;
+
+/// One leased job, handed to its kind's handler. Every way it can end goes through here, so
+/// the counters and the lease fencing are kept the same for every kind.
+pub struct JobCtx {
+    lease: Lease,
+    queue: Queue,
+    stats: Arc<RunStats>,
+    lease_len: Duration,
+}
+
+/// Extends a lease while it lives; dropping it stops the heartbeat.
+pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl JobCtx {
+    pub(super) fn new(
+        lease: Lease,
+        queue: Queue,
+        stats: Arc<RunStats>,
+        lease_len: Duration,
+    ) -> Self {
+        JobCtx {
+            lease,
+            queue,
+            stats,
+            lease_len,
+        }
+    }
+
+    /// The job as leased.
+    pub fn job(&self) -> &Job {
+        &self.lease.job
+    }
+
+    /// The lease (its token fences every write of this job).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The store, for reads and for writes composed with this job's end.
+    pub fn store(&self) -> &Store {
+        self.queue.store()
+    }
+
+    /// The run's counters.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    /// Extends the lease every third of its length until the guard drops.
+    pub fn heartbeat(&self) -> Heartbeat {
+        let queue = self.queue.clone();
+        let lease = self.lease.clone();
+        let lease_for = self.lease_len;
+        Heartbeat(tokio::spawn(async move {
+            let every = (lease_for / 3).max(Duration::from_millis(10));
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = queue.heartbeat(&lease, lease_for).await {
+                    tracing::warn!(job = lease.job.id, error = %e, "lease heartbeat failed");
+                    return;
+                }
+            }
+        }))
+    }
+
+    /// Completes the job with `result`, running `also` (given the commit time) in the same
+    /// fenced transaction. Returns false when the lease was lost: another worker owns the job
+    /// now and its result is the one kept.
+    pub async fn complete<F>(&self, result: Vec<u8>, also: F) -> Result<bool>
+    where
+        F: Fn(&WriteTransaction, u64) -> Result<()> + Send + 'static,
+    {
+        let lease = self.lease.clone();
+        let committed = self
+            .store()
+            .write(move |txn| {
+                let now = now_ms();
+                complete_in(txn, &lease, &result, now)?;
+                also(txn, now)
+            })
+            .await;
+        match committed {
+            Ok(()) => {
+                RunStats::bump(&self.stats.completed);
+                Ok(true)
+            }
+            Err(e) => ignore_lost(e).map(|()| false),
+        }
+    }
+
+    /// Saves the job's progress with `also` in one fenced transaction; false when the lease
+    /// was lost.
+    pub async fn checkpoint<F>(&self, progress: Vec<u8>, also: F) -> Result<bool>
+    where
+        F: Fn(&WriteTransaction) -> Result<()> + Send + 'static,
+    {
+        let lease = self.lease.clone();
+        let saved = self
+            .store()
+            .write(move |txn| {
+                checkpoint_in(txn, &lease, &progress)?;
+                also(txn)
+            })
+            .await;
+        saved
+            .map(|()| true)
+            .or_else(|e| ignore_lost(e).map(|()| false))
+    }
+
+    /// Fails the job: `Fatal` discards it, `Retryable` sends it back with backoff while it has
+    /// attempts left.
+    pub async fn fail(&self, record: &FailureRecord, how: Failure) -> Result<()> {
+        let state = self
+            .queue
+            .fail(&self.lease, &record.to_last_error(), how)
+            .await
+            .or_else(|e| ignore_lost(e).map(|()| JobState::Running))?;
+        if state == JobState::Discarded {
+            RunStats::bump(&self.stats.failed);
+        }
+        Ok(())
+    }
+
+    /// Ends the job after a failed call, by the client's classification: a retryable error
+    /// goes back to the queue (a server's `Retry-After` snoozes it without spending an
+    /// attempt), a fatal one discards the job with the provider's message.
+    pub async fn fail_call(&self, err: LlmError) -> Result<()> {
+        let record = FailureRecord::of_llm_error(&err);
+        if !err.is_retryable() {
+            return self.fail(&record, Failure::Fatal).await;
+        }
+        RunStats::bump(&self.stats.retried);
+        match err.retry_after() {
+            Some(delay) => self.snooze(delay).await,
+            None => self
+                .queue
+                .fail(&self.lease, &record.to_last_error(), Failure::Retryable)
+                .await
+                .map(|_| ())
+                .or_else(ignore_lost),
+        }
+    }
+
+    /// Puts the job back to run after `delay`, without spending an attempt.
+    pub async fn snooze(&self, delay: Duration) -> Result<()> {
+        self.queue
+            .snooze(&self.lease, delay)
+            .await
+            .or_else(ignore_lost)
+    }
+}
+
+/// A lost lease means another worker owns the job now: its result wins, ours is dropped.
+pub fn ignore_lost(e: Error) -> Result<()> {
+    match e {
+        Error::LeaseLost { job_id } => {
+            tracing::warn!(job = job_id, "lease lost; result discarded");
+            Ok(())
+        }
+        other => Err(other),
+    }
+}

@@ -1,0 +1,72 @@
+//! Live counters of a run, read by the progress line and kept in the run record.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Counters the runner and the job handlers bump as jobs end.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub cached: AtomicU64,
+    /// Jobs sent back to the queue to be tried again later (backoff or snooze).
+    pub retried: AtomicU64,
+    /// Jobs returned to the queue by a shutdown.
+    pub returned: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+/// A point-in-time copy of [`RunStats`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunCounts {
+    pub completed: u64,
+    pub failed: u64,
+    pub cached: u64,
+    pub retried: u64,
+    pub returned: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl RunCounts {
+    /// Adds another run's counters to these.
+    pub fn add(&mut self, other: &RunCounts) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cached += other.cached;
+        self.retried += other.retried;
+        self.returned += other.returned;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
+}
+
+impl RunStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> RunCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RunCounts {
+            completed: get(&self.completed),
+            failed: get(&self.failed),
+            cached: get(&self.cached),
+            retried: get(&self.retried),
+            returned: get(&self.returned),
+            prompt_tokens: get(&self.prompt_tokens),
+            completion_tokens: get(&self.completion_tokens),
+        }
+    }
+
+    /// Counts tokens billed by a call (not those of cache hits).
+    pub fn add_tokens(&self, prompt: u64, completion: u64) {
+        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
+    }
+
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
