@@ -5,27 +5,17 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use super::engine::{bad_payload, ChatSettings, Engine};
 use super::{blackboard, single, ChatJob};
 use crate::codec;
 use crate::error::Result;
-use crate::memory::{strategy, MemoryConfig, Strategy};
-use crate::queue::Failure;
-use crate::runner::{FailureRecord, Gateway, Handler, JobCtx};
-
-/// What chat jobs need besides the job.
-#[derive(Debug, Clone)]
-pub struct ChatSettings {
-    /// Strategies, memory in prompts and judging.
-    pub memory: MemoryConfig,
-    /// LLM steps a blackboard session may take (see `docs/blackboard.md`).
-    pub blackboard_max_steps: u32,
-}
+use crate::memory::{strategy, Strategy};
+use crate::runner::{Gateway, Handler, JobCtx};
 
 /// Runs chat jobs (registered under [`super::KIND`]).
 #[derive(Clone)]
 pub struct ChatHandler {
-    pub(super) gateway: Gateway,
-    pub(super) settings: Arc<ChatSettings>,
+    engine: Arc<Engine>,
 }
 
 impl Handler for ChatHandler {
@@ -38,8 +28,7 @@ impl ChatHandler {
     /// A handler calling through `gateway`.
     pub fn new(gateway: Gateway, settings: ChatSettings) -> ChatHandler {
         ChatHandler {
-            gateway,
-            settings: Arc::new(settings),
+            engine: Arc::new(Engine { gateway, settings }),
         }
     }
 
@@ -56,9 +45,9 @@ impl ChatHandler {
         };
         // Each strategy's engine; a new engine is one more arm here.
         match strategy {
-            Strategy::Blackboard => blackboard::run(self, ctx, job).await,
+            Strategy::Blackboard => blackboard::run(&self.engine, ctx, job).await,
             Strategy::Direct | Strategy::ChainOfThought | Strategy::Structured => {
-                single::run(self, ctx, job, strategy).await
+                single::run(&self.engine, ctx, job, strategy).await
             }
         }
     }
@@ -66,15 +55,9 @@ impl ChatHandler {
     /// The bandit's pick among the configured strategies for `domain`.
     async fn choose_strategy(&self, ctx: &JobCtx, domain: &str) -> Result<Strategy> {
         let domain = domain.to_string();
-        let arms = self.settings.memory.strategies.clone();
+        let arms = self.engine.settings.memory.strategies.clone();
         ctx.store()
             .read(move |txn| strategy::choose_read(txn, &domain, &arms))
             .await
     }
-}
-
-/// Discards a job whose payload cannot be used (no retry can help).
-pub(super) async fn bad_payload(ctx: &JobCtx, message: String) -> Result<()> {
-    let failure = FailureRecord::new("bad_payload", message);
-    ctx.fail(&failure, Failure::Fatal).await
 }

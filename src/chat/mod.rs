@@ -7,6 +7,7 @@
 //! one definition of completing a chat job.
 
 pub mod blackboard;
+mod engine;
 pub mod finish;
 pub mod handler;
 mod single;
@@ -14,7 +15,8 @@ mod single;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use handler::{ChatHandler, ChatSettings};
+pub use engine::ChatSettings;
+pub use handler::ChatHandler;
 
 use crate::memory::Expectation;
 

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
+use super::engine::{bad_payload, Engine};
 use super::finish::{finish, Answer};
-use super::handler::{bad_payload, ChatHandler};
 use super::{question_of, saturate, ChatJob, ResponseRecord};
 use crate::cache::Hit;
 use crate::clock::now_ms;
@@ -17,7 +17,7 @@ use crate::runner::{CacheWrite, CallError, JobCtx};
 
 /// Runs `job` with one call shaped by `strategy`.
 pub(super) async fn run(
-    handler: &ChatHandler,
+    engine: &Engine,
     ctx: JobCtx,
     job: ChatJob,
     strategy: Strategy,
@@ -26,11 +26,11 @@ pub(super) async fn run(
         Ok(body) => body,
         Err(e) => return bad_payload(&ctx, format!("request body is not JSON: {e}")).await,
     };
-    let memory = memory_for(handler, &ctx, &job).await?;
+    let memory = memory_for(engine, &ctx, &job).await?;
     apply::shape(&mut body, strategy, &memory);
     let heartbeat = ctx.heartbeat();
     let started = Instant::now();
-    let outcome = handler.gateway.call_deferred(&body).await;
+    let outcome = engine.gateway.call_deferred(&body).await;
     drop(heartbeat);
     match outcome {
         Ok((response, hit, cache_write)) => {
@@ -41,7 +41,7 @@ pub(super) async fn run(
                 cache_write,
                 started,
             };
-            complete(handler, &ctx, &job, response, reply).await
+            complete(engine, &ctx, &job, response, reply).await
         }
         Err(CallError::Store(e)) => Err(e),
         Err(CallError::Llm(e)) => ctx.fail_call(e).await,
@@ -49,13 +49,13 @@ pub(super) async fn run(
 }
 
 /// The memory section of a job's prompt (empty when memory is off).
-async fn memory_for(handler: &ChatHandler, ctx: &JobCtx, job: &ChatJob) -> Result<MemorySection> {
+async fn memory_for(engine: &Engine, ctx: &JobCtx, job: &ChatJob) -> Result<MemorySection> {
     if !job.memory {
         return Ok(MemorySection::default());
     }
     let question = question_of(&job.body);
     let domain = job.domain.clone();
-    let settings = &handler.settings.memory;
+    let settings = &engine.settings.memory;
     let (k, budget) = (settings.k, settings.token_budget);
     let now = now_ms();
     ctx.store()
@@ -76,7 +76,7 @@ struct Reply {
 /// Judges the reply and finishes the job, with the rule scores of the memory it used and the
 /// fresh response's cache row in the same transaction.
 async fn complete(
-    handler: &ChatHandler,
+    engine: &Engine,
     ctx: &JobCtx,
     job: &ChatJob,
     outcome: ChatOutcome,
@@ -103,7 +103,7 @@ async fn complete(
         strategy,
         outcome.response.content().unwrap_or_default(),
         job.expected.as_ref(),
-        handler.settings.memory.confidence_threshold,
+        engine.settings.memory.confidence_threshold,
     );
     // The model's own reasoning channel, when the strategy found no steps in the text.
     let reasoning = if judged.reasoning.is_empty() {

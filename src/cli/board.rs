@@ -6,7 +6,7 @@ use reasonq::app::{inspect, App};
 use reasonq::chat::blackboard::{Board, Entry, EntryKind, SessionState};
 use reasonq::config::Config;
 
-use super::commands::print_json;
+use super::print::print_json;
 use super::{fail, CliResult, Outcome};
 
 /// Prints session `session` (`bb-<job id>`, or just the job id).

@@ -10,7 +10,7 @@ use reasonq::memory::rules::Rule;
 use reasonq::store::Store;
 
 use super::args::InsightsArgs;
-use super::commands::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
+use super::print::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
 use super::{fail, CliError, CliResult, Outcome};
 
 /// `reasonq experiences search TEXT`.

@@ -14,6 +14,7 @@ mod batch;
 mod board;
 mod commands;
 mod memory;
+mod print;
 mod progress;
 
 use std::fmt::Display;

@@ -5,8 +5,8 @@ use serde_json::Value;
 
 use super::judge::Expectation;
 use super::prompt::MemorySection;
+use super::record::Outcome;
 use super::strategy::{add_system_text, Strategy};
-use crate::memory::experience::Outcome;
 
 /// Tag of an experience whose structured reply could not be read.
 pub const PARSE_ERROR_TAG: &str = "parse_error";

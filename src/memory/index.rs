@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::Serialize;
 
+use super::record::{Experience, Outcome};
 use crate::error::Result;
-use crate::memory::experience::{Experience, Outcome};
 use crate::store::tables::{
     Posting, PostingKey, MEMORY_DOCS, MEMORY_POSTINGS, MEMORY_STATS, MEMORY_TERMS, MEMORY_TOTAL_LEN,
 };

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::memory::experience::Outcome;
+use super::record::Outcome;
 
 /// Default tolerance of the `numeric` rule (see [`MatchRule::Numeric`]).
 pub const DEFAULT_TOLERANCE: f64 = 1e-6;
@@ -159,7 +159,7 @@ pub fn final_number(text: &str) -> Option<f64> {
     let answer_line = text
         .lines()
         .rev()
-        .find_map(|l| crate::memory::strategy::after_answer_label(l));
+        .find_map(|l| super::reply::after_answer_label(l));
     let last = |t: &str| {
         number_pattern()
             .find_iter(t)

@@ -14,6 +14,8 @@ pub mod insights;
 pub mod judge;
 pub mod pattern;
 pub mod prompt;
+pub mod record;
+pub mod reply;
 pub mod retrieve;
 pub mod rules;
 pub mod strategy;

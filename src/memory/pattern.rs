@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::experience::{Experience, Outcome};
+use super::record::{Experience, Outcome};
 use crate::codec;
 use crate::error::Result;
 use crate::store::tables::PATTERNS;

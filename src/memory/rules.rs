@@ -4,9 +4,9 @@
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::record::Outcome;
 use crate::codec;
 use crate::error::Result;
-use crate::memory::experience::Outcome;
 use crate::store::tables::{allocate_ids, MEMORY_RULES, NEXT_RULE_ID};
 
 /// Score of a new rule; a rule at or below zero is no longer put in prompts (as in ExpeL,

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::strategy::{plain, Extracted};
+use super::reply::{plain, Extracted};
 
 /// The system prompt of the structured strategy.
 pub const INSTRUCTIONS: &str = "Reply with only a JSON object of the form \

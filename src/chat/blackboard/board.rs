@@ -3,8 +3,7 @@
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::sources::CONTROLLER;
-use super::{Entry, EntryKind, Session, SessionState};
+use super::{Entry, EntryKind, Session, SessionState, CONTROLLER};
 use crate::codec;
 use crate::error::Result;
 use crate::store::tables;

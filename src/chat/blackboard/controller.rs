@@ -1,7 +1,6 @@
 //! The controller: which knowledge source runs next, by explicit rules (docs/blackboard.md).
 
-use super::{Board, EntryKind};
-use crate::chat::blackboard::sources::{CRITIQUE, DECOMPOSE, SOLVE};
+use super::{Board, EntryKind, CRITIQUE, DECOMPOSE, SOLVE};
 
 /// Bounds of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,14 @@ use serde::{Deserialize, Serialize};
 pub use board::{load_read, session_id, Board};
 pub(crate) use run::run;
 
+/// The knowledge sources, by the name their entries carry.
+pub const DECOMPOSE: &str = "decompose";
+pub const SOLVE: &str = "solve";
+pub const CRITIQUE: &str = "critique";
+pub const SYNTHESIZE: &str = "synthesize";
+/// Entries written without a call (the problem, fallbacks).
+pub const CONTROLLER: &str = "controller";
+
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

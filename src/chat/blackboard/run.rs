@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::controller::{next_action, Action, Limits};
 use super::{board, sources, Board, EntryKind, Session, SessionState};
 use crate::cache::Hit;
+use crate::chat::engine::{bad_payload, Engine};
 use crate::chat::finish::{finish, Answer};
-use crate::chat::handler::{bad_payload, ChatHandler};
 use crate::chat::{question_of, saturate, ChatJob, ResponseRecord};
 use crate::clock::now_ms;
 use crate::codec;
@@ -26,7 +26,7 @@ struct Progress {
 }
 
 /// Runs (or resumes) the blackboard session of a leased job to a durable end state.
-pub(crate) async fn run(handler: &ChatHandler, ctx: JobCtx, job: ChatJob) -> Result<()> {
+pub(crate) async fn run(engine: &Engine, ctx: JobCtx, job: ChatJob) -> Result<()> {
     let request: Value = match serde_json::from_str(&job.body) {
         Ok(v) => v,
         Err(e) => return bad_payload(&ctx, format!("request body is not JSON: {e}")).await,
@@ -34,7 +34,7 @@ pub(crate) async fn run(handler: &ChatHandler, ctx: JobCtx, job: ChatJob) -> Res
     // Stops when the session ends or its task is aborted.
     let _heartbeat = ctx.heartbeat();
     let limits = Limits {
-        max_steps: handler.settings.blackboard_max_steps,
+        max_steps: engine.settings.blackboard_max_steps,
         max_revisions: MAX_REVISIONS,
     };
     let mut board = match open(&ctx, &job).await {
@@ -54,7 +54,7 @@ pub(crate) async fn run(handler: &ChatHandler, ctx: JobCtx, job: ChatJob) -> Res
             }
             _ => {
                 let body = step_request(&request, &sources::prompt(&board, action));
-                let (outcome, hit, write) = match handler.gateway.call_deferred(&body).await {
+                let (outcome, hit, write) = match engine.gateway.call_deferred(&body).await {
                     Ok(answer) => answer,
                     Err(CallError::Store(e)) => return Err(e),
                     Err(CallError::Llm(e)) => return ctx.fail_call(e).await,

@@ -8,14 +8,7 @@
 use std::fmt::Write as _;
 
 use super::controller::Action;
-use super::{Board, EntryKind};
-
-pub const DECOMPOSE: &str = "decompose";
-pub const SOLVE: &str = "solve";
-pub const CRITIQUE: &str = "critique";
-pub const SYNTHESIZE: &str = "synthesize";
-/// Entries written without a call (the problem, fallbacks).
-pub const CONTROLLER: &str = "controller";
+use super::{Board, EntryKind, CONTROLLER, CRITIQUE, DECOMPOSE, SOLVE, SYNTHESIZE};
 
 /// Most sub-problems kept from a decomposition.
 pub const MAX_SUB_PROBLEMS: usize = 5;
