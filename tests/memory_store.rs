@@ -5,7 +5,7 @@ use reasonq::memory::experience::{self, ExperienceData, NewExperience, Outcome};
 use reasonq::memory::index::{self, IndexStats};
 use reasonq::memory::prompt::{build_read, estimate_tokens};
 use reasonq::memory::retrieve::{search_read, Query};
-use reasonq::memory::{rules, strategy, Strategy};
+use reasonq::memory::{bandit, rules, Strategy};
 use reasonq::store::{Durability, Store, StoreConfig};
 
 const NOW: u64 = 1_800_000_000_000;
@@ -219,18 +219,18 @@ fn memory_section_stays_within_its_token_budget_and_skips_the_same_question() {
 fn bandit_picks_the_better_strategy_after_evidence() {
     let (_dir, store) = open();
     let arms = [
-        Strategy::Direct,
-        Strategy::ChainOfThought,
-        Strategy::Structured,
+        Strategy::DIRECT,
+        Strategy::CHAIN_OF_THOUGHT,
+        Strategy::STRUCTURED,
     ];
     let choose = |store: &Store| {
         store
-            .read_blocking(move |txn| strategy::choose_read(txn, "math", &arms))
+            .read_blocking(move |txn| bandit::choose_read(txn, "math", &arms))
             .unwrap()
     };
     assert_eq!(
         choose(&store),
-        Strategy::Direct,
+        Strategy::DIRECT,
         "nothing tried: first configured"
     );
     let with = |s: Strategy, outcome: Outcome| NewExperience {
@@ -242,19 +242,19 @@ fn bandit_picks_the_better_strategy_after_evidence() {
         },
         created_at: Some(NOW),
     };
-    record(&store, vec![with(Strategy::Direct, Outcome::Failure)]);
+    record(&store, vec![with(Strategy::DIRECT, Outcome::Failure)]);
     assert_eq!(
         choose(&store),
-        Strategy::ChainOfThought,
+        Strategy::CHAIN_OF_THOUGHT,
         "untried arms next, in order"
     );
     // Success rates over 30 uses each: direct 1 in 4, chain of thought 9 in 10, structured 1 in 2.
     let mut evidence = Vec::new();
     for i in 0..30 {
         for (s, succeeded) in [
-            (Strategy::Direct, i % 4 == 0),
-            (Strategy::ChainOfThought, i % 10 != 0),
-            (Strategy::Structured, i % 2 == 0),
+            (Strategy::DIRECT, i % 4 == 0),
+            (Strategy::CHAIN_OF_THOUGHT, i % 10 != 0),
+            (Strategy::STRUCTURED, i % 2 == 0),
         ] {
             let outcome = if succeeded {
                 Outcome::Success
@@ -265,7 +265,7 @@ fn bandit_picks_the_better_strategy_after_evidence() {
         }
     }
     record(&store, evidence);
-    assert_eq!(choose(&store), Strategy::ChainOfThought);
+    assert_eq!(choose(&store), Strategy::CHAIN_OF_THOUGHT);
 }
 
 #[test]

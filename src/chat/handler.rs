@@ -9,7 +9,8 @@ use super::engine::{bad_payload, ChatSettings, Engine};
 use super::{blackboard, single, ChatJob};
 use crate::codec;
 use crate::error::Result;
-use crate::memory::{strategy, Strategy};
+use crate::memory::strategy::Execution;
+use crate::memory::{bandit, Strategy};
 use crate::runner::{Gateway, Handler, JobCtx};
 
 /// Runs chat jobs (registered under [`super::KIND`]).
@@ -43,12 +44,10 @@ impl ChatHandler {
             Some(Err(message)) => return bad_payload(&ctx, message).await,
             None => self.choose_strategy(&ctx, &job.domain).await?,
         };
-        // Each strategy's engine; a new engine is one more arm here.
-        match strategy {
-            Strategy::Blackboard => blackboard::run(&self.engine, ctx, job).await,
-            Strategy::Direct | Strategy::ChainOfThought | Strategy::Structured => {
-                single::run(&self.engine, ctx, job, strategy).await
-            }
+        // The strategy's engine (a strategy of a new kind of engine is one more arm here).
+        match strategy.execution() {
+            Execution::Blackboard => blackboard::run(&self.engine, ctx, job).await,
+            Execution::OneCall => single::run(&self.engine, ctx, job, strategy).await,
         }
     }
 
@@ -57,7 +56,7 @@ impl ChatHandler {
         let domain = domain.to_string();
         let arms = self.engine.settings.memory.strategies.clone();
         ctx.store()
-            .read(move |txn| strategy::choose_read(txn, &domain, &arms))
+            .read(move |txn| bandit::choose_read(txn, &domain, &arms))
             .await
     }
 }

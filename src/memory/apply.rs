@@ -70,30 +70,30 @@ mod tests {
     fn direct_without_memory_leaves_the_request_alone() {
         let mut body = json!({"messages":[{"role":"user","content":"q"}]});
         let before = body.clone();
-        shape(&mut body, Strategy::Direct, &MemorySection::default());
+        shape(&mut body, Strategy::DIRECT, &MemorySection::default());
         assert_eq!(body, before);
     }
 
     #[test]
     fn outcomes_come_from_expected_then_confidence() {
         let x = Expectation::parse(&json!(4), None).unwrap();
-        let j = judge_reply(Strategy::ChainOfThought, "2+2\nAnswer: 4", Some(&x), 0.7);
+        let j = judge_reply(Strategy::CHAIN_OF_THOUGHT, "2+2\nAnswer: 4", Some(&x), 0.7);
         assert_eq!((j.outcome, j.answer.as_str()), (Outcome::Success, "4"));
         let sure = r#"{"answer":"x","confidence":0.8}"#;
         assert_eq!(
-            judge_reply(Strategy::Structured, sure, None, 0.7).outcome,
+            judge_reply(Strategy::STRUCTURED, sure, None, 0.7).outcome,
             Outcome::Success
         );
         let unsure = r#"{"answer":"x","confidence":0.2}"#;
         assert_eq!(
-            judge_reply(Strategy::Structured, unsure, None, 0.7).outcome,
+            judge_reply(Strategy::STRUCTURED, unsure, None, 0.7).outcome,
             Outcome::Failure
         );
-        let bad = judge_reply(Strategy::Structured, "not json", None, 0.7);
+        let bad = judge_reply(Strategy::STRUCTURED, "not json", None, 0.7);
         assert_eq!(bad.outcome, Outcome::Unknown);
         assert!(bad.parse_error.is_some());
         assert_eq!(
-            judge_reply(Strategy::Direct, "x", None, 0.7).outcome,
+            judge_reply(Strategy::DIRECT, "x", None, 0.7).outcome,
             Outcome::Unknown
         );
     }

@@ -8,6 +8,7 @@
 //! an experience is.
 
 pub mod apply;
+pub mod bandit;
 pub mod experience;
 pub mod index;
 pub mod insights;
@@ -19,7 +20,6 @@ pub mod reply;
 pub mod retrieve;
 pub mod rules;
 pub mod strategy;
-pub mod structured;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +46,7 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
-            strategies: vec![Strategy::Direct],
+            strategies: vec![Strategy::DIRECT],
             k: 3,
             token_budget: 1000,
             confidence_threshold: 0.7,

@@ -3,7 +3,15 @@
 
 use serde::Deserialize;
 
-use super::reply::{plain, Extracted};
+use super::{Definition, Execution};
+use crate::memory::reply::{plain, Extracted};
+
+pub(super) const DEFINITION: Definition = Definition {
+    name: "structured",
+    instructions: Some(INSTRUCTIONS),
+    extract: parse,
+    execution: Execution::OneCall,
+};
 
 /// The system prompt of the structured strategy.
 pub const INSTRUCTIONS: &str = "Reply with only a JSON object of the form \
