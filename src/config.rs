@@ -260,7 +260,7 @@ fn millis(d: Duration) -> u64 {
 
 impl Config {
     /// The configuration with every count that must be at least one raised to one
-    /// (concurrency, attempts, lease, blackboard steps): the one place they are clamped.
+    /// (concurrency, attempts, lease, blackboard steps, intervals): the one place they are clamped.
     pub fn normalized(mut self) -> Config {
         self.concurrency = self.concurrency.max(1);
         self.queue.max_attempts = self.queue.max_attempts.max(1);
@@ -268,6 +268,7 @@ impl Config {
         self.retry.max_attempts = self.retry.max_attempts.max(1);
         self.blackboard.max_steps = self.blackboard.max_steps.max(1);
         self.memory.insight_examples = self.memory.insight_examples.max(1);
+        self.retention.interval_s = self.retention.interval_s.max(1);
         self
     }
 }

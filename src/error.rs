@@ -50,6 +50,15 @@ pub enum Error {
     /// The LLM client could not be set up (no API key, a bad base URL) or a call failed.
     #[error("{0}")]
     Llm(Arc<LlmError>),
+    /// The LLM call a step of a use case makes failed; `step` names it.
+    #[error("{step} failed: {source}")]
+    Call {
+        step: &'static str,
+        source: Arc<LlmError>,
+    },
+    /// An output file could not be written.
+    #[error("cannot write {path}: {message}")]
+    Write { path: String, message: String },
     /// The simulated API (`--simulate`) could not start.
     #[error("cannot start the simulated API: {0}")]
     Simulator(String),
@@ -65,6 +74,16 @@ pub enum Error {
 impl From<LlmError> for Error {
     fn from(e: LlmError) -> Self {
         Error::Llm(Arc::new(e))
+    }
+}
+
+impl Error {
+    /// The failure of the LLM call of `step`.
+    pub fn call(step: &'static str, err: LlmError) -> Self {
+        Error::Call {
+            step,
+            source: Arc::new(err),
+        }
     }
 }
 

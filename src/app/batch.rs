@@ -197,12 +197,9 @@ impl Prepared {
                 &failure,
             ));
         }
-        write_jsonl(&self.output, &result.lines)
-            .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", self.output.display())))?;
+        write_jsonl(&self.output, &result.lines).map_err(|e| written(&self.output, e))?;
         if !error_lines.is_empty() || self.errors_asked {
-            write_jsonl(&self.errors, &error_lines).map_err(|e| {
-                Error::Invalid(format!("cannot write {}: {e}", self.errors.display()))
-            })?;
+            write_jsonl(&self.errors, &error_lines).map_err(|e| written(&self.errors, e))?;
         }
         tracing::info!(elapsed = ?phase.elapsed(), "exported");
         let counts = connected.runner.stats().snapshot();
@@ -245,7 +242,14 @@ async fn check_models(connected: &Connected, items: &[BatchItem]) -> Result<()> 
             tracing::warn!("cannot list models at the endpoint; model names not checked");
             Ok(())
         }
-        Err(e) => Err(Error::Invalid(format!("model check failed: {e}"))),
+        Err(e) => Err(Error::call("model check", e)),
+    }
+}
+
+fn written(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
     }
 }
 

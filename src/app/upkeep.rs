@@ -103,9 +103,11 @@ impl Upkeep {
     pub fn start(config: &Config, queue: &Queue, cache: &Arc<Cache>, store: &Store) -> Upkeep {
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let lease = Duration::from_secs(config.queue.lease_s.max(2));
+        // Twice a lease, at most once a second.
+        let rescue_every =
+            (Duration::from_secs(config.queue.lease_s) / 2).max(Duration::from_secs(1));
         let rescuer = queue.clone();
-        every(&mut tasks, &stop, lease / 2, move || {
+        every(&mut tasks, &stop, rescue_every, move || {
             let queue = rescuer.clone();
             async move {
                 if let Ok(n @ 1..) = queue.rescue_expired().await {
@@ -115,7 +117,7 @@ impl Upkeep {
         });
         let (queue, cleanup_cache, store) = (queue.clone(), cache.clone(), store.clone());
         let retention = ExperienceRetention::of(config);
-        let interval = Duration::from_secs(config.retention.interval_s.max(1));
+        let interval = Duration::from_secs(config.retention.interval_s);
         every(&mut tasks, &stop, interval, move || {
             let (queue, cache, store) = (queue.clone(), cleanup_cache.clone(), store.clone());
             async move {

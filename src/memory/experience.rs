@@ -156,7 +156,7 @@ pub fn record_in(txn: &WriteTransaction, item: &NewExperience, now: u64) -> Resu
     record_many_in(txn, std::slice::from_ref(item), now)?
         .first()
         .copied()
-        .ok_or_else(|| Error::Invalid("recording produced no id".into()))
+        .ok_or_else(|| Error::Task("recording produced no id".into()))
 }
 
 /// Deletes every experience with `created_at < cutoff_ms`; returns how many.

@@ -24,7 +24,7 @@ pub fn enqueue_in(
 ) -> Result<Enqueued> {
     let mut out = enqueue_many_in(txn, config, std::slice::from_ref(job), now)?;
     out.pop()
-        .ok_or_else(|| Error::Invalid("enqueue produced no result".into()))
+        .ok_or_else(|| Error::Task("enqueue produced no result".into()))
 }
 
 /// Enqueues jobs in order. A job whose dedup key is already taken in its queue (by a stored
