@@ -207,3 +207,38 @@ async fn a_misspelled_model_fails_before_anything_is_enqueued_or_sent() {
     let status = env.run(&["status", "--json"]).await;
     assert_eq!(support::stdout(&status).trim(), "[]");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_or_errors_file_that_is_the_input_is_refused_before_anything_runs() {
+    let env = Env::start(SimConfig::default()).await;
+    let input = env.write_input("in.jsonl", &questions(3));
+    let before = std::fs::read(&input).unwrap();
+    for args in [
+        vec!["batch", "in.jsonl", "-o", "in.jsonl"],
+        vec!["batch", "in.jsonl", "-o", "./in.jsonl"],
+        vec!["batch", "in.jsonl", "--errors", "in.jsonl"],
+        vec![
+            "batch",
+            "in.jsonl",
+            "-o",
+            "out.jsonl",
+            "--errors",
+            "out.jsonl",
+        ],
+    ] {
+        let out = env.run(&args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("name another one"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        before,
+        "the input is untouched"
+    );
+    assert!(!env.db().exists(), "no database was created");
+    assert_eq!(env.server.stats().requests, 0);
+}

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use reasonq::app::App;
+use reasonq::app::{App, Endpoint};
 use reasonq::cache::CachePolicy;
 use reasonq::chat::ChatJob;
 use reasonq::codec;
@@ -74,15 +74,13 @@ fn rows() -> Vec<(&'static str, Fault, Expect)> {
             Fault::Latency(ms(1_600)),
             CompletedAfterRetry,
         ),
-        (
-            "malformed JSON",
-            Fault::MalformedJson,
-            Discarded("malformed_response"),
-        ),
+        // A broken 2xx body costs an attempt, not the line.
+        ("malformed JSON", Fault::MalformedJson, CompletedAfterRetry),
+        // A page that is not JSON (a wrong base URL) is not worth the queue's attempts.
         (
             "wrong content type",
             Fault::WrongContentType,
-            Discarded("malformed_response"),
+            Discarded("not_json"),
         ),
         (
             "huge body over the 1 MiB cap",
@@ -143,7 +141,7 @@ fn enqueue_job(custom_id: &str, prompt: &str) -> NewJob {
 /// Runs the queue dry with the real runner path (a new runner, so the counts are this
 /// drain's).
 async fn drain(app: &App) -> RunCounts {
-    let connected = app.connect(false).await.unwrap();
+    let connected = app.connect(&Endpoint::default()).await.unwrap();
     let end = connected
         .runner
         .drain(QUEUE, Shutdown::new().listener())

@@ -115,3 +115,67 @@ async fn a_line_over_the_size_limit_is_refused_with_its_file_and_line() {
     );
     assert_eq!(env.server.stats().requests, 0, "nothing was sent");
 }
+
+/// Runs `reasonq` in `env`'s folder on its database, with only `vars` of the key variables.
+fn reasonq(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reasonq"));
+    cmd.current_dir(env.dir.path())
+        .arg("--db")
+        .arg(env.db())
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("REASONQ_") || key.ends_with("_API_KEY") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(vars.iter().copied()).output().unwrap()
+}
+
+/// A base URL from a config file or a flag cannot pull a provider's key to another host:
+/// `XAI_API_KEY` goes to x.ai only, and no key goes over plain http beyond loopback. The
+/// refusals happen before any connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_key_never_goes_to_another_host() {
+    let env = Env::start(SimConfig {
+        api_key: Some(SECRET.into()),
+        ..SimConfig::default()
+    })
+    .await;
+    // A cloned repository's reasonq.toml pointing at someone else's server.
+    std::fs::write(
+        env.path("reasonq.toml"),
+        "base_url = \"https://collector.example.com/v1\"\n",
+    )
+    .unwrap();
+    let xai = [("XAI_API_KEY", SECRET)];
+    let out = reasonq(&env, &["models"], &xai);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no API key for collector.example.com: set REASONQ_API_KEY"),
+        "{}",
+        stderr(&out)
+    );
+    // Plain http to a host that is not this machine: even a key named on purpose is refused.
+    let plain = [
+        "--base-url",
+        "http://gpu-box.invalid/v1",
+        "--api-key-env",
+        "XAI_API_KEY",
+    ];
+    let out = reasonq(&env, &[&plain[..], &["models"]].concat(), &xai);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("plain http"), "{}", stderr(&out));
+    assert!(!contains(&out.stdout, SECRET) && !contains(&out.stderr, SECRET));
+    // The loopback server gets the key of the variable the user names, and answers.
+    let base = env.server.base_url();
+    let named = [
+        "--base-url",
+        base.as_str(),
+        "--api-key-env",
+        "MY_GATEWAY_KEY",
+        "models",
+    ];
+    let out = reasonq(&env, &named, &[("MY_GATEWAY_KEY", SECRET)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -6,7 +6,7 @@
 //! checked, lines enqueued) and [`Prepared::run`] (the drain and the export).
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::runs::{self, RunRecord};
 use super::{App, Connected};
@@ -95,6 +95,19 @@ pub struct Report {
 /// fails the batch, unless `skip_invalid`.
 pub fn read(opts: &BatchOptions, default_model: &str) -> Result<ParsedInput> {
     let phase = std::time::Instant::now();
+    let (output, errors) = files(opts);
+    for (what, path, other, other_what) in [
+        ("output", &output, &opts.input, "input"),
+        ("errors", &errors, &opts.input, "input"),
+        ("errors", &errors, &output, "output"),
+    ] {
+        if same_file(path, other) {
+            return Err(Error::Invalid(format!(
+                "the {what} file {} is the {other_what} file; name another one",
+                path.display()
+            )));
+        }
+    }
     let parsed = read_file(&opts.input, default_model)
         .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", opts.input.display())))?;
     if !parsed.errors.is_empty() && !opts.skip_invalid {
@@ -154,15 +167,10 @@ pub async fn prepare(
     }
     tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
     let counts = app.queue.counts(Some(&batch)).await?;
+    let (output, errors) = files(opts);
     Ok(Prepared {
-        output: opts
-            .output
-            .clone()
-            .unwrap_or_else(|| with_suffix(&opts.input, "out.jsonl")),
-        errors: opts
-            .errors
-            .clone()
-            .unwrap_or_else(|| with_suffix(&opts.input, "errors.jsonl")),
+        output,
+        errors,
         errors_asked: opts.errors.is_some(),
         requests: jobs.len(),
         inserted,
@@ -225,6 +233,37 @@ impl Prepared {
             counts,
             requests_sent: metrics.requests_sent,
         })
+    }
+}
+
+/// The output and errors files: as given, else beside the input.
+fn files(opts: &BatchOptions) -> (PathBuf, PathBuf) {
+    let output = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| with_suffix(&opts.input, "out.jsonl"));
+    let errors = opts
+        .errors
+        .clone()
+        .unwrap_or_else(|| with_suffix(&opts.input, "errors.jsonl"));
+    (output, errors)
+}
+
+/// Whether two paths name one file (links and `./` included), existing or not.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        if let Ok(full) = std::fs::canonicalize(p) {
+            return Some(full);
+        }
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+    };
+    match (resolved(a), resolved(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 

@@ -33,6 +33,26 @@ pub struct App {
     upkeep: tokio::sync::Mutex<Upkeep>,
 }
 
+/// Which endpoint [`App::connect`] talks to.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoint {
+    /// The in-process loopback server of `--simulate` instead of the configured base URL.
+    pub simulate: bool,
+    /// The environment variable holding the API key, as named on the command line (never
+    /// from a file: a configuration file must not be able to send a key elsewhere).
+    pub key_env: Option<String>,
+}
+
+impl Endpoint {
+    /// The simulated API.
+    pub fn simulated() -> Endpoint {
+        Endpoint {
+            simulate: true,
+            key_env: None,
+        }
+    }
+}
+
 /// A client ready to call an endpoint, and the runner that drains queues through it.
 pub struct Connected {
     /// Cache and client: every LLM call goes through it.
@@ -72,19 +92,19 @@ impl App {
         })
     }
 
-    /// Builds the LLM client (against the configured endpoint, whose API key must be in the
-    /// environment, or against a loopback simulation), the gateway over it, and a runner
-    /// with every job kind's handler registered.
-    pub async fn connect(&self, simulate: bool) -> Result<Connected> {
+    /// Builds the LLM client (against the configured base URL, with the API key that may go
+    /// to its host, from the environment; or against a loopback simulation), the gateway
+    /// over it, and a runner with every job kind's handler registered.
+    pub async fn connect(&self, to: &Endpoint) -> Result<Connected> {
         let mut llm = llm_config(&self.config);
-        let (endpoint, sim) = if simulate {
+        let (endpoint, sim) = if to.simulate {
             let server = SimServer::start(simulated_api())
                 .await
                 .map_err(|e| Error::Simulator(e.to_string()))?;
             llm.base_url = server.base_url();
             (String::from("simulated"), Some(server))
         } else {
-            llm.api_key = LlmConfig::api_key_from_env(&llm.base_url)?;
+            llm.api_key = LlmConfig::api_key_from_env(&llm.base_url, to.key_env.as_deref())?;
             (self.config.base_url.trim_end_matches('/').to_string(), None)
         };
         let client = LlmClient::new(llm)?;

@@ -27,6 +27,9 @@ use crate::memory::{Expectation, Strategy};
 /// The only endpoint a batch line may name.
 pub const CHAT_COMPLETIONS_URL: &str = "/v1/chat/completions";
 
+/// The UTF-8 byte-order mark, accepted at the start of the file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Input limits: a line larger than this is refused before it is parsed.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
@@ -64,6 +67,8 @@ impl BatchItem {
     }
 }
 
+/// Top-level fields of an OpenAI batch request line (the line options come on top).
+pub const OPENAI_FIELDS: &[&str] = &["custom_id", "method", "url", "body"];
 /// Fields of the short form that make the request.
 pub const SHORT_FORM_FIELDS: &[&str] = &["id", "question", "system", "model", "params"];
 /// Line options both forms take as top-level keys.
@@ -164,7 +169,11 @@ pub fn read(reader: impl BufRead, name: &str, default_model: &str) -> std::io::R
             field: field.map(str::to_string),
             message,
         };
-        let bytes = line?;
+        let mut bytes = line?;
+        // Editors on Windows start files with a UTF-8 byte-order mark.
+        if index == 0 && bytes.starts_with(UTF8_BOM) {
+            bytes.drain(..UTF8_BOM.len());
+        }
         if bytes.len() > MAX_LINE_BYTES {
             parsed.errors.push(err(
                 None,
@@ -299,6 +308,17 @@ fn optional_string(obj: &Map<String, Value>, field: &str) -> Result<Option<Strin
 }
 
 fn parse_openai(mut obj: Map<String, Value>, default_model: &str) -> Result<BatchItem, LineError> {
+    let known = |k: &str| OPENAI_FIELDS.contains(&k) || OPTION_FIELDS.contains(&k);
+    if let Some(unknown) = obj.keys().find(|k| !known(k)) {
+        return Err(field_err(
+            unknown,
+            format!(
+                "unknown field; a request line takes {}, {}",
+                OPENAI_FIELDS.join(", "),
+                OPTION_FIELDS.join(", ")
+            ),
+        ));
+    }
     let custom_id = required_string(&obj, "custom_id")?;
     let method = required_string(&obj, "method")?;
     if method != "POST" {
@@ -458,6 +478,31 @@ mod tests {
         assert_eq!(body["reasoning_effort"], "low");
         assert_eq!(p.items[0].custom_id, "a");
         assert_eq!(p.items[0].line, 1);
+    }
+
+    #[test]
+    fn a_byte_order_mark_on_line_one_is_accepted() {
+        let p = parse(
+            "\u{feff}{\"id\":\"q1\",\"question\":\"hi\"}\n{\"id\":\"q2\",\"question\":\"x\"}",
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.items.len(), 2);
+        // Only at the start of the file: elsewhere it is not JSON.
+        let e = only_error("\n\u{feff}{\"id\":\"q1\",\"question\":\"hi\"}");
+        assert!(e.starts_with("in.jsonl:2: malformed JSON"), "{e}");
+    }
+
+    #[test]
+    fn a_typo_in_an_option_of_a_request_line_is_reported() {
+        let e = only_error(
+            r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"messages":[]},"stratgy":"structured"}"#,
+        );
+        assert!(
+            e.starts_with(
+                "in.jsonl:1: field `stratgy`: unknown field; a request line takes custom_id"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct Global {
     /// "[simulated]"), with realistic latency and occasional 429s. Costs nothing.
     #[arg(long, global = true)]
     pub simulate: bool,
+    /// The environment variable that holds the API key, for any endpoint (by default
+    /// XAI_API_KEY goes only to x.ai, OPENAI_API_KEY only to openai.com, REASONQ_API_KEY
+    /// anywhere). Keys are never sent over plain http except to loopback.
+    #[arg(long, global = true, value_name = "VAR")]
+    pub api_key_env: Option<String>,
     /// Log level filter (e.g. info, debug, reasonq=trace); logs go to stderr.
     #[arg(long, global = true, env = "REASONQ_LOG", default_value = "warn")]
     pub log: String,

@@ -2,7 +2,7 @@
 
 use reasonq::app::batch::{self, BatchOptions};
 use reasonq::app::upkeep::peak_resident_bytes;
-use reasonq::app::App;
+use reasonq::app::{App, Endpoint};
 use reasonq::config::Config;
 use reasonq::runner::DrainEnd;
 use reasonq::shutdown::{exit_code, Shutdown};
@@ -11,7 +11,7 @@ use super::args::BatchArgs;
 use super::progress::Progress;
 use super::{fail, CliResult, Outcome};
 
-pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
+pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliResult {
     let opts = BatchOptions {
         input: args.input,
         output: args.output,
@@ -24,11 +24,15 @@ pub async fn run(config: Config, args: BatchArgs, simulate: bool) -> CliResult {
     // A bad file is refused before the database is opened.
     let parsed = batch::read(&opts, &config.model).map_err(fail)?;
     let app = App::open(config).await.map_err(fail)?;
-    let connected = app.connect(simulate).await.map_err(fail)?;
+    let connected = app.connect(endpoint).await.map_err(fail)?;
     let prepared = batch::prepare(&app, &connected, &opts, parsed)
         .await
         .map_err(fail)?;
-    let label = if simulate { " (simulated API)" } else { "" };
+    let label = if endpoint.simulate {
+        " (simulated API)"
+    } else {
+        ""
+    };
     eprintln!(
         "batch {}{label}: {} requests, {} new, {} already done",
         prepared.batch,

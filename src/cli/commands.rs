@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use reasonq::app::inspect::{self, job_detail};
 use reasonq::app::submit::{self, Question, Submitted};
-use reasonq::app::App;
+use reasonq::app::{App, Endpoint};
 use reasonq::batch::export::write_jsonl;
 use reasonq::config::Config;
 use reasonq::memory::experience::{Experience, Order};
@@ -17,7 +17,7 @@ use super::print::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS}
 use super::{fail, CliResult, Outcome};
 
 /// `reasonq submit`: one question through the same durable path as a batch.
-pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResult {
+pub async fn submit(config: Config, args: SubmitArgs, endpoint: &Endpoint) -> CliResult {
     let question = Question {
         text: args.question,
         system: args.system,
@@ -25,7 +25,7 @@ pub async fn submit(config: Config, args: SubmitArgs, simulate: bool) -> CliResu
         temperature: args.temperature,
     };
     let app = App::open(config).await.map_err(fail)?;
-    let connected = app.connect(simulate).await.map_err(fail)?;
+    let connected = app.connect(endpoint).await.map_err(fail)?;
     let shutdown = Shutdown::new();
     let _signals = shutdown.listen_for_signals().map_err(fail)?;
     let submitted = submit::submit(&app, &connected, &question, shutdown.listener()).await;
@@ -330,9 +330,9 @@ pub async fn stats(config: Config, as_json: bool) -> CliResult {
 }
 
 /// `reasonq models`.
-pub async fn models(config: Config, as_json: bool, simulate: bool) -> CliResult {
+pub async fn models(config: Config, as_json: bool, endpoint: &Endpoint) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let models = match app.connect(simulate).await {
+    let models = match app.connect(endpoint).await {
         Ok(connected) => connected.client().models().await.map_err(fail),
         Err(e) => Err(fail(e)),
     };

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use reasonq::app::{insights, App};
+use reasonq::app::{insights, App, Endpoint};
 use reasonq::clock::now_ms;
 use reasonq::config::Config;
 use reasonq::memory::retrieve::{search_experiences_read, Query};
@@ -86,9 +86,9 @@ pub(super) fn print_rules(rules: &[Rule]) -> Result<(), CliError> {
 }
 
 /// `reasonq insights DOMAIN`.
-pub(super) async fn insights(config: Config, args: InsightsArgs, simulate: bool) -> CliResult {
+pub(super) async fn insights(config: Config, args: InsightsArgs, endpoint: &Endpoint) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let result = match app.connect(simulate).await {
+    let result = match app.connect(endpoint).await {
         Ok(connected) => insights::insights(&app, &connected.gateway, &args.domain)
             .await
             .map_err(fail),

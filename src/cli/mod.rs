@@ -22,6 +22,7 @@ use std::fmt::Display;
 use clap::Parser;
 
 use args::{Cli, Command, Global};
+use reasonq::app::Endpoint;
 use reasonq::config::Config;
 
 /// How a command ended successfully.
@@ -116,7 +117,10 @@ fn load_config(global: &Global) -> Result<Config, CliError> {
 
 async fn run(cli: Cli) -> CliResult {
     let mut config = load_config(&cli.global)?;
-    let simulate = cli.global.simulate;
+    let endpoint = Endpoint {
+        simulate: cli.global.simulate,
+        key_env: cli.global.api_key_env.clone(),
+    };
     match cli.command {
         Command::Batch(args) => {
             if let Some(c) = args.concurrency {
@@ -128,18 +132,18 @@ async fn run(cli: Cli) -> CliResult {
             if let Some(s) = args.drain_timeout {
                 config.shutdown.drain_timeout_s = s;
             }
-            batch::run(config, args, simulate).await
+            batch::run(config, args, &endpoint).await
         }
-        Command::Submit(args) => commands::submit(config, args, simulate).await,
+        Command::Submit(args) => commands::submit(config, args, &endpoint).await,
         Command::Status(f) => commands::status(config, f.json).await,
         Command::Results(args) => commands::results(config, args).await,
         Command::Jobs(cmd) => commands::jobs(config, cmd).await,
         Command::Experiences(cmd) => commands::experiences(config, cmd).await,
         Command::Patterns(f) => commands::patterns(config, f.json).await,
-        Command::Insights(args) => memory::insights(config, args, simulate).await,
+        Command::Insights(args) => memory::insights(config, args, &endpoint).await,
         Command::Cleanup(f) => commands::cleanup(config, f.json).await,
         Command::Stats(f) => commands::stats(config, f.json).await,
-        Command::Models(f) => commands::models(config, f.json, simulate).await,
+        Command::Models(f) => commands::models(config, f.json, &endpoint).await,
         Command::Board(args) => board::board(config, args.session, args.json).await,
     }
 }

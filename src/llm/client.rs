@@ -204,8 +204,11 @@ impl LlmClient {
         let ((raw, rid, response), attempts) = self
             .execute(Method::POST, &inner.chat_uri, Some(body), estimate, |raw| {
                 let rid = request_id(&raw.headers);
-                check_json_type(&raw.headers, &raw.body, rid.as_deref())?;
-                let response = parse_chat(&raw.body, rid.as_deref())?;
+                let key = inner.cfg.api_key.as_ref().map(|k| k.expose());
+                check_json_type(&raw.headers, &raw.body, rid.as_deref(), &inner.chat_uri)
+                    .map_err(|e| scrub_error(e, key))?;
+                let response =
+                    parse_chat(&raw.body, rid.as_deref()).map_err(|e| scrub_error(e, key))?;
                 Ok((raw, rid, response))
             })
             .await?;
@@ -298,7 +301,7 @@ impl LlmClient {
             inner.metrics.failures.fetch_add(1, Relaxed);
             // A failed attempt consumed no tokens; the retry reserves afresh.
             inner.limiter.settle(estimate, 0);
-            let give_up = !err.is_retryable() || attempt >= policy.max_attempts.max(1);
+            let give_up = attempt >= err.attempts_worth(policy.max_attempts.max(1));
             let delay = policy.delay_after(attempt, &err);
             let past_deadline =
                 deadline.is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|t| t >= d));
@@ -496,18 +499,29 @@ fn excerpt(body: &[u8]) -> String {
     }
 }
 
-fn check_json_type(h: &HeaderMap, body: &[u8], rid: Option<&str>) -> Result<(), LlmError> {
+fn check_json_type(
+    h: &HeaderMap,
+    body: &[u8],
+    rid: Option<&str>,
+    url: &http::Uri,
+) -> Result<(), LlmError> {
     let is_json = |ct: &str| {
         ct.as_bytes()
             .windows(4)
             .any(|w| w.eq_ignore_ascii_case(b"json"))
     };
     match h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        Some(ct) if !is_json(ct) => Err(LlmError::Malformed {
-            what: format!(
-                "expected a JSON body but content-type is {ct:?}; body starts with {}",
-                excerpt(body)
+        Some(ct) if !is_json(ct) => Err(LlmError::NotJson {
+            // Without any user:password part of the authority.
+            url: format!(
+                "{}://{}{}",
+                url.scheme_str().unwrap_or("https"),
+                url.authority()
+                    .map_or("", |a| a.as_str().rsplit('@').next().unwrap_or("")),
+                url.path()
             ),
+            content_type: ct.to_string(),
+            excerpt: excerpt(body),
             request_id: rid.map(str::to_owned),
         }),
         _ => Ok(()),
@@ -522,6 +536,29 @@ fn parse_chat(body: &[u8], rid: Option<&str>) -> Result<ChatResponse, LlmError> 
         ),
         request_id: rid.map(str::to_owned),
     })
+}
+
+/// An error whose text quotes a response body, with the key replaced (a 2xx body can echo
+/// the request's headers back).
+fn scrub_error(e: LlmError, key: Option<&str>) -> LlmError {
+    match e {
+        LlmError::Malformed { what, request_id } => LlmError::Malformed {
+            what: scrub(&what, key),
+            request_id,
+        },
+        LlmError::NotJson {
+            url,
+            content_type,
+            excerpt,
+            request_id,
+        } => LlmError::NotJson {
+            url,
+            content_type,
+            excerpt: scrub(&excerpt, key),
+            request_id,
+        },
+        other => other,
+    }
 }
 
 /// Replaces the key wherever a provider echoes it back.

@@ -76,34 +76,75 @@ impl Default for LlmConfig {
 }
 
 impl LlmConfig {
-    /// Reads the API key for `base_url` from the environment: `XAI_API_KEY`
-    /// for x.ai, `OPENAI_API_KEY` for openai.com, `REASONQ_API_KEY` for any
-    /// endpoint. Plain-http endpoints may run without a key (`Ok(None)`).
-    pub fn api_key_from_env(base_url: &str) -> Result<Option<Secret>, LlmError> {
-        key_from_lookup(base_url, |name| std::env::var(name).ok())
+    /// Reads the API key for `base_url` from the environment (see [`key_from_lookup`]).
+    pub fn api_key_from_env(
+        base_url: &str,
+        key_env: Option<&str>,
+    ) -> Result<Option<Secret>, LlmError> {
+        key_from_lookup(base_url, key_env, |name| std::env::var(name).ok())
     }
 }
 
-/// `api_key_from_env` with an injectable lookup, so tests need not touch the
-/// process environment.
-pub fn key_from_lookup(
-    base_url: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Option<Secret>, LlmError> {
-    let host = base_url
-        .parse::<http::Uri>()
-        .map_err(|e| LlmError::Config(format!("invalid base URL {base_url:?}: {e}")))?
-        .host()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+/// The environment variables whose key may go to `host`, in order: a provider's own key
+/// goes only to that provider's hosts (`XAI_API_KEY` to x.ai, `OPENAI_API_KEY` to
+/// openai.com); `REASONQ_API_KEY` goes to any host.
+pub fn key_names(host: &str) -> &'static [&'static str] {
     let is = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
-    let names: &[&str] = if is("x.ai") {
+    if is("x.ai") {
         &["XAI_API_KEY", "REASONQ_API_KEY"]
     } else if is("openai.com") {
         &["OPENAI_API_KEY", "REASONQ_API_KEY"]
     } else {
-        &["REASONQ_API_KEY", "XAI_API_KEY", "OPENAI_API_KEY"]
+        &["REASONQ_API_KEY"]
+    }
+}
+
+/// Whether `host` is this machine (a key may go there over plain http).
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// [`LlmConfig::api_key_from_env`] with an injectable lookup, so tests need not touch the
+/// process environment. `key_env` is a variable the user named on the command line; it
+/// replaces [`key_names`] for any host. A key never goes over plain http to a host other
+/// than loopback: such an endpoint gets no key (an error when the user named one). An https
+/// endpoint without a key is an error that names the variables to set.
+pub fn key_from_lookup(
+    base_url: &str,
+    key_env: Option<&str>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, LlmError> {
+    let uri = base_url
+        .parse::<http::Uri>()
+        .map_err(|e| LlmError::Config(format!("invalid base URL {base_url:?}: {e}")))?;
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    let plain = uri.scheme_str() == Some("http");
+    let named;
+    let names: &[&str] = match key_env {
+        Some(name) => {
+            named = [name];
+            &named
+        }
+        None => key_names(&host),
     };
+    if plain && !is_loopback(&host) {
+        if let Some(name) = key_env {
+            return Err(LlmError::Config(format!(
+                "{base_url} is plain http: the key in {name} is not sent to {host}; use https"
+            )));
+        }
+        if names
+            .iter()
+            .any(|n| lookup(n).is_some_and(|k| !k.trim().is_empty()))
+        {
+            tracing::warn!(%host, "plain http endpoint: no API key is sent (use https)");
+        }
+        return Ok(None);
+    }
     if let Some(key) = names
         .iter()
         .filter_map(|n| lookup(n))
@@ -111,7 +152,7 @@ pub fn key_from_lookup(
     {
         return Ok(Some(Secret(key.trim().to_owned())));
     }
-    if base_url.starts_with("http://") {
+    if plain {
         return Ok(None);
     }
     Err(LlmError::Config(format!(
@@ -134,27 +175,81 @@ mod tests {
             }
         };
         let both = env(&[("XAI_API_KEY", "x"), ("OPENAI_API_KEY", "o")]);
-        let k = key_from_lookup("https://api.x.ai/v1", both)
+        let k = key_from_lookup("https://api.x.ai/v1", None, both)
             .unwrap()
             .unwrap();
         assert_eq!(k.expose(), "x");
-        let k = key_from_lookup("https://api.openai.com/v1", both)
+        let k = key_from_lookup("https://api.openai.com/v1", None, both)
             .unwrap()
             .unwrap();
         assert_eq!(k.expose(), "o");
         let none = env(&[]);
-        let e = key_from_lookup("https://api.x.ai/v1", none).unwrap_err();
+        let e = key_from_lookup("https://api.x.ai/v1", None, none).unwrap_err();
         assert!(e.to_string().contains("XAI_API_KEY"), "{e}");
-        let e = key_from_lookup("https://api.openai.com/v1", none).unwrap_err();
+        let e = key_from_lookup("https://api.openai.com/v1", None, none).unwrap_err();
         assert!(e.to_string().contains("OPENAI_API_KEY"), "{e}");
-        assert!(key_from_lookup("http://localhost:8000/v1", none)
+        assert!(key_from_lookup("http://localhost:8000/v1", None, none)
             .unwrap()
             .is_none());
         let r = env(&[("REASONQ_API_KEY", "r")]);
-        let k = key_from_lookup("https://gw.example.com/v1", r)
+        let k = key_from_lookup("https://gw.example.com/v1", None, r)
             .unwrap()
             .unwrap();
         assert_eq!(k.expose(), "r");
+    }
+
+    #[test]
+    fn a_providers_key_goes_only_to_its_own_hosts() {
+        let env = |n: &str| match n {
+            "XAI_API_KEY" => Some("xai-secret".to_string()),
+            "OPENAI_API_KEY" => Some("openai-secret".to_string()),
+            _ => None,
+        };
+        // Another host never gets the xAI or OpenAI key, and says what to set instead.
+        let e = key_from_lookup("https://evil.example.com/v1", None, env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration error: no API key for evil.example.com: set REASONQ_API_KEY"
+        );
+        // Lookalike hosts are other hosts.
+        for url in [
+            "https://x.ai.evil.com/v1",
+            "https://notx.ai/v1",
+            "https://openai.com.evil.io/v1",
+        ] {
+            assert!(key_from_lookup(url, None, env).is_err(), "{url}");
+        }
+        // Subdomains of the provider are the provider's.
+        let k = key_from_lookup("https://eu.api.x.ai/v1", None, env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.expose(), "xai-secret");
+        // A variable named on the command line is used for any host.
+        let k = key_from_lookup("https://gw.example.com/v1", Some("XAI_API_KEY"), env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.expose(), "xai-secret");
+    }
+
+    #[test]
+    fn no_key_goes_over_plain_http_except_to_loopback() {
+        let env = |n: &str| (n == "REASONQ_API_KEY").then(|| "generic-secret".to_string());
+        assert!(key_from_lookup("http://10.0.0.7:8000/v1", None, env)
+            .unwrap()
+            .is_none());
+        assert!(key_from_lookup("http://gpu-box.lan/v1", None, env)
+            .unwrap()
+            .is_none());
+        let e = key_from_lookup("http://gpu-box.lan/v1", Some("REASONQ_API_KEY"), env).unwrap_err();
+        assert!(e.to_string().contains("plain http"), "{e}");
+        for url in [
+            "http://localhost:8000/v1",
+            "http://127.0.0.1:9/v1",
+            "http://[::1]:9/v1",
+        ] {
+            let k = key_from_lookup(url, None, env).unwrap().unwrap();
+            assert_eq!(k.expose(), "generic-secret", "{url}");
+        }
     }
 
     #[test]

@@ -63,6 +63,18 @@ pub enum LlmError {
         /// Value of the `x-request-id` header, if any.
         request_id: Option<String>,
     },
+    /// A 2xx answer that is not JSON at all (an HTML page: a wrong base URL, a login portal,
+    /// a proxy). Tried once more, then reported with the URL.
+    #[error("{url} answered with content-type {content_type:?}, not JSON{}; body starts with {excerpt}; check the base URL (it usually ends in /v1)", rid(request_id.as_deref()))]
+    NotJson {
+        /// The URL that was called.
+        url: String,
+        content_type: String,
+        /// The first bytes of the body.
+        excerpt: String,
+        /// Value of the `x-request-id` header, if any.
+        request_id: Option<String>,
+    },
     /// The response body exceeded `PoolConfig::max_response_bytes`.
     #[error("response exceeds the {limit}-byte size cap{}", rid(request_id.as_deref()))]
     TooLarge {
@@ -155,13 +167,25 @@ impl LlmError {
             | LlmError::Connect { .. }
             | LlmError::Reset { .. }
             | LlmError::Truncated { .. }
-            | LlmError::Transport { .. } => true,
-            LlmError::Malformed { .. }
+            | LlmError::Transport { .. }
+            // A broken body from a working server: the next answer is usually whole.
+            | LlmError::Malformed { .. } => true,
+            LlmError::NotJson { .. }
             | LlmError::Tls { .. }
             | LlmError::TooLarge { .. }
             | LlmError::UnknownModel { .. }
             | LlmError::InvalidRequest(_)
             | LlmError::Config(_) => false,
+        }
+    }
+
+    /// Attempts worth making inside one call, out of the policy's `max`: a non-JSON page is
+    /// tried once more (a proxy's hiccup), not `max` times.
+    pub fn attempts_worth(&self, max: u32) -> u32 {
+        match self {
+            LlmError::NotJson { .. } => max.min(2),
+            e if e.is_retryable() => max,
+            _ => 1,
         }
     }
 
@@ -185,9 +209,9 @@ impl LlmError {
     pub fn request_id(&self) -> Option<&str> {
         match self {
             LlmError::Api(a) => a.request_id.as_deref(),
-            LlmError::Malformed { request_id, .. } | LlmError::TooLarge { request_id, .. } => {
-                request_id.as_deref()
-            }
+            LlmError::Malformed { request_id, .. }
+            | LlmError::NotJson { request_id, .. }
+            | LlmError::TooLarge { request_id, .. } => request_id.as_deref(),
             _ => None,
         }
     }
@@ -219,6 +243,7 @@ impl LlmError {
             LlmError::Truncated { .. } => "truncated",
             LlmError::Transport { .. } => "transport",
             LlmError::Malformed { .. } => "malformed_response",
+            LlmError::NotJson { .. } => "not_json",
             LlmError::TooLarge { .. } => "too_large",
             LlmError::UnknownModel { .. } => "unknown_model",
             LlmError::InvalidRequest(_) => "invalid_request",
