@@ -21,6 +21,10 @@ use crate::memory::MemoryConfig;
 use crate::queue::QueueConfig;
 use crate::store::{Durability, DEFAULT_CACHE_BYTES};
 
+/// The largest response a job can keep: its record (request, answer, bookkeeping) must fit
+/// in one codec record.
+pub const MAX_RESPONSE_MB: usize = crate::codec::MAX_RECORD_BYTES / MIB / 2;
+
 /// Units of the configuration's sizes and times.
 pub(crate) const MIB: usize = 1024 * 1024;
 pub(crate) const HOUR: u64 = 3600;
@@ -188,7 +192,7 @@ impl Default for HttpSection {
             request_timeout_s: pool.request_timeout.as_secs(),
             max_idle_per_host: pool.max_idle_per_host,
             idle_timeout_s: pool.idle_timeout.as_secs(),
-            max_response_mb: pool.max_response_bytes / MIB,
+            max_response_mb: pool.max_response_bytes.min(MAX_RESPONSE_MB * MIB) / MIB,
             tcp_keepalive_s: pool.tcp_keepalive.map_or(0, |d| d.as_secs()),
         }
     }
@@ -322,8 +326,23 @@ impl Config {
         } else {
             format!("{name} with environment ({})", sources.join(", "))
         };
-        Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| format!("invalid configuration in {from}: {}", e.to_string().trim()))
+        let config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("invalid configuration in {from}: {}", e.to_string().trim()))?;
+        config
+            .check()
+            .map_err(|e| format!("invalid configuration in {from}: {e}"))?;
+        Ok(config)
+    }
+
+    /// Refuses values no run can work with, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        if self.http.max_response_mb > MAX_RESPONSE_MB {
+            return Err(format!(
+                "http.max_response_mb = {} is more than a job can store; at most {MAX_RESPONSE_MB}",
+                self.http.max_response_mb
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -434,6 +453,12 @@ mod tests {
         assert_eq!(
             err,
             "environment variable REASONQ_NOPE: no configuration key `nope`"
+        );
+        let err =
+            Config::load(Some(&path), env(&[("REASONQ_HTTP_MAX_RESPONSE_MB", "20")])).unwrap_err();
+        assert!(
+            err.contains("http.max_response_mb = 20 is more than a job can store; at most 8"),
+            "{err}"
         );
         std::fs::write(&path, "concurency = 3\n").unwrap();
         let err = Config::load(Some(&path), env(&[])).unwrap_err();

@@ -89,3 +89,27 @@ async fn cleanup_drops_expired_cache_rows_and_keeps_fresh_ones() {
     assert_eq!(again.cache_entries_expired, 0);
     app.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_of_zero_keeps_finished_jobs() {
+    use reasonq::queue::NewJob;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.retention.completed_jobs_hours = 0;
+    let app = App::open(config).await.unwrap();
+    app.queue
+        .enqueue(NewJob::new("b", "chat", vec![1]))
+        .await
+        .unwrap();
+    let lease = app
+        .queue
+        .lease("b", 1, Duration::from_secs(60), "t")
+        .await
+        .unwrap()
+        .remove(0);
+    app.queue.complete(&lease, b"done".to_vec()).await.unwrap();
+    let report = app.cleanup().await.unwrap();
+    assert_eq!(report.jobs_pruned, 0, "0 means keep, not delete at once");
+    assert_eq!(app.queue.counts(Some("b")).await.unwrap().completed, 1);
+    app.close().await.unwrap();
+}

@@ -180,10 +180,19 @@ fn queue_config(c: &Config) -> QueueConfig {
         backoff_base: Duration::from_secs(c.queue.backoff_base_s),
         backoff_cap: Duration::from_secs(c.queue.backoff_cap_s),
         retention: Retention {
-            completed: Duration::from_secs(c.retention.completed_jobs_hours * HOUR),
-            cancelled: Duration::from_secs(c.retention.cancelled_jobs_hours * HOUR),
-            discarded: Duration::from_secs(c.retention.discarded_jobs_days * DAY),
+            completed: kept_for(c.retention.completed_jobs_hours, HOUR),
+            cancelled: kept_for(c.retention.cancelled_jobs_hours, HOUR),
+            discarded: kept_for(c.retention.discarded_jobs_days, DAY),
         },
+    }
+}
+
+/// A retention of `n` units; 0 means keep, as for every retention key (never "delete at
+/// once", which would drop a running batch's answers before they are exported).
+fn kept_for(n: u64, unit: u64) -> Duration {
+    match n {
+        0 => Duration::MAX,
+        n => Duration::from_secs(n.saturating_mul(unit)),
     }
 }
 

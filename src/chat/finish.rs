@@ -4,11 +4,12 @@
 
 use redb::WriteTransaction;
 
-use super::ResponseRecord;
-use crate::codec;
-use crate::error::Result;
+use super::{ChatJob, ResponseRecord};
+use crate::codec::{self, CodecError};
+use crate::error::{Error, Result};
 use crate::memory::experience::{self, NewExperience};
-use crate::runner::{JobCtx, RunStats};
+use crate::queue::Failure;
+use crate::runner::{FailureRecord, JobCtx, RunStats};
 
 /// How a chat job ended well.
 pub struct Answer {
@@ -21,9 +22,10 @@ pub struct Answer {
     pub tokens: Option<(u64, u64)>,
 }
 
-/// Completes the job with `answer`; `also` runs in the same transaction. A lost lease is not
-/// an error: the job's new owner records it.
-pub async fn finish<F>(ctx: &JobCtx, answer: Answer, also: F) -> Result<()>
+/// Completes `job` with `answer`; `also` runs in the same transaction. A lost lease is not
+/// an error: the job's new owner records it. An answer too large to store fails this job
+/// alone (`result_too_large`, naming its line), never the run.
+pub async fn finish<F>(ctx: &JobCtx, job: &ChatJob, answer: Answer, also: F) -> Result<()>
 where
     F: Fn(&WriteTransaction, u64) -> Result<()> + Send + 'static,
 {
@@ -33,13 +35,22 @@ where
         tokens,
     } = answer;
     let cached = record.cached;
-    let result = codec::encode(&record)?;
+    let result = match codec::encode(&record) {
+        Ok(bytes) => bytes,
+        Err(e) => return unstorable(ctx, job, &e).await,
+    };
     let committed = ctx
         .complete(result, move |txn, now| {
             experience::record_in(txn, &experience, now)?;
             also(txn, now)
         })
-        .await?;
+        .await;
+    let committed = match committed {
+        Ok(committed) => committed,
+        // The job record with its result (or the experience) does not fit in a record.
+        Err(Error::Codec(e)) => return unstorable(ctx, job, &e).await,
+        Err(e) => return Err(e),
+    };
     if committed {
         let stats = ctx.stats();
         if cached {
@@ -49,4 +60,17 @@ where
         }
     }
     Ok(())
+}
+
+/// Discards a job whose answer cannot be stored; the call was made, so the message says so.
+async fn unstorable(ctx: &JobCtx, job: &ChatJob, e: &CodecError) -> Result<()> {
+    let failure = FailureRecord::new(
+        "result_too_large",
+        format!(
+            "line {} ({}): the answer cannot be stored ({e}); lower max_tokens or split the \
+             request",
+            job.line, job.custom_id
+        ),
+    );
+    ctx.fail(&failure, Failure::Fatal).await
 }

@@ -151,7 +151,7 @@ async fn complete(
     };
     let (domain, used_rules, judged_outcome) =
         (job.domain.clone(), memory.used_rules, judged.outcome);
-    finish(ctx, answer, move |txn, _now| {
+    finish(ctx, job, answer, move |txn, _now| {
         rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
         if let Some(write) = &cache_write {
             write.put_in(txn)?;

@@ -230,7 +230,7 @@ async fn complete(ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
         experience,
         tokens: None,
     };
-    finish(ctx, answer, move |txn, _now| {
+    finish(ctx, job, answer, move |txn, _now| {
         board::save_in(txn, &done, first_new)
     })
     .await

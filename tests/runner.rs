@@ -1,0 +1,124 @@
+//! The runner with handlers of its own: jobs go to the handler of their kind, an unknown
+//! kind is discarded, and an answer too large to store fails its own job, not the run.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use reasonq::chat::finish::{finish, Answer};
+use reasonq::chat::{ChatJob, ResponseRecord};
+use reasonq::codec::{self, MAX_RECORD_BYTES};
+use reasonq::memory::experience::NewExperience;
+use reasonq::queue::{JobState, NewJob, Queue, QueueConfig};
+use reasonq::runner::{DrainEnd, FailureRecord, Handler, JobCtx, Registry, Runner, RunnerConfig};
+use reasonq::shutdown::Shutdown;
+use reasonq::store::StoreConfig;
+use reasonq::Result;
+
+/// Answers every job through `chat::finish` with a body of `size` bytes.
+struct Answers {
+    size: usize,
+}
+
+impl Handler for Answers {
+    fn run(&self, ctx: JobCtx) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let job: ChatJob = codec::decode(&ctx.job().payload)?;
+            let answer = Answer {
+                record: ResponseRecord {
+                    status_code: 200,
+                    request_id: None,
+                    body: "x".repeat(self.size),
+                    cached: false,
+                    latency_ms: 1,
+                },
+                experience: NewExperience::new("q", "a"),
+                tokens: Some((1, 1)),
+            };
+            finish(&ctx, &job, answer, |_, _| Ok(())).await
+        })
+    }
+}
+
+fn job(kind: &str, line: u64) -> NewJob {
+    let chat = ChatJob {
+        custom_id: format!("line-{line}"),
+        line,
+        body: "{}".into(),
+        domain: "general".into(),
+        strategy: None,
+        expected: None,
+        memory: false,
+    };
+    NewJob::new("q", kind, codec::encode(&chat).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_runs_its_handler_and_one_unstorable_answer_fails_only_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(
+        StoreConfig::new(dir.path().join("r.redb")),
+        QueueConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut registry = Registry::default();
+    registry.register("small", Answers { size: 10 });
+    registry.register(
+        "huge",
+        Answers {
+            size: MAX_RECORD_BYTES + 1,
+        },
+    );
+    let runner = Runner::new(
+        queue.clone(),
+        registry,
+        RunnerConfig {
+            concurrency: 4,
+            lease: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
+            owner: RunnerConfig::owner_name(),
+        },
+    );
+    let jobs = vec![
+        job("small", 1),
+        job("huge", 2),
+        job("small", 3),
+        job("nobody", 4),
+    ];
+    let ids: Vec<u64> = queue
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let end = runner.drain("q", Shutdown::new().listener()).await.unwrap();
+    assert_eq!(
+        end,
+        DrainEnd::Finished,
+        "the run went on past the huge answer"
+    );
+
+    let state = |id| {
+        let queue = queue.clone();
+        async move { queue.get(id).await.unwrap().unwrap() }
+    };
+    for id in [ids[0], ids[2]] {
+        assert_eq!(state(id).await.state, JobState::Completed);
+    }
+    let huge = state(ids[1]).await;
+    assert_eq!(huge.state, JobState::Discarded);
+    let failure = FailureRecord::from_last_error(huge.last_error.as_deref().unwrap());
+    assert_eq!(failure.code, "result_too_large");
+    assert!(
+        failure.message.starts_with("line 2 (line-2)"),
+        "{}",
+        failure.message
+    );
+    let unknown = state(ids[3]).await;
+    assert_eq!(unknown.state, JobState::Discarded);
+    let failure = FailureRecord::from_last_error(unknown.last_error.as_deref().unwrap());
+    assert_eq!(failure.code, "unknown_kind");
+    let counts = runner.stats().snapshot();
+    assert_eq!((counts.completed, counts.failed), (2, 2));
+}
