@@ -17,7 +17,7 @@ use reasonq::codec;
 use reasonq::config::Config;
 use reasonq::queue::{Job, JobState, NewJob};
 use reasonq::runner::FailureRecord;
-use reasonq::runner::{DrainEnd, RunCounts};
+use reasonq::runner::{DrainEnd, RunCounts, SNOOZE_FLOOR};
 use reasonq::shutdown::Shutdown;
 use reasonq::sim::{Fault, SimConfig, SimServer};
 
@@ -56,6 +56,24 @@ fn rows() -> Vec<(&'static str, Fault, Expect)> {
                 retry_after_ms: None,
             },
             SnoozedThenCompleted,
+        ),
+        // No spinning: the snooze has a floor.
+        (
+            "429 with Retry-After: 0",
+            Fault::RateLimited {
+                retry_after_secs: Some(0),
+                retry_after_ms: None,
+            },
+            SnoozedThenCompleted,
+        ),
+        // No parking for a day: past the cap the job spends an attempt and goes on.
+        (
+            "429 with Retry-After: 86400",
+            Fault::RateLimited {
+                retry_after_secs: Some(86_400),
+                retry_after_ms: None,
+            },
+            CompletedAfterRetry,
         ),
         (
             "429 with retry-after-ms: 100",
@@ -258,4 +276,35 @@ async fn every_fault_with_the_cache_on_and_off_ends_in_its_documented_outcome() 
         [false, true].map(|cache| run_row(name, fault.clone(), expect, cache))
     });
     join_all(runs).await;
+}
+
+/// `Retry-After: 0` snoozes for the floor, not zero: the retry comes no sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_retry_after_still_waits_the_snooze_floor() {
+    let server = SimServer::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::open(config(dir.path(), server.base_url(), false))
+        .await
+        .unwrap();
+    server.push_faults([Fault::RateLimited {
+        retry_after_secs: Some(0),
+        retry_after_ms: None,
+    }]);
+    app.queue
+        .enqueue(enqueue_job("zero", "prompt of the zero retry-after"))
+        .await
+        .unwrap();
+    let stats = drain(&app).await;
+    assert_eq!((stats.completed, stats.retried), (1, 1));
+    let calls: Vec<_> = server
+        .stats()
+        .log
+        .into_iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .collect();
+    assert_eq!(calls.len(), 2);
+    let gap = calls[1].received_at - calls[0].received_at;
+    assert!(gap >= SNOOZE_FLOOR, "retried after {gap:?}");
+    app.close().await.unwrap();
+    server.shutdown().await;
 }

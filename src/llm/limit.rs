@@ -71,6 +71,9 @@ impl Bucket {
     }
 }
 
+/// Longest wait for an advertised rate-limit reset.
+const MAX_RESET_WAIT: Duration = Duration::from_secs(60);
+
 /// Latest `x-ratelimit-*` report: remaining budget and when it resets.
 #[derive(Debug, Default)]
 struct Pacing {
@@ -143,7 +146,9 @@ impl Limiter {
     pub(crate) fn observe(&self, h: &HeaderMap) {
         let read = |rem: &str, reset: &str| -> Option<(u64, Instant)> {
             let remaining = h.get(rem)?.to_str().ok()?.trim().parse().ok()?;
-            let reset = parse_duration(h.get(reset)?.to_str().ok()?)?;
+            // A reset hours away (a daily quota) is not waited for inside one call: the
+            // call's 429 goes back to the queue instead.
+            let reset = parse_duration(h.get(reset)?.to_str().ok()?)?.min(MAX_RESET_WAIT);
             Some((remaining, Instant::now().checked_add(reset)?))
         };
         let req = read(

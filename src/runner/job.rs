@@ -14,6 +14,11 @@ use crate::llm::LlmError;
 use crate::queue::{checkpoint_in, complete_in, Failure, Job, JobState, Lease, Queue};
 use crate::store::Store;
 
+/// Shortest snooze a server's `Retry-After` gets.
+pub const SNOOZE_FLOOR: Duration = Duration::from_millis(500);
+/// Longest snooze without spending an attempt.
+pub const SNOOZE_CAP: Duration = Duration::from_secs(10 * 60);
+
 /// One leased job, handed to its kind's handler. Every way it can end goes through here, so
 /// the counters and the lease fencing are kept the same for every kind.
 pub struct JobCtx {
@@ -154,14 +159,29 @@ impl JobCtx {
         }
         RunStats::bump(&self.stats.retried);
         match err.retry_after() {
-            Some(delay) => self.snooze(delay).await,
-            None => self
-                .queue
-                .fail(&self.lease, &record.to_last_error(), Failure::Retryable)
-                .await
-                .map(|_| ())
-                .or_else(ignore_lost),
+            // At least a floor, so `Retry-After: 0` does not spin a commit per cycle.
+            Some(delay) if delay <= SNOOZE_CAP => self.snooze(delay.max(SNOOZE_FLOOR)).await,
+            // Longer than a batch should sit silent (a daily quota): spend an attempt instead,
+            // so such a job ends instead of waiting a day per try.
+            Some(delay) => {
+                tracing::warn!(
+                    job = self.lease.job.id,
+                    asked_s = delay.as_secs(),
+                    "the server asks to wait longer than the snooze cap; spending an attempt"
+                );
+                self.retry_later(&record).await
+            }
+            None => self.retry_later(&record).await,
         }
+    }
+
+    /// Back to the queue with backoff, spending an attempt.
+    async fn retry_later(&self, record: &FailureRecord) -> Result<()> {
+        self.queue
+            .fail(&self.lease, &record.to_last_error(), Failure::Retryable)
+            .await
+            .map(|_| ())
+            .or_else(ignore_lost)
     }
 
     /// Puts the job back to run after `delay`, without spending an attempt.

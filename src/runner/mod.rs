@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 pub use failure::FailureRecord;
 pub use gateway::{CacheWrite, CallError, Gateway, GatewaySettings};
-pub use job::{ignore_lost, Heartbeat, JobCtx};
+pub use job::{ignore_lost, Heartbeat, JobCtx, SNOOZE_CAP, SNOOZE_FLOOR};
 pub use stats::{RunCounts, RunStats};
 
 use crate::error::{Error, Result};

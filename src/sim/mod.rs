@@ -107,6 +107,8 @@ pub struct RequestRecord {
     pub headers: Vec<(String, String)>,
     /// Raw body.
     pub body: Bytes,
+    /// When the server read it.
+    pub received_at: std::time::Instant,
 }
 
 impl RequestRecord {
@@ -355,6 +357,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> io::Result<Respons
                 })
                 .collect(),
             body: body.clone(),
+            received_at: std::time::Instant::now(),
         });
     }
     let mut resp = route(&state, &parts, body, n).await?;
