@@ -152,3 +152,63 @@ async fn leases_are_extended_while_a_slow_call_is_in_flight() {
     let jobs = details(&env.run(&["results", "slow", "--json"]).await);
     assert_eq!(jobs["q0000"]["attempts"], 1);
 }
+
+/// Lines that failed can go again: by error code for a batch, or every failed line of the
+/// file with `--retry-failed`; each is answered once the server is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_lines_go_again_by_code_or_with_retry_failed() {
+    let env = Env::start(SimConfig::default()).await;
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let calls = seen.clone();
+    env.server.set_responder(Arc::new(move |body: &Value| {
+        let p = prompt(body);
+        let n = {
+            let mut calls = calls.lock().unwrap();
+            let n = calls.entry(p.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        // Two lines fail fatally the first time only (a moderation hiccup, a missing model).
+        match (p.as_str(), n) {
+            ("question number 0", 1) => Reply::Fault(Fault::status(400)),
+            ("question number 1", 1) => Reply::Fault(Fault::status(404)),
+            _ => Reply::Text(format!("answer to {p}")),
+        }
+    }));
+    env.write_input("in.jsonl", &questions(5));
+    let batch = ["batch", "in.jsonl", "--batch", "t", "-o", "out.jsonl"];
+    let out = env.run(&batch).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_jsonl(&env.path("in.errors.jsonl")).len(), 2);
+
+    // By code: only the 404 goes again.
+    let out = env
+        .run(&["jobs", "retry", "--batch", "t", "--code", "not_found"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(support::stdout(&out).starts_with("1 jobs of t will run again"));
+    let out = env.run(&batch).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let errors = read_jsonl(&env.path("in.errors.jsonl"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "q0000");
+
+    // A plain re-run leaves the failed line failed; --retry-failed sends it again.
+    let again: Vec<&str> = batch.iter().copied().chain(["--retry-failed"]).collect();
+    let out = env.run(&again).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 failed lines go again"),
+        "{}",
+        stderr(&out)
+    );
+    let lines = read_jsonl(&env.path("out.jsonl"));
+    assert_eq!(lines.len(), 5);
+    assert!(
+        lines.iter().all(|l| l["response"]["status_code"] == 200),
+        "{lines:?}"
+    );
+    // Each line was paid for once more at most: 5 answers, 2 failures.
+    let calls = seen.lock().unwrap().values().sum::<u32>();
+    assert_eq!(calls, 7);
+}

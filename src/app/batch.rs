@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
+use super::retry::{retry_failed, RetryFilter};
 use super::runs::{self, RunRecord};
 use super::{App, Connected};
 use crate::batch::export::{export, write_jsonl};
@@ -46,6 +47,8 @@ pub struct BatchOptions {
     pub strategy: Option<Strategy>,
     /// Memory in prompts of lines that do not say.
     pub memory: bool,
+    /// Send the lines that failed in earlier runs again (attempts reset).
+    pub retry_failed: bool,
 }
 
 /// Where a prepared batch starts from: jobs already finished before this run.
@@ -67,6 +70,8 @@ pub struct Prepared {
     pub requests: usize,
     /// Jobs this run added (the others were enqueued, and maybe answered, before).
     pub inserted: usize,
+    /// Failed lines of earlier runs sent again (`retry_failed`).
+    pub retried: usize,
     pub baseline: Baseline,
     /// Dedup keys of this file's lines: the export is of exactly these.
     keys: HashSet<String>,
@@ -166,6 +171,11 @@ pub async fn prepare(
         inserted += done.iter().filter(|e| e.inserted).count();
     }
     tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
+    let retried = if opts.retry_failed {
+        retry_failed(app, &batch, &RetryFilter::default(), Some(&keys)).await?
+    } else {
+        0
+    };
     let counts = app.queue.counts(Some(&batch)).await?;
     let (output, errors) = files(opts);
     Ok(Prepared {
@@ -174,6 +184,7 @@ pub async fn prepare(
         errors_asked: opts.errors.is_some(),
         requests: jobs.len(),
         inserted,
+        retried,
         baseline: Baseline {
             total: keys.len() as u64,
             completed: counts.get(JobState::Completed),
@@ -206,7 +217,9 @@ impl Prepared {
             ));
         }
         write_jsonl(&self.output, &result.lines).map_err(|e| written(&self.output, e))?;
-        if !error_lines.is_empty() || self.errors_asked {
+        // An errors file of an earlier run is rewritten too, so it never lists lines that
+        // have since been answered.
+        if !error_lines.is_empty() || self.errors_asked || self.errors.exists() {
             write_jsonl(&self.errors, &error_lines).map_err(|e| written(&self.errors, e))?;
         }
         tracing::info!(elapsed = ?phase.elapsed(), "exported");

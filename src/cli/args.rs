@@ -137,6 +137,9 @@ pub struct BatchArgs {
     /// Print plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Send the lines that failed in earlier runs of this file again (attempts reset).
+    #[arg(long)]
+    pub retry_failed: bool,
     /// Put memory (similar past successes and learned rules) into prompts of lines that do
     /// not say `"memory"`.
     #[arg(long)]
@@ -200,9 +203,24 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a discarded or cancelled job again.
-    #[command(after_help = "Example:\n  reasonq jobs retry 42")]
-    Retry { id: u64 },
+    /// Run a discarded or cancelled job again, or every matching job of a batch.
+    #[command(
+        after_help = "Example:\n  reasonq jobs retry 42\n  reasonq jobs retry --batch questions-1a2b3c4d --code timeout"
+    )]
+    Retry {
+        /// The job (or use --batch).
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        id: Option<u64>,
+        /// Every failed job of this batch (the newest job of each line).
+        #[arg(long)]
+        batch: Option<String>,
+        /// With --batch: jobs in this state (discarded or cancelled).
+        #[arg(long, default_value = "discarded", requires = "batch")]
+        state: String,
+        /// With --batch: only jobs whose last error has this code (e.g. timeout, bad_request).
+        #[arg(long, requires = "batch")]
+        code: Option<String>,
+    },
     /// Cancel a job that has not finished.
     #[command(after_help = "Example:\n  reasonq jobs cancel 42")]
     Cancel { id: u64 },

@@ -20,6 +20,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         skip_invalid: args.skip_invalid,
         strategy: args.strategy,
         memory: args.memory,
+        retry_failed: args.retry_failed,
     };
     // A bad file is refused before the database is opened.
     let parsed = batch::read(&opts, &config.model).map_err(fail)?;
@@ -40,6 +41,9 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         prepared.inserted,
         prepared.requests - prepared.inserted.min(prepared.requests)
     );
+    if args.retry_failed {
+        eprintln!("{} failed lines go again", prepared.retried);
+    }
 
     let shutdown = Shutdown::new();
     let _signals = shutdown

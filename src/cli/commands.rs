@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use reasonq::app::inspect::{self, job_detail};
+use reasonq::app::retry::{retry_failed, RetryFilter};
 use reasonq::app::submit::{self, Question, Submitted};
 use reasonq::app::{App, Endpoint};
 use reasonq::batch::export::write_jsonl;
@@ -179,9 +180,24 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
                 .ok_or_else(|| fail(format!("no job {id}")))?;
             print_json(&job_detail(&job))
         }
-        JobsCommand::Retry { id } => {
+        JobsCommand::Retry { id: Some(id), .. } => {
             app.queue.retry(id).await.map_err(fail)?;
             emit!("job {id} will run again")?;
+            Ok(Outcome::Done)
+        }
+        JobsCommand::Retry {
+            batch, state, code, ..
+        } => {
+            let batch = batch.ok_or_else(|| fail("name a job id or --batch"))?;
+            let state = state.parse::<JobState>().map_err(fail)?;
+            if !matches!(state, JobState::Discarded | JobState::Cancelled) {
+                return Err(fail("--state takes discarded or cancelled"));
+            }
+            let filter = RetryFilter { state, code };
+            let n = retry_failed(app, &batch, &filter, None)
+                .await
+                .map_err(fail)?;
+            emit!("{n} jobs of {batch} will run again at the next `reasonq batch` of its file")?;
             Ok(Outcome::Done)
         }
         JobsCommand::Cancel { id } => {
