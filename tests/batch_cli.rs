@@ -242,3 +242,36 @@ async fn an_output_or_errors_file_that_is_the_input_is_refused_before_anything_r
     assert!(!env.db().exists(), "no database was created");
     assert_eq!(env.server.stats().requests, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_abandoned_by_a_short_drain_are_counted_in_the_summary() {
+    let env = Env::start(with_latency(4_000)).await;
+    env.write_input("in.jsonl", &questions(6));
+    let child = env
+        .command(&[
+            "batch",
+            "in.jsonl",
+            "--concurrency",
+            "3",
+            "--drain-timeout",
+            "0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 calls were abandoned in flight and may be billed"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -93,6 +93,9 @@ pub struct Report {
     pub errors: PathBuf,
     /// This run's counters.
     pub counts: RunCounts,
+    /// Calls abandoned in flight by a shutdown past the drain deadline (the provider may
+    /// bill them; their jobs are back in the queue).
+    pub abandoned_calls: u64,
     pub requests_sent: u64,
 }
 
@@ -244,6 +247,7 @@ impl Prepared {
             output: self.output,
             errors: self.errors,
             counts,
+            abandoned_calls: connected.gateway.unanswered_calls(),
             requests_sent: metrics.requests_sent,
         })
     }

@@ -90,6 +90,13 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
                 "stopped by signal: {} jobs returned to the queue; run the same command again to finish",
                 c.returned
             );
+            if report.abandoned_calls > 0 {
+                eprintln!(
+                    "{} calls were abandoned in flight and may be billed; --drain-timeout SECONDS \
+                     lets calls finish",
+                    report.abandoned_calls
+                );
+            }
             Ok(Outcome::Exit(exit_code(phase.signal())))
         }
     }

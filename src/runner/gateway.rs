@@ -2,6 +2,7 @@
 //! prompt cache in front of the client, so all calls are cached, retried and rate limited
 //! alike.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +17,10 @@ pub struct Gateway {
     client: LlmClient,
     cache: Arc<Cache>,
     settings: Arc<GatewaySettings>,
+    /// Calls sent and not yet answered; a call whose task was aborted (a shutdown past its
+    /// drain deadline) never comes back down, so after a drain this counts the calls
+    /// abandoned in flight (which the provider may bill).
+    unanswered: Arc<AtomicU64>,
 }
 
 /// How the gateway uses the cache.
@@ -64,7 +69,13 @@ impl Gateway {
             client,
             cache,
             settings: Arc::new(settings),
+            unanswered: Arc::default(),
         }
+    }
+
+    /// Calls sent and not answered: after a drain, the calls abandoned in flight.
+    pub fn unanswered_calls(&self) -> u64 {
+        self.unanswered.load(Ordering::Relaxed)
     }
 
     /// The client (for its metrics and the model list).
@@ -98,10 +109,15 @@ impl Gateway {
         let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
         let allowed = cacheable(self.settings.cache_policy, body);
         let client = self.client.clone();
+        let unanswered = self.unanswered.clone();
         let (cached, hit) = self
             .cache
             .get_or_fetch(key, allowed, || async move {
-                let outcome = client.chat(body).await.map_err(CallError::Llm)?;
+                unanswered.fetch_add(1, Ordering::Relaxed);
+                let sent = client.chat(body).await;
+                // Not reached when the task is aborted mid-call: the count stays up.
+                unanswered.fetch_sub(1, Ordering::Relaxed);
+                let outcome = sent.map_err(CallError::Llm)?;
                 Ok::<_, CallError>(CachedResponse::new(
                     outcome.status,
                     outcome.request_id.clone(),
