@@ -56,6 +56,9 @@ pub enum Error {
         step: &'static str,
         source: Arc<LlmError>,
     },
+    /// The endpoint or the account cannot serve any request (the circuit breaker opened).
+    #[error("stopped: {0}")]
+    Halted(String),
     /// An output file could not be written.
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },

@@ -212,3 +212,82 @@ async fn failed_lines_go_again_by_code_or_with_retry_failed() {
     let calls = seen.lock().unwrap().values().sum::<u32>();
     assert_eq!(calls, 7);
 }
+
+fn status_of(out: &std::process::Output) -> Value {
+    let list: Value = serde_json::from_str(&support::stdout(out)).unwrap();
+    list[0]["states"].clone()
+}
+
+/// The server goes away mid-batch: after a short run of connection failures the batch stops
+/// leasing, returns every job (no line is discarded for it), names the cause and exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_stops_the_batch_and_keeps_every_line() {
+    let mut env = Env::start(SimConfig {
+        random: Some(RandomFaults {
+            latency_min: Duration::from_millis(200),
+            latency_max: Duration::from_millis(400),
+            ..RandomFaults::default()
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    env.write_input("in.jsonl", &questions(60));
+    let child = env
+        .command(&["batch", "in.jsonl", "--batch", "t", "--concurrency", "4"])
+        .envs(QUEUE_RETRIES.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The endpoint dies: its listener and every open connection close.
+    let spare = reasonq::sim::SimServer::start(SimConfig::default())
+        .await
+        .unwrap();
+    std::mem::replace(&mut env.server, spare).shutdown().await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("stopped (endpoint_unreachable)"), "{err}");
+    assert!(err.contains("cannot connect to 127.0.0.1"), "{err}");
+    assert!(err.contains("back in the queue"), "{err}");
+    let states = status_of(&env.run(&["status", "--json"]).await);
+    assert_eq!(states["discarded"], 0, "{states}");
+    assert_eq!(states["running"], 0, "{states}");
+    assert!(states["completed"].as_u64().unwrap() < 60, "{states}");
+}
+
+/// A key that stops working (or credits that run out) fails the account, not each line: the
+/// batch stops after a short run of them instead of discarding every remaining line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_error_stops_the_batch_instead_of_discarding_every_line() {
+    let env = Env::start(SimConfig::default()).await;
+    env.server.set_responder(Arc::new(|_: &Value| {
+        Reply::Fault(Fault::Status {
+            status: 401,
+            code: Some("invalid_api_key".into()),
+            message: "Incorrect API key provided".into(),
+        })
+    }));
+    env.write_input("in.jsonl", &questions(20));
+    let out = env
+        .run_with_env(
+            &["batch", "in.jsonl", "--batch", "t", "--concurrency", "2"],
+            QUEUE_RETRIES,
+        )
+        .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("stopped (unauthorized)"), "{err}");
+    assert!(err.contains("Incorrect API key provided"), "{err}");
+    let states = status_of(&env.run(&["status", "--json"]).await);
+    let discarded = states["discarded"].as_u64().unwrap();
+    assert!(
+        discarded < u64::from(reasonq::runner::ACCOUNT_ERRORS),
+        "{states}"
+    );
+    assert_eq!(states["running"], 0, "{states}");
+    let calls = env.server.stats().requests;
+    assert!(calls < 10, "{calls} calls for 20 lines");
+}

@@ -25,6 +25,7 @@ pub async fn insights(app: &App, gateway: &Gateway, domain: &str) -> Result<Vec<
     let (outcome, _) = gateway.call(&body).await.map_err(|e| match e {
         CallError::Store(e) => e,
         CallError::Llm(e) => Error::call("the insights call", e),
+        CallError::Halted(trip) => Error::Halted(trip.message),
     })?;
     let texts = parse_rules(outcome.response.content().unwrap_or_default());
     let evidence: Vec<u64> = successes.iter().chain(&failures).map(|e| e.id).collect();

@@ -21,7 +21,7 @@ use crate::config::{Config, DAY, HOUR, MIB};
 use crate::error::{Error, Result};
 use crate::llm::{LlmClient, LlmConfig, PoolConfig, RateLimits, RetryPolicy};
 use crate::queue::{Queue, QueueConfig, Retention};
-use crate::runner::{Gateway, GatewaySettings, Registry, Runner, RunnerConfig};
+use crate::runner::{Breaker, Gateway, GatewaySettings, Registry, Runner, RunnerConfig};
 use crate::sim::{RandomFaults, SimConfig, SimServer};
 use crate::store::{Store, StoreConfig};
 use upkeep::{cleanup_pass, CleanupReport, ExperienceRetention, Upkeep};
@@ -110,6 +110,7 @@ impl App {
             (self.config.base_url.trim_end_matches('/').to_string(), None)
         };
         let client = LlmClient::new(llm)?;
+        let breaker = Breaker::default();
         let gateway = Gateway::new(
             client,
             self.cache.clone(),
@@ -118,6 +119,7 @@ impl App {
                 cache_policy: self.config.cache_policy,
                 persist_cache: self.config.cache.persist,
             },
+            breaker.clone(),
         );
         let settings = ChatSettings {
             memory: self.config.memory.clone(),
@@ -125,7 +127,8 @@ impl App {
         };
         let mut registry = Registry::default();
         registry.register(chat::KIND, ChatHandler::new(gateway.clone(), settings));
-        let runner = Runner::new(self.queue.clone(), registry, runner_config(&self.config));
+        let runner = Runner::new(self.queue.clone(), registry, runner_config(&self.config))
+            .with_breaker(breaker);
         Ok(Connected {
             gateway,
             runner,

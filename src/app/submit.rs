@@ -72,11 +72,15 @@ pub async fn submit(
         .ok_or_else(|| Error::NotFound {
             what: format!("submitted job {}", enqueued.id),
         })?;
-    if let DrainEnd::Stopped(phase) = end {
-        return Ok(Submitted::Stopped {
-            job_id: job.id,
-            phase,
-        });
+    match end {
+        DrainEnd::Stopped(phase) => {
+            return Ok(Submitted::Stopped {
+                job_id: job.id,
+                phase,
+            })
+        }
+        DrainEnd::Halted(trip) => return Err(Error::Halted(trip.message)),
+        DrainEnd::Finished => {}
     }
     match (job.state, &job.result, &job.last_error) {
         (JobState::Completed, Some(bytes), _) => {

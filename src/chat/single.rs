@@ -45,6 +45,7 @@ pub(super) async fn run(
         }
         Err(CallError::Store(e)) => Err(e),
         Err(CallError::Llm(e)) => ctx.fail_call(e).await,
+        Err(CallError::Halted(_)) => ctx.release().await,
     }
 }
 

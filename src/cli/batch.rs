@@ -11,6 +11,9 @@ use super::args::BatchArgs;
 use super::progress::Progress;
 use super::{fail, CliResult, Outcome};
 
+/// Exit code when the endpoint or the account stopped the batch (docs/runtime.md).
+const EXIT_HALTED: i32 = 3;
+
 pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliResult {
     let opts = BatchOptions {
         input: args.input,
@@ -85,6 +88,14 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
     }
     match report.end {
         DrainEnd::Finished => Ok(Outcome::Done),
+        DrainEnd::Halted(trip) => {
+            eprintln!(
+                "stopped ({}): {}\nevery unfinished line is back in the queue with no attempt \
+                 spent; fix the cause and run the same command again",
+                trip.code, trip.message
+            );
+            Ok(Outcome::Exit(EXIT_HALTED))
+        }
         DrainEnd::Stopped(phase) => {
             eprintln!(
                 "stopped by signal: {} jobs returned to the queue; run the same command again to finish",

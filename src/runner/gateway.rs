@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::breaker::{Breaker, Trip};
 use crate::cache::{cacheable, Cache, CacheKey, CachePolicy, CachedResponse, Hit};
 use crate::error::{Error, Result};
 use crate::llm::{ChatOutcome, LlmClient, LlmError};
@@ -21,6 +22,8 @@ pub struct Gateway {
     /// drain deadline) never comes back down, so after a drain this counts the calls
     /// abandoned in flight (which the provider may bill).
     unanswered: Arc<AtomicU64>,
+    /// Sees every call's outcome; open, it stops every call (see [`Breaker`]).
+    breaker: Breaker,
 }
 
 /// How the gateway uses the cache.
@@ -34,10 +37,13 @@ pub struct GatewaySettings {
     pub persist_cache: bool,
 }
 
-/// Why a call produced no response: the API's error, or the store (cache tier 2) failing.
+/// Why a call produced no response: the API's error, the breaker (the endpoint or the
+/// account cannot serve any line: return the job, spend nothing), or the store (cache tier
+/// 2) failing.
 #[derive(Debug)]
 pub enum CallError {
     Llm(LlmError),
+    Halted(Trip),
     Store(Error),
 }
 
@@ -64,12 +70,18 @@ impl CacheWrite {
 
 impl Gateway {
     /// A gateway over `client` and `cache`.
-    pub fn new(client: LlmClient, cache: Arc<Cache>, settings: GatewaySettings) -> Gateway {
+    pub fn new(
+        client: LlmClient,
+        cache: Arc<Cache>,
+        settings: GatewaySettings,
+        breaker: Breaker,
+    ) -> Gateway {
         Gateway {
             client,
             cache,
             settings: Arc::new(settings),
             unanswered: Arc::default(),
+            breaker,
         }
     }
 
@@ -108,8 +120,12 @@ impl Gateway {
     ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
         let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
         let allowed = cacheable(self.settings.cache_policy, body);
+        if let Some(trip) = self.breaker.tripped() {
+            return Err(CallError::Halted(trip.clone()));
+        }
         let client = self.client.clone();
         let unanswered = self.unanswered.clone();
+        let breaker = self.breaker.clone();
         let (cached, hit) = self
             .cache
             .get_or_fetch(key, allowed, || async move {
@@ -117,7 +133,17 @@ impl Gateway {
                 let sent = client.chat(body).await;
                 // Not reached when the task is aborted mid-call: the count stays up.
                 unanswered.fetch_sub(1, Ordering::Relaxed);
-                let outcome = sent.map_err(CallError::Llm)?;
+                let outcome = match sent {
+                    Ok(outcome) => {
+                        breaker.succeeded();
+                        outcome
+                    }
+                    Err(e) if breaker.failed(&e) => {
+                        let trip = breaker.tripped().cloned();
+                        return Err(trip.map_or(CallError::Llm(e), CallError::Halted));
+                    }
+                    Err(e) => return Err(CallError::Llm(e)),
+                };
                 Ok::<_, CallError>(CachedResponse::new(
                     outcome.status,
                     outcome.request_id.clone(),

@@ -184,6 +184,19 @@ impl JobCtx {
             .or_else(ignore_lost)
     }
 
+    /// Returns the job to the queue as it was, spending no attempt (the batch is stopping for
+    /// a reason that is not the job's).
+    pub async fn release(&self) -> Result<()> {
+        match self.queue.release(&self.lease).await {
+            Ok(()) => {
+                RunStats::bump(&self.stats.returned);
+                Ok(())
+            }
+            Err(Error::InvalidState(_)) => Ok(()),
+            Err(e) => ignore_lost(e),
+        }
+    }
+
     /// Puts the job back to run after `delay`, without spending an attempt.
     pub async fn snooze(&self, delay: Duration) -> Result<()> {
         self.queue

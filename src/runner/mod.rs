@@ -9,6 +9,7 @@
 //! On shutdown the dispatcher stops leasing, lets in-flight jobs finish within the drain
 //! deadline, then aborts the rest and returns their jobs to the queue at once.
 
+mod breaker;
 mod failure;
 mod gateway;
 mod job;
@@ -22,6 +23,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+pub use breaker::{Breaker, Trip, ACCOUNT_ERRORS, CONNECT_FAILURES};
 pub use failure::FailureRecord;
 pub use gateway::{CacheWrite, CallError, Gateway, GatewaySettings};
 pub use job::{ignore_lost, Heartbeat, JobCtx, SNOOZE_CAP, SNOOZE_FLOOR};
@@ -79,12 +81,14 @@ impl RunnerConfig {
 }
 
 /// How a drain ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DrainEnd {
     /// The queue has no job left to run.
     Finished,
     /// A shutdown stopped it; holds the phase that did.
     Stopped(Phase),
+    /// The breaker opened: the endpoint or the account cannot serve any line.
+    Halted(Trip),
 }
 
 /// Drains queues with the registered handlers. Cheap to clone; clones share the counters.
@@ -94,6 +98,7 @@ pub struct Runner {
     registry: Arc<Registry>,
     config: Arc<RunnerConfig>,
     stats: Arc<RunStats>,
+    breaker: Option<Breaker>,
 }
 
 /// Leases currently held by running tasks, so a shutdown can return them.
@@ -107,7 +112,14 @@ impl Runner {
             registry: Arc::new(registry),
             config: Arc::new(config),
             stats: Arc::new(RunStats::default()),
+            breaker: None,
         }
+    }
+
+    /// Stops leasing once `breaker` opens (the gateway's, so both see the same calls).
+    pub fn with_breaker(mut self, breaker: Breaker) -> Runner {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// The counters of every drain of this runner (and its clones).
@@ -128,6 +140,10 @@ impl Runner {
         let end = loop {
             if shutdown.is_stopping() {
                 break DrainEnd::Stopped(shutdown.phase());
+            }
+            if let Some(trip) = self.breaker.as_ref().and_then(Breaker::tripped) {
+                tracing::warn!(code = trip.code, "stopping the batch: {}", trip.message);
+                break DrainEnd::Halted(trip.clone());
             }
             // Reap finished tasks; a task's error is the store failing, which is fatal here.
             while let Some(done) = tasks.try_join_next() {

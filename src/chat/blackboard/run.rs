@@ -58,6 +58,7 @@ pub(crate) async fn run(engine: &Engine, ctx: JobCtx, job: ChatJob) -> Result<()
                     Ok(answer) => answer,
                     Err(CallError::Store(e)) => return Err(e),
                     Err(CallError::Llm(e)) => return ctx.fail_call(e).await,
+                    Err(CallError::Halted(_)) => return ctx.release().await,
                 };
                 let usage = outcome.response.usage.clone().unwrap_or_default();
                 let cached = matches!(hit, Hit::Memory | Hit::Disk);
