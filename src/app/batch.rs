@@ -5,12 +5,12 @@
 //! caller can show progress: [`read`] (before the database opens), [`prepare`] (models
 //! checked, lines enqueued) and [`Prepared::run`] (the drain and the export).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::retry::{retry_failed, RetryFilter};
 use super::runs::{self, RunRecord};
-use super::{App, Connected};
+use super::{App, Connected, SIMULATED};
 use crate::batch::export::{export, write_jsonl};
 use crate::batch::input::{read_file, BatchItem, InputError, ParsedInput};
 use crate::batch::output::failure_line;
@@ -20,9 +20,10 @@ use crate::clock::now_ms;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::memory::Strategy;
-use crate::queue::{JobState, NewJob};
+use crate::queue::{cancel_in, JobState, NewJob};
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
 use crate::shutdown::Listener;
+use crate::store::tables;
 
 /// Jobs enqueued per transaction: big files go in a few large commits.
 const ENQUEUE_CHUNK: usize = 5_000;
@@ -49,6 +50,9 @@ pub struct BatchOptions {
     pub memory: bool,
     /// Send the lines that failed in earlier runs again (attempts reset).
     pub retry_failed: bool,
+    /// Run a batch that ran against another endpoint again, against this one (every line
+    /// is sent and paid for again).
+    pub rerun: bool,
 }
 
 /// Where a prepared batch starts from: jobs already finished before this run.
@@ -72,9 +76,11 @@ pub struct Prepared {
     pub inserted: usize,
     /// Failed lines of earlier runs sent again (`retry_failed`).
     pub retried: usize,
+    /// Waiting jobs of lines no longer in the file (removed or edited), cancelled unpaid.
+    pub cancelled: usize,
     pub baseline: Baseline,
-    /// Dedup keys of this file's lines: the export is of exactly these.
-    keys: HashSet<String>,
+    /// Dedup keys of this file's lines, with their line: the export is of exactly these.
+    keys: HashMap<String, u64>,
     invalid: Vec<InputError>,
 }
 
@@ -161,7 +167,11 @@ pub async fn prepare(
         .collect();
     // Idempotent: the dedup key is the id plus a hash of the request and endpoint.
     let endpoint = connected.endpoint();
-    let keys: HashSet<String> = jobs.iter().map(|j| j.dedup_key(endpoint)).collect();
+    claim_endpoint(app, &batch, endpoint, opts.rerun).await?;
+    let keys: HashMap<String, u64> = jobs
+        .iter()
+        .map(|j| (j.dedup_key(endpoint), j.line))
+        .collect();
     let mut inserted = 0;
     for chunk in jobs.chunks(ENQUEUE_CHUNK) {
         let mut new_jobs = Vec::with_capacity(chunk.len());
@@ -174,6 +184,7 @@ pub async fn prepare(
         inserted += done.iter().filter(|e| e.inserted).count();
     }
     tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
+    let cancelled = cancel_stale(app, &batch, &keys).await?;
     let retried = if opts.retry_failed {
         retry_failed(app, &batch, &RetryFilter::default(), Some(&keys)).await?
     } else {
@@ -188,6 +199,7 @@ pub async fn prepare(
         requests: jobs.len(),
         inserted,
         retried,
+        cancelled,
         baseline: Baseline {
             total: keys.len() as u64,
             completed: counts.get(JobState::Completed),
@@ -251,6 +263,73 @@ impl Prepared {
             requests_sent: metrics.requests_sent,
         })
     }
+}
+
+/// Records the endpoint `batch` runs against, refusing another real endpoint unless
+/// `rerun`: the same file against the same server under another name (`localhost` for
+/// `127.0.0.1`, a gateway in front of the provider) would enqueue every line again and pay
+/// twice. Switching to or from `--simulate` costs nothing and is allowed.
+async fn claim_endpoint(app: &App, batch: &str, endpoint: &str, rerun: bool) -> Result<()> {
+    let (b, e) = (batch.to_string(), endpoint.to_string());
+    let before = app
+        .store
+        .read(move |txn| {
+            let table = txn.open_table(tables::BATCH_ENDPOINTS)?;
+            let found = table.get(b.as_str())?.map(|v| v.value().to_string());
+            Ok(found)
+        })
+        .await?;
+    if let Some(old) = &before {
+        let free = old == SIMULATED || endpoint == SIMULATED;
+        if old != endpoint && !free && !rerun {
+            return Err(Error::Invalid(format!(
+                "batch {batch} ran against {old}; this run would send every line to {endpoint} \
+                 and pay for it again. Name a new batch (--batch NAME), or pass --rerun to \
+                 answer it again at {endpoint}"
+            )));
+        }
+    }
+    if before.as_deref() != Some(endpoint) {
+        let b = batch.to_string();
+        app.store
+            .write(move |txn| {
+                txn.open_table(tables::BATCH_ENDPOINTS)?
+                    .insert(b.as_str(), e.as_str())?;
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Cancels the waiting jobs of `batch` that are not lines of the current file (a line
+/// removed or edited since they were enqueued), so they are neither paid for nor hidden.
+async fn cancel_stale(app: &App, batch: &str, keys: &HashMap<String, u64>) -> Result<usize> {
+    let stale: Vec<u64> = app
+        .queue
+        .jobs_in_queue(batch)
+        .await?
+        .into_iter()
+        .filter(|j| j.state.is_waiting())
+        .filter(|j| !j.dedup_key.as_ref().is_some_and(|k| keys.contains_key(k)))
+        .map(|j| j.id)
+        .collect();
+    for chunk in stale.chunks(ENQUEUE_CHUNK) {
+        let chunk = chunk.to_vec();
+        app.store
+            .write(move |txn| {
+                let now = now_ms();
+                chunk.iter().try_for_each(|&id| cancel_in(txn, id, now))
+            })
+            .await?;
+    }
+    if !stale.is_empty() {
+        tracing::info!(
+            cancelled = stale.len(),
+            "jobs of lines no longer in the file"
+        );
+    }
+    Ok(stale.len())
 }
 
 /// The output and errors files: as given, else beside the input.

@@ -35,6 +35,10 @@ pub struct App {
     upkeep: tokio::sync::Mutex<Upkeep>,
 }
 
+/// The endpoint's name in cache and dedup keys under `--simulate`, so simulated answers
+/// never mix with real ones.
+pub const SIMULATED: &str = "simulated";
+
 /// Which endpoint [`App::connect`] talks to.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoint {
@@ -104,7 +108,7 @@ impl App {
                 .await
                 .map_err(|e| Error::Simulator(e.to_string()))?;
             llm.base_url = server.base_url();
-            (String::from("simulated"), Some(server))
+            (String::from(SIMULATED), Some(server))
         } else {
             llm.api_key = LlmConfig::api_key_from_env(&llm.base_url, to.key_env.as_deref())?;
             (self.config.base_url.trim_end_matches('/').to_string(), None)

@@ -1,7 +1,7 @@
 //! Sending failed lines again: every discarded (or cancelled) job of a batch, or those with
 //! one error code, or those of the lines of the current input file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::App;
 use crate::chat::ChatJob;
@@ -34,12 +34,13 @@ impl Default for RetryFilter {
 
 /// Puts the matching jobs of `batch` back in the queue with their attempts reset, and says
 /// how many. Only the newest job of each request id counts (an older one is a line since
-/// edited); with `only`, just the jobs whose dedup key is in it (the current file's lines).
+/// edited); with `only`, just the jobs whose dedup key is in it (the current file's lines,
+/// keyed to their line numbers).
 pub async fn retry_failed(
     app: &App,
     batch: &str,
     filter: &RetryFilter,
-    only: Option<&HashSet<String>>,
+    only: Option<&HashMap<String, u64>>,
 ) -> Result<usize> {
     let jobs = app.queue.jobs_in_queue(batch).await?;
     let ids = matching(jobs, filter, only);
@@ -56,7 +57,7 @@ pub async fn retry_failed(
     Ok(n)
 }
 
-fn matching(jobs: Vec<Job>, filter: &RetryFilter, only: Option<&HashSet<String>>) -> Vec<u64> {
+fn matching(jobs: Vec<Job>, filter: &RetryFilter, only: Option<&HashMap<String, u64>>) -> Vec<u64> {
     // The newest job of each request id (jobs come in enqueue order).
     let mut newest: HashMap<String, Job> = HashMap::new();
     for job in jobs {
@@ -68,7 +69,7 @@ fn matching(jobs: Vec<Job>, filter: &RetryFilter, only: Option<&HashSet<String>>
         .into_values()
         .filter(|j| j.state == filter.state)
         .filter(|j| match (only, &j.dedup_key) {
-            (Some(keys), Some(k)) => keys.contains(k),
+            (Some(keys), Some(k)) => keys.contains_key(k),
             (Some(_), None) => false,
             (None, _) => true,
         })

@@ -1,6 +1,6 @@
 //! Turning a batch's jobs back into output lines, in input order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -26,17 +26,24 @@ pub struct Export {
     pub pending: usize,
 }
 
-/// Builds the export of `jobs`. With `only`, just the jobs whose dedup key is in it (the
-/// lines of the current input file); otherwise the newest job of every request id.
-pub fn export(jobs: Vec<Job>, only: Option<&HashSet<String>>) -> Result<Export> {
+/// Builds the export of `jobs`. With `only` (dedup key -> line in the current input file),
+/// just those jobs, in the file's order (a job enqueued from an earlier version of the file
+/// may have stood on another line); otherwise the newest job of every request id, in the
+/// order of the lines they were enqueued from.
+pub fn export(jobs: Vec<Job>, only: Option<&HashMap<String, u64>>) -> Result<Export> {
     let mut latest: HashMap<String, (Job, ChatJob)> = HashMap::new();
     for job in jobs {
-        if let Some(keys) = only {
-            if !job.dedup_key.as_ref().is_some_and(|k| keys.contains(k)) {
-                continue;
-            }
+        let line = match only {
+            Some(lines) => match job.dedup_key.as_ref().and_then(|k| lines.get(k)) {
+                Some(&line) => Some(line),
+                None => continue,
+            },
+            None => None,
+        };
+        let mut chat: ChatJob = codec::decode(&job.payload)?;
+        if let Some(line) = line {
+            chat.line = line;
         }
-        let chat: ChatJob = codec::decode(&job.payload)?;
         match latest.get(&chat.custom_id) {
             Some((kept, _)) if kept.id > job.id => {}
             _ => {

@@ -44,13 +44,29 @@ pub struct ChatJob {
 }
 
 impl ChatJob {
-    /// The dedup key that makes enqueueing idempotent: the same id with the same request
-    /// against the same endpoint is the same job; an edited line becomes a new job.
+    /// The dedup key that makes enqueueing idempotent: the same id with the same job (request,
+    /// domain, strategy, memory, expected answer; not the line number) against the same
+    /// endpoint is the same job; an edited line becomes a new job. Options left at their
+    /// defaults add nothing, so keys of plain lines are those of earlier versions.
     pub fn dedup_key(&self, endpoint: &str) -> String {
         let mut h = Sha256::new();
         h.update(endpoint.as_bytes());
         h.update([0]);
         h.update(self.body.as_bytes());
+        let defaults = self.domain == "general"
+            && self.strategy.is_none()
+            && self.expected.is_none()
+            && !self.memory;
+        if !defaults {
+            let options = serde_json::json!({
+                "domain": self.domain,
+                "strategy": self.strategy,
+                "expected": self.expected,
+                "memory": self.memory,
+            });
+            h.update([0]);
+            h.update(options.to_string().as_bytes());
+        }
         let digest = h.finalize();
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         format!("{}#{hex}", self.custom_id)

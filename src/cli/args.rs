@@ -140,6 +140,10 @@ pub struct BatchArgs {
     /// Send the lines that failed in earlier runs of this file again (attempts reset).
     #[arg(long)]
     pub retry_failed: bool,
+    /// Answer a batch that ran against another endpoint again, against this one (every
+    /// line is sent and paid for again).
+    #[arg(long)]
+    pub rerun: bool,
     /// Put memory (similar past successes and learned rules) into prompts of lines that do
     /// not say `"memory"`.
     #[arg(long)]

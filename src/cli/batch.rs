@@ -24,6 +24,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         strategy: args.strategy,
         memory: args.memory,
         retry_failed: args.retry_failed,
+        rerun: args.rerun,
     };
     // A bad file is refused before the database is opened.
     let parsed = batch::read(&opts, &config.model).map_err(fail)?;
@@ -46,6 +47,12 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
     );
     if args.retry_failed {
         eprintln!("{} failed lines go again", prepared.retried);
+    }
+    if prepared.cancelled > 0 {
+        eprintln!(
+            "{} waiting jobs of lines no longer in the file (removed or edited) were cancelled",
+            prepared.cancelled
+        );
     }
 
     let shutdown = Shutdown::new();

@@ -81,6 +81,12 @@ pub const CACHE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("cache
 pub const CACHE_BY_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> =
     TableDefinition::new("cache_by_expiry");
 
+// ---- batches (app/batch.rs) ----
+
+/// Batch name -> the endpoint it runs against, so a run against another name for the same
+/// server (which would enqueue and pay for every line again) is caught.
+pub const BATCH_ENDPOINTS: TableDefinition<&str, &str> = TableDefinition::new("batch_endpoints");
+
 // ---- run records (runs.rs) ----
 
 /// Run id -> encoded `RunRecord`: the figures of each batch run, for `reasonq stats`.
@@ -118,6 +124,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_BY_EXPIRY)?;
     txn.open_table(RUNS)?;
+    txn.open_table(BATCH_ENDPOINTS)?;
     txn.open_table(BOARD_SESSIONS)?;
     txn.open_table(BOARD_ENTRIES)?;
     Ok(())
