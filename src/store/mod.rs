@@ -15,6 +15,7 @@ pub mod tables;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
@@ -40,8 +41,10 @@ pub enum Durability {
     /// fsync before answering: a crash never loses an acknowledged write (default).
     #[default]
     Immediate,
-    /// No fsync: much faster, but a crash (of the machine, not just the process) can lose the
-    /// writes since the last immediate commit. The store makes one immediate commit at close.
+    /// No fsync per commit: much faster, but a crash (`kill -9` too: redb holds such commits
+    /// in memory) loses the writes since the last durable commit. The writer makes one at
+    /// least every [`SYNC_EVERY`] while there are such writes, and one at close, so the
+    /// window is bounded.
     None,
 }
 
@@ -426,30 +429,49 @@ where
     }
 }
 
+/// Longest a non-durable commit (a relaxed write, or any write with durability `none`) waits
+/// for a durable one: a crash of the machine or a `kill -9` loses at most this window.
+pub const SYNC_EVERY: Duration = Duration::from_secs(2);
+
 fn writer_loop(
     db: &redb::Database,
     rx: &mpsc::Receiver<Box<dyn WriteOp>>,
     durability: Durability,
     max_group: usize,
 ) {
-    let mut unsynced = false;
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < max_group {
-            match rx.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
+    // Since when commits wait for a durable one.
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(SYNC_EVERY) {
+            Ok(first) => {
+                let mut group = vec![first];
+                while group.len() < max_group {
+                    match rx.try_recv() {
+                        Ok(op) => group.push(op),
+                        Err(_) => break,
+                    }
+                }
+                if commit_group(db, group, durability) {
+                    unsynced_since.get_or_insert_with(Instant::now);
+                }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        unsynced |= commit_group(db, group, durability);
+        if unsynced_since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) && sync(db) {
+            unsynced_since = None;
+        }
     }
     // Relaxed or non-durable commits still end on disk: one empty immediate commit persists
     // the rest.
-    if unsynced || durability == Durability::None {
-        if let Ok(txn) = db.begin_write() {
-            let _ = txn.commit();
-        }
+    if unsynced_since.is_some() || durability == Durability::None {
+        sync(db);
     }
+}
+
+/// An empty durable commit, which makes every earlier commit durable too.
+fn sync(db: &redb::Database) -> bool {
+    db.begin_write().is_ok_and(|txn| txn.commit().is_ok())
 }
 
 fn begin(db: &redb::Database, durability: Durability) -> Result<WriteTransaction> {
