@@ -656,6 +656,32 @@ async fn rpm_limit_paces_requests() {
 }
 
 #[tokio::test]
+async fn a_rate_limiter_wait_counts_against_the_calls_deadline() {
+    let server = sim().await;
+    let mut config = cfg(server.base_url());
+    // One request a minute, and calls that may take 300 ms in all.
+    config.limits = RateLimits {
+        rpm: Some(1),
+        window: Duration::from_secs(60),
+        ..RateLimits::default()
+    };
+    config.retry.deadline = Some(Duration::from_millis(300));
+    let c = LlmClient::new(config).unwrap();
+    c.chat(&body("first")).await.unwrap();
+    let t = Instant::now();
+    let e = c.chat(&body("second")).await.unwrap_err();
+    assert_eq!(e.code(), "timeout", "{e}");
+    assert!(e.is_retryable());
+    // It gave up at the deadline instead of waiting out the minute.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(
+        server.stats().by_prompt.get("second"),
+        None,
+        "nothing was sent"
+    );
+}
+
+#[tokio::test]
 async fn tpm_limit_paces_and_corrects_with_usage() {
     let server = sim().await;
     let mut config = cfg(server.base_url());

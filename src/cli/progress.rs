@@ -15,8 +15,8 @@ pub struct Progress {
     bar: Option<ProgressBar>,
 }
 
-/// One line of progress text.
-pub fn describe(base: Baseline, now: RunCounts, elapsed: Duration) -> String {
+/// One line of progress text; `server_waits` counts the snoozes the server asked for.
+pub fn describe(base: Baseline, now: RunCounts, server_waits: u64, elapsed: Duration) -> String {
     let done = base.completed + now.completed;
     let failed = base.failed + now.failed;
     let this_run = now.completed + now.failed;
@@ -28,8 +28,14 @@ pub fn describe(base: Baseline, now: RunCounts, elapsed: Duration) -> String {
     } else {
         String::new()
     };
+    let waits = if server_waits > 0 {
+        format!(" ({server_waits} told by the server to wait)")
+    } else {
+        String::new()
+    };
     format!(
-        "{done}/{total} done, {failed} failed, {cached} cached, {retried} retried, {rate:.1}/s{eta}",
+        "{done}/{total} done, {failed} failed, {cached} cached, {retried} retried{waits}, \
+         {rate:.1}/s{eta}",
         total = base.total,
         cached = now.cached,
         retried = now.retried,
@@ -60,7 +66,10 @@ impl Progress {
             loop {
                 tokio::time::sleep(period).await;
                 let now = stats.snapshot();
-                let text = describe(base, now, started.elapsed());
+                let waits = stats
+                    .server_waits
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let text = describe(base, now, waits, started.elapsed());
                 match &task_bar {
                     Some(bar) => {
                         bar.set_position(base.completed + base.failed + now.completed + now.failed);
@@ -110,8 +119,13 @@ mod tests {
             ..RunCounts::default()
         };
         assert_eq!(
-            describe(base, now, Duration::from_secs(7)),
+            describe(base, now, 0, Duration::from_secs(7)),
             "60/100 done, 1 failed, 5 cached, 0 retried, 3.0/s, ETA 13s"
+        );
+        let waiting = RunCounts { retried: 3, ..now };
+        assert_eq!(
+            describe(base, waiting, 2, Duration::from_secs(7)),
+            "60/100 done, 1 failed, 5 cached, 3 retried (2 told by the server to wait), 3.0/s, ETA 13s"
         );
     }
 }

@@ -281,7 +281,21 @@ impl LlmClient {
             if attempt > 1 {
                 inner.metrics.retries.fetch_add(1, Relaxed);
             }
-            let permit = inner.limiter.acquire(estimate).await;
+            // Waiting for the rate limiter counts against the call's deadline too.
+            let permit = match deadline {
+                Some(d) => {
+                    let until = tokio::time::Instant::from_std(d);
+                    match tokio::time::timeout_at(until, inner.limiter.acquire(estimate)).await {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            return Err(LlmError::Timeout {
+                                after: policy.deadline.unwrap_or_default(),
+                            })
+                        }
+                    }
+                }
+                None => inner.limiter.acquire(estimate).await,
+            };
             let mut timeout = inner.cfg.pool.request_timeout;
             if let Some(d) = deadline {
                 timeout = timeout.min(d.saturating_duration_since(Instant::now()));

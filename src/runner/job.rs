@@ -160,7 +160,10 @@ impl JobCtx {
         RunStats::bump(&self.stats.retried);
         match err.retry_after() {
             // At least a floor, so `Retry-After: 0` does not spin a commit per cycle.
-            Some(delay) if delay <= SNOOZE_CAP => self.snooze(delay.max(SNOOZE_FLOOR)).await,
+            Some(delay) if delay <= SNOOZE_CAP => {
+                RunStats::bump(&self.stats.server_waits);
+                self.snooze(delay.max(SNOOZE_FLOOR)).await
+            }
             // Longer than a batch should sit silent (a daily quota): spend an attempt instead,
             // so such a job ends instead of waiting a day per try.
             Some(delay) => {

@@ -16,9 +16,12 @@ pub struct RunStats {
     pub returned: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Snoozes the server asked for (`Retry-After`), for the progress line; not part of
+    /// [`RunCounts`], whose layout is stored in run records.
+    pub server_waits: AtomicU64,
 }
 
-/// A point-in-time copy of [`RunStats`].
+/// A point-in-time copy of [`RunStats`] (but `server_waits`).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RunCounts {
     pub completed: u64,
