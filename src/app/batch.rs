@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::memory::Strategy;
-use crate::queue::{cancel_in, JobState, NewJob};
+use crate::queue::{cancel_in, find_by_dedup_read, JobState, NewJob};
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
 use crate::shutdown::Listener;
 use crate::store::tables;
@@ -168,16 +168,21 @@ pub async fn prepare(
     // Idempotent: the dedup key is the id plus a hash of the request and endpoint.
     let endpoint = connected.endpoint();
     claim_endpoint(app, &batch, endpoint, opts.rerun).await?;
-    let keys: HashMap<String, u64> = jobs
+    let job_keys = dedup_keys(app, &batch, endpoint, &jobs).await?;
+    let keys: HashMap<String, u64> = job_keys
         .iter()
-        .map(|j| (j.dedup_key(endpoint), j.line))
+        .zip(&jobs)
+        .map(|(k, j)| (k.clone(), j.line))
         .collect();
     let mut inserted = 0;
-    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+    for (chunk, chunk_keys) in jobs
+        .chunks(ENQUEUE_CHUNK)
+        .zip(job_keys.chunks(ENQUEUE_CHUNK))
+    {
         let mut new_jobs = Vec::with_capacity(chunk.len());
-        for job in chunk {
+        for (job, key) in chunk.iter().zip(chunk_keys) {
             let mut new = NewJob::new(batch.clone(), chat::KIND, codec::encode(job)?);
-            new.dedup_key = Some(job.dedup_key(endpoint));
+            new.dedup_key = Some(key.clone());
             new_jobs.push(new);
         }
         let done = app.queue.enqueue_many(new_jobs).await?;
@@ -263,6 +268,46 @@ impl Prepared {
             requests_sent: metrics.requests_sent,
         })
     }
+}
+
+/// Each job's dedup key: its own, or the key an earlier version gave it when the batch holds
+/// that same job under it (a line with options, enqueued before the key covered them).
+async fn dedup_keys(
+    app: &App,
+    batch: &str,
+    endpoint: &str,
+    jobs: &[ChatJob],
+) -> Result<Vec<String>> {
+    let legacy: Vec<(usize, String)> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| j.legacy_dedup_key(endpoint).map(|k| (i, k)))
+        .collect();
+    let mut keys: Vec<String> = jobs.iter().map(|j| j.dedup_key(endpoint)).collect();
+    if legacy.is_empty() {
+        return Ok(keys);
+    }
+    let batch = batch.to_string();
+    let found: Vec<(usize, String, ChatJob)> = app
+        .store
+        .read(move |txn| {
+            let mut found = Vec::new();
+            for (i, key) in legacy {
+                if let Some(job) = find_by_dedup_read(txn, &batch, &key)? {
+                    if let Ok(chat) = codec::decode::<ChatJob>(&job.payload) {
+                        found.push((i, key, chat));
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await?;
+    for (i, key, stored) in found {
+        if jobs[i].same_job(&stored) {
+            keys[i] = key;
+        }
+    }
+    Ok(keys)
 }
 
 /// Records the endpoint `batch` runs against, refusing another real endpoint unless

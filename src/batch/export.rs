@@ -32,6 +32,7 @@ pub struct Export {
 /// order of the lines they were enqueued from.
 pub fn export(jobs: Vec<Job>, only: Option<&HashMap<String, u64>>) -> Result<Export> {
     let mut latest: HashMap<String, (Job, ChatJob)> = HashMap::new();
+    let mut out_undecodable = Vec::new();
     for job in jobs {
         let line = match only {
             Some(lines) => match job.dedup_key.as_ref().and_then(|k| lines.get(k)) {
@@ -40,7 +41,19 @@ pub fn export(jobs: Vec<Job>, only: Option<&HashMap<String, u64>>) -> Result<Exp
             },
             None => None,
         };
-        let mut chat: ChatJob = codec::decode(&job.payload)?;
+        let mut chat: ChatJob = match codec::decode(&job.payload) {
+            Ok(chat) => chat,
+            // One record this build cannot read fails its own line, not the export.
+            Err(e) => {
+                let failure = FailureRecord::new(
+                    "undecodable_record",
+                    format!("job {} cannot be read by this build: {e}", job.id),
+                );
+                let line = failure_line(Some(job.id), &format!("job-{}", job.id), &failure);
+                out_undecodable.push(line);
+                continue;
+            }
+        };
         if let Some(line) = line {
             chat.line = line;
         }
@@ -53,7 +66,11 @@ pub fn export(jobs: Vec<Job>, only: Option<&HashMap<String, u64>>) -> Result<Exp
     }
     let mut entries: Vec<(Job, ChatJob)> = latest.into_values().collect();
     entries.sort_by_key(|(job, chat)| (chat.line, job.id));
-    let mut out = Export::default();
+    let mut out = Export {
+        errors: out_undecodable.clone(),
+        lines: out_undecodable,
+        ..Export::default()
+    };
     for (job, chat) in entries {
         let mut detail = json!({
             "custom_id": chat.custom_id,

@@ -53,11 +53,7 @@ impl ChatJob {
         h.update(endpoint.as_bytes());
         h.update([0]);
         h.update(self.body.as_bytes());
-        let defaults = self.domain == "general"
-            && self.strategy.is_none()
-            && self.expected.is_none()
-            && !self.memory;
-        if !defaults {
+        if !self.has_default_options() {
             let options = serde_json::json!({
                 "domain": self.domain,
                 "strategy": self.strategy,
@@ -70,6 +66,37 @@ impl ChatJob {
         let digest = h.finalize();
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         format!("{}#{hex}", self.custom_id)
+    }
+
+    /// The key versions before 0.2 gave every line (endpoint and body only): a job enqueued
+    /// under it is found again after an upgrade, so it is not paid for twice.
+    pub fn legacy_dedup_key(&self, endpoint: &str) -> Option<String> {
+        if self.has_default_options() {
+            return None;
+        }
+        let plain = ChatJob {
+            domain: "general".into(),
+            strategy: None,
+            expected: None,
+            memory: false,
+            ..self.clone()
+        };
+        Some(plain.dedup_key(endpoint))
+    }
+
+    /// Whether the same job differs from `other` by its line number at most.
+    pub fn same_job(&self, other: &ChatJob) -> bool {
+        ChatJob {
+            line: other.line,
+            ..self.clone()
+        } == *other
+    }
+
+    fn has_default_options(&self) -> bool {
+        self.domain == "general"
+            && self.strategy.is_none()
+            && self.expected.is_none()
+            && !self.memory
     }
 }
 

@@ -27,7 +27,8 @@ pub use ops::{
     retry_in, snooze_in,
 };
 pub use read::{
-    counts_read, get_read, jobs_in_queue_read, list_read, load_checkpoint_read, queues_read,
+    counts_read, find_by_dedup_read, get_read, jobs_in_queue_read, list_read, load_checkpoint_read,
+    queues_read,
 };
 
 use crate::clock::now_ms;

@@ -429,8 +429,19 @@ fn rescue(
         .range((0u64, 0u64)..=(until.unwrap_or(u64::MAX), u64::MAX))?
         .map(|entry| entry.map(|(key, _)| key.value().1))
         .collect::<Result<Vec<u64>, _>>()?;
+    let mut rescued = 0;
     for &id in &ids {
-        let mut job = t.load_existing(id)?;
+        let mut job = match t.load_existing(id) {
+            Ok(job) => job,
+            // A record this build cannot read stays as it is rather than making the file
+            // impossible to open (the rescue runs at every open).
+            Err(Error::Codec(e)) => {
+                tracing::warn!(job = id, error = %e, "cannot read a running job; left as it is");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        rescued += 1;
         let before = Placed::of(&job);
         mark(&mut job);
         if job.attempt >= job.max_attempts {
@@ -442,7 +453,7 @@ fn rescue(
         t.save(Some(before), &job)?;
     }
     t.finish()?;
-    Ok(ids.len())
+    Ok(rescued)
 }
 
 /// The queue's open hook ([`StoreConfig::with_open_hook`](crate::store::StoreConfig::with_open_hook)):

@@ -14,6 +14,19 @@ pub fn get_read(txn: &ReadTransaction, id: u64) -> Result<Option<Job>> {
     Ok(job)
 }
 
+/// The job enqueued in `queue` with `dedup_key`, if any.
+pub fn find_by_dedup_read(
+    txn: &ReadTransaction,
+    queue: &str,
+    dedup_key: &str,
+) -> Result<Option<Job>> {
+    let dedup = txn.open_table(tables::JOBS_DEDUP)?;
+    let Some(id) = dedup.get((queue, dedup_key))?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    get_read(txn, id)
+}
+
 /// Up to `limit` jobs in id order, optionally of one queue and one state. Admin listing: it
 /// reads the queue's (or every) job until `limit` match.
 pub fn list_read(
