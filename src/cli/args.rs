@@ -79,6 +79,10 @@ pub enum Command {
     /// Delete finished jobs and old experiences past retention, and expired cache entries.
     #[command(after_help = "Example:\n  reasonq cleanup")]
     Cleanup(JsonFlag),
+    /// Check the database file (redb's integrity check, on a copy), or repair it with a
+    /// backup of the damaged file; says what a repair keeps and loses per table.
+    #[command(after_help = "Example:\n  reasonq check\n  reasonq check --repair")]
+    Check(CheckArgs),
     /// Store, cache and queue statistics.
     #[command(after_help = "Example:\n  reasonq stats --json")]
     Stats(JsonFlag),
@@ -98,6 +102,16 @@ pub struct BoardArgs {
     /// Session id (`bb-<job id>`, in the output line's `board_session`) or the job id.
     pub session: String,
     /// Print the session and its entries as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckArgs {
+    /// Repair a damaged file in place (the damaged file is kept as a backup beside it).
+    #[arg(long)]
+    pub repair: bool,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -13,7 +13,7 @@ use reasonq::queue::JobState;
 use reasonq::runner::FailureRecord;
 use reasonq::shutdown::{exit_code, Shutdown};
 
-use super::args::{ExperiencesCommand, JobsCommand, ResultsArgs, SubmitArgs};
+use super::args::{CheckArgs, ExperiencesCommand, JobsCommand, ResultsArgs, SubmitArgs};
 use super::print::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
 use super::{fail, CliResult, Outcome};
 
@@ -361,4 +361,81 @@ pub async fn models(config: Config, as_json: bool, endpoint: &Endpoint) -> CliRe
         emit!("{m}")?;
     }
     Ok(Outcome::Done)
+}
+
+/// `reasonq check`: exit 0 when the file is sound (or was repaired), 2 when it is damaged.
+pub async fn check(config: Config, args: CheckArgs) -> CliResult {
+    let path = config.db.clone();
+    let repair = args.repair;
+    // redb panics on some damaged pages; the check catches that and reports the file as
+    // damaged, so the panic's own message would only be noise here.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let report =
+        tokio::task::spawn_blocking(move || reasonq::store::check::check(&path, repair)).await;
+    std::panic::set_hook(hook);
+    let report = report.map_err(fail)?.map_err(fail)?;
+    let damaged = report.verdict != "ok" && report.backup.is_none();
+    if args.json {
+        print_json(&serde_json::to_value(&report).map_err(fail)?)?;
+    } else {
+        let db = config.db.display();
+        let rows = |counts: &[(String, u64)]| -> String {
+            let get = |name: &str| {
+                counts
+                    .iter()
+                    .find(|(t, _)| t == name)
+                    .map_or(0, |(_, n)| *n)
+            };
+            format!(
+                "{} jobs, {} experiences, {} cached responses, {} runs",
+                get("jobs"),
+                get("experiences"),
+                get("cache"),
+                get("runs")
+            )
+        };
+        let lost = || -> String {
+            let (Some(before), Some(after)) = (&report.before, &report.after) else {
+                return "unknown (the damaged file cannot be read as it is)".into();
+            };
+            let gone: Vec<String> = before
+                .iter()
+                .filter_map(|(t, n)| {
+                    let kept = after.iter().find(|(a, _)| a == t).map_or(0, |(_, k)| *k);
+                    (kept < *n).then(|| format!("{} of {n} rows of {t}", n - kept))
+                })
+                .collect();
+            if gone.is_empty() {
+                "nothing".into()
+            } else {
+                gone.join(", ")
+            }
+        };
+        match (report.verdict, &report.backup, &report.after) {
+            ("ok", _, after) => emit!(
+                "{db}: ok ({})",
+                after.as_deref().map(rows).unwrap_or_default()
+            )?,
+            (_, Some(backup), Some(after)) => emit!(
+                "{db}: repaired; kept {}; lost {}; the damaged file is kept as {}",
+                rows(after),
+                lost(),
+                backup.display()
+            )?,
+            ("repaired", None, Some(after)) => emit!(
+                "{db}: damaged; a repair (reasonq check --repair) would keep {} and lose {}",
+                rows(after),
+                lost()
+            )?,
+            _ => emit!(
+                "{db}: damaged beyond repair; keep a copy of it and start a new database with --db"
+            )?,
+        }
+    }
+    Ok(if damaged {
+        Outcome::Exit(2)
+    } else {
+        Outcome::Done
+    })
 }

@@ -143,6 +143,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Insights(args) => memory::insights(config, args, &endpoint).await,
         Command::Cleanup(f) => commands::cleanup(config, f.json).await,
         Command::Stats(f) => commands::stats(config, f.json).await,
+        Command::Check(args) => commands::check(config, args).await,
         Command::Models(f) => commands::models(config, f.json, &endpoint).await,
         Command::Board(args) => board::board(config, args.session, args.json).await,
     }

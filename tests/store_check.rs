@@ -1,0 +1,75 @@
+//! `reasonq check`: a sound file is reported with its contents and left as it was; a damaged
+//! one is reported (exit 2) without being touched, and `--repair` keeps a backup.
+
+mod support;
+
+use reasonq::sim::SimConfig;
+use support::{questions, stderr, stdout, Env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_a_sound_file_and_never_touches_a_damaged_one_without_repair() {
+    let env = Env::start(SimConfig::default()).await;
+    env.write_input("in.jsonl", &questions(5));
+    let out = env.run(&["batch", "in.jsonl"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let before = std::fs::read(env.db()).unwrap();
+    let out = env.run(&["check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(": ok (5 jobs, 5 experiences, 5 cached responses, 1 runs)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        std::fs::read(env.db()).unwrap(),
+        before,
+        "a check changes nothing"
+    );
+
+    // Damage the file: its second half overwritten.
+    let mut bytes = before.clone();
+    let half = bytes.len() / 2;
+    bytes[half..].iter_mut().for_each(|b| *b = 0xA5);
+    let damaged = env.path("damaged.redb");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = env.command_on(&damaged, &["check"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("damaged"), "{}", stdout(&out));
+    assert_eq!(
+        std::fs::read(&damaged).unwrap(),
+        bytes,
+        "untouched without --repair"
+    );
+
+    let out = env
+        .command_on(&damaged, &["check", "--repair"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    if text.contains("repaired") {
+        assert!(out.status.success(), "{text}");
+        let backups = std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("damaged.redb.bak-")
+            })
+            .count();
+        assert_eq!(backups, 1, "the damaged file is kept: {text}");
+    } else {
+        // Beyond repair: said so, and the file is left for the user.
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains("beyond repair"), "{text}");
+        assert_eq!(std::fs::read(&damaged).unwrap(), bytes);
+    }
+}
