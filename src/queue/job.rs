@@ -143,6 +143,10 @@ pub struct Job {
 /// ends up discarded.
 pub const FREE_INTERRUPTIONS: u32 = 3;
 
+/// Snoozes (a server's "come back later") per job that spend no attempt; each one after them
+/// spends the attempt, so a job cannot wait forever.
+pub const FREE_SNOOZES: u32 = 5;
+
 /// A job to enqueue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewJob {

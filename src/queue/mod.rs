@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use backoff::backoff_ms;
 pub use job::{
     Counts, Enqueued, Failure, Job, JobState, Lease, NewJob, QueueConfig, Retention,
-    FREE_INTERRUPTIONS,
+    FREE_INTERRUPTIONS, FREE_SNOOZES,
 };
 pub use ops::rescue_at_open;
 pub use ops::{

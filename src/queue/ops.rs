@@ -11,6 +11,7 @@ use super::backoff::backoff_ms;
 use super::index::{JobTables, Placed};
 use super::job::{
     Enqueued, Failure, Job, JobState, Lease, NewJob, QueueConfig, Retention, FREE_INTERRUPTIONS,
+    FREE_SNOOZES,
 };
 use crate::error::{Error, Result};
 use crate::store::tables;
@@ -297,13 +298,29 @@ pub fn fail_in(
     Ok(state)
 }
 
-/// Puts a running job back to `scheduled` for `delay_ms` without spending its attempt (e.g.
-/// a 429 with `Retry-After`).
+/// Puts a running job back to `scheduled` for `delay_ms` (e.g. a 429 with `Retry-After`).
+/// The first [`FREE_SNOOZES`] snoozes of a job spend no attempt; later ones do, so a server
+/// that keeps saying "later" (a quota that never comes back) cannot keep a job forever: it is
+/// discarded when its attempts run out.
 pub fn snooze_in(txn: &WriteTransaction, lease: &Lease, delay_ms: u64, now: u64) -> Result<()> {
+    let mut snoozes = txn.open_table(tables::JOB_SNOOZES)?;
+    let id = lease.job.id;
+    let n = snoozes.get(id)?.map_or(0, |v| v.value()).saturating_add(1);
+    snoozes.insert(id, n)?;
+    drop(snoozes);
     transition(txn, lease, |job| {
+        if n <= FREE_SNOOZES {
+            job.attempt = job.attempt.saturating_sub(1);
+        } else if job.attempt >= job.max_attempts {
+            job.last_error = Some(format!(
+                "the server asked to wait {n} times; attempts ran out"
+            ));
+            leave_running(job, JobState::Discarded);
+            job.finished_at = Some(now);
+            return;
+        }
         leave_running(job, JobState::Scheduled);
         job.run_at = now.saturating_add(delay_ms);
-        job.attempt = job.attempt.saturating_sub(1);
     })
 }
 
@@ -376,6 +393,7 @@ pub fn retry_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
             job.attempt = 0;
             job.interruptions = 0;
             job.finished_at = None;
+            txn.open_table(tables::JOB_SNOOZES)?.remove(id)?;
         }
         s if s.is_waiting() => {}
         s => {
@@ -474,6 +492,7 @@ pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Resu
     let mut by_queue = txn.open_table(tables::JOBS_BY_QUEUE)?;
     let mut dedup = txn.open_table(tables::JOBS_DEDUP)?;
     let mut checkpoints = txn.open_table(tables::JOB_CHECKPOINTS)?;
+    let mut snoozes = txn.open_table(tables::JOB_SNOOZES)?;
     let mut pruned = 0;
     for state in JobState::ALL {
         let Some(age) = retention.of(state) else {
@@ -497,6 +516,7 @@ pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Resu
                 }
             }
             checkpoints.remove(id)?;
+            snoozes.remove(id)?;
             pruned += 1;
         }
     }

@@ -213,6 +213,38 @@ fn a_fatal_failure_discards_at_once() {
 }
 
 #[test]
+fn snoozes_past_the_free_ones_spend_attempts_until_the_job_is_discarded() {
+    let f = Fixture {
+        config: QueueConfig {
+            default_max_attempts: 2,
+            ..QueueConfig::default()
+        },
+        ..fixture()
+    };
+    let id = f.enqueue(job(0, None), 0).id;
+    let mut now = 0;
+    let mut snooze = || {
+        let lease = f.lease(1, now).remove(0);
+        f.write(move |txn| snooze_in(txn, &lease, 1, now)).unwrap();
+        now += 1;
+        f.job(id)
+    };
+    for _ in 0..FREE_SNOOZES {
+        let job = snooze();
+        assert_eq!((job.state, job.attempt), (JobState::Scheduled, 0));
+    }
+    let job = snooze();
+    assert_eq!(
+        (job.state, job.attempt),
+        (JobState::Scheduled, 1),
+        "charged"
+    );
+    let job = snooze();
+    assert_eq!(job.state, JobState::Discarded, "attempts ran out");
+    assert!(job.last_error.unwrap().contains("asked to wait"));
+}
+
+#[test]
 fn snooze_and_release_refund_the_attempt() {
     let f = fixture();
     let id = f.enqueue(job(0, None), 0).id;

@@ -115,6 +115,7 @@ fn counts_of(path: &Path) -> Result<Vec<(String, u64)>> {
         JOBS_FINISHED,
         JOB_CHECKPOINTS,
         JOBS_COUNTS,
+        JOB_SNOOZES,
         EXPERIENCES,
         EXPERIENCES_BY_TIME,
         EXPERIENCES_BY_DOMAIN,

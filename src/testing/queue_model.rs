@@ -197,6 +197,8 @@ fn out<T>(r: crate::Result<T>, f: impl FnOnce(T) -> Out) -> Out {
 struct Model {
     jobs: BTreeMap<u64, MJob>,
     checkpoints: BTreeMap<u64, Vec<u8>>,
+    /// Snoozes per job (the first `FREE_SNOOZES` spend no attempt).
+    snoozes: BTreeMap<u64, u32>,
     next_id: u64,
 }
 
@@ -324,6 +326,26 @@ impl Model {
         }
     }
 
+    fn snooze(&mut self, lease: &Lease, delay: u64, now: u64) -> Out {
+        let id = lease.job.id;
+        let n = self.snoozes.get(&id).copied().unwrap_or(0) + 1;
+        let out = self.on_lease(lease, |j| {
+            if n <= queue::FREE_SNOOZES {
+                j.attempt = j.attempt.saturating_sub(1);
+            } else if j.attempt >= j.max_attempts {
+                j.leave(JobState::Discarded);
+                j.finished_at = Some(now);
+                return;
+            }
+            j.leave(JobState::Scheduled);
+            j.run_at = now + delay;
+        });
+        if matches!(out, Out::Unit) {
+            self.snoozes.insert(id, n);
+        }
+        out
+    }
+
     fn retry(&mut self, id: u64, now: u64) -> Out {
         let Some(j) = self.jobs.get_mut(&id) else {
             return Out::Err("not found".into());
@@ -333,6 +355,7 @@ impl Model {
                 j.attempt = 0;
                 j.interruptions = 0;
                 j.finished_at = None;
+                self.snoozes.remove(&id);
             }
             _ if j.waiting() => {}
             _ => return Out::Err("invalid state".into()),
@@ -382,6 +405,7 @@ impl Model {
         for id in &old {
             self.jobs.remove(id);
             self.checkpoints.remove(id);
+            self.snoozes.remove(id);
         }
         Out::Count(old.len())
     }
@@ -514,11 +538,7 @@ fn run_on(store: &Store, ops: &[Op]) -> Result<(), String> {
                 let got = w(Box::new(move |txn| {
                     Ok(out(queue::snooze_in(txn, &l, delay, now), |()| Out::Unit))
                 }))?;
-                let want = model.on_lease(&lease, |j| {
-                    j.leave(JobState::Scheduled);
-                    j.run_at = now + delay;
-                    j.attempt = j.attempt.saturating_sub(1);
-                });
+                let want = model.snooze(&lease, delay, now);
                 (got, want)
             }
             Op::Release(i) => {
