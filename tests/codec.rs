@@ -146,6 +146,12 @@ proptest! {
 
 #[test]
 fn a_record_over_the_size_limit_is_refused_at_encode() {
-    let huge = "x".repeat(codec::MAX_RECORD_BYTES + 1);
+    let huge = reasonq::chat::ResponseRecord {
+        status_code: 200,
+        request_id: None,
+        body: "x".repeat(codec::MAX_RECORD_BYTES + 1),
+        cached: false,
+        latency_ms: 0,
+    };
     assert!(matches!(codec::encode(&huge), Err(CodecError::Encode(_))));
 }

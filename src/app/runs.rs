@@ -34,6 +34,8 @@ pub struct RunRecord {
     pub cache_misses: u64,
 }
 
+impl crate::codec::Record for RunRecord {}
+
 impl RunRecord {
     /// Collects a run's figures.
     pub fn new(

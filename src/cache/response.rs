@@ -21,6 +21,8 @@ pub struct CachedResponse {
     pub expires_at: u64,
 }
 
+impl crate::codec::Record for CachedResponse {}
+
 impl CachedResponse {
     /// A fresh response, not yet stamped with its lifetime (the cache stamps it on insert,
     /// see [`CachedResponse::stamped`]).

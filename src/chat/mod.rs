@@ -43,6 +43,8 @@ pub struct ChatJob {
     pub memory: bool,
 }
 
+impl crate::codec::Record for ChatJob {}
+
 impl ChatJob {
     /// The dedup key that makes enqueueing idempotent: the same id with the same job (request,
     /// domain, strategy, memory, expected answer; not the line number) against the same
@@ -111,6 +113,8 @@ pub struct ResponseRecord {
     pub cached: bool,
     pub latency_ms: u64,
 }
+
+impl crate::codec::Record for ResponseRecord {}
 
 /// The last user message of a request body, for the experience record.
 pub fn question_of(body: &str) -> String {

@@ -43,6 +43,8 @@ pub struct Pattern {
     pub recent_examples: Vec<u64>,
 }
 
+impl crate::codec::Record for Pattern {}
+
 impl Pattern {
     fn empty(domain: &str, strategy: &str) -> Self {
         Pattern {

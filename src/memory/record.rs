@@ -33,6 +33,8 @@ pub struct Experience {
     pub data: ExperienceData,
 }
 
+impl crate::codec::Record for Experience {}
+
 /// The content of an experience, as the caller supplies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperienceData {

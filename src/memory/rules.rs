@@ -31,6 +31,8 @@ pub struct Rule {
     pub created_at: u64,
 }
 
+impl crate::codec::Record for Rule {}
+
 fn domain_range(domain: &str) -> std::ops::RangeInclusive<(&str, u64)> {
     (domain, 0)..=(domain, u64::MAX)
 }

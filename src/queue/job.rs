@@ -138,6 +138,8 @@ pub struct Job {
     pub interruptions: u32,
 }
 
+impl crate::codec::Record for Job {}
+
 /// Crash interruptions per job that are not charged as attempts. Beyond them each crash
 /// spends the attempt it interrupted, so a job that crashes the process every time still
 /// ends up discarded.

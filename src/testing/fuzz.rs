@@ -2,7 +2,6 @@
 //! target in `fuzz/fuzz_targets/` and by the stable corpus replay in `tests/fuzz_replay.rs`.
 
 use bytes::Bytes;
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::{queue_model, ScratchFile};
 use crate::batch::input;
@@ -44,7 +43,7 @@ pub fn codec(bytes: &[u8]) -> Result<(), String> {
     round_trips::<Entry>(bytes)
 }
 
-fn round_trips<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {
+fn round_trips<T: codec::Record>(bytes: &[u8]) -> Result<(), String> {
     let Ok(value) = codec::decode::<T>(bytes) else {
         return Ok(());
     };

@@ -77,6 +77,8 @@ pub struct Entry {
     pub created_at: u64,
 }
 
+impl crate::codec::Record for Entry {}
+
 /// Whether a session has its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,3 +107,5 @@ pub struct Session {
     /// Steps answered from the prompt cache.
     pub cached_steps: u32,
 }
+
+impl crate::codec::Record for Session {}

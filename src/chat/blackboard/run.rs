@@ -25,6 +25,8 @@ struct Progress {
     steps_done: u32,
 }
 
+impl crate::codec::Record for Progress {}
+
 /// Runs (or resumes) the blackboard session of a leased job to a durable end state.
 pub(crate) async fn run(engine: &Engine, ctx: JobCtx, job: ChatJob) -> Result<()> {
     let request: Value = match serde_json::from_str(&job.body) {
