@@ -42,6 +42,12 @@ async fn check_reports_a_sound_file_and_never_touches_a_damaged_one_without_repa
         stderr(&out)
     );
     assert!(stdout(&out).contains("damaged"), "{}", stdout(&out));
+    // redb's own panic text on the damaged pages is not shown; the verdict is.
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    let status = env.command_on(&damaged, &["status"]).output().unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    assert!(!stderr(&status).contains("panicked"), "{}", stderr(&status));
+    assert!(stderr(&status).contains("damaged"), "{}", stderr(&status));
     assert_eq!(
         std::fs::read(&damaged).unwrap(),
         bytes,

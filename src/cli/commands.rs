@@ -367,14 +367,10 @@ pub async fn models(config: Config, as_json: bool, endpoint: &Endpoint) -> CliRe
 pub async fn check(config: Config, args: CheckArgs) -> CliResult {
     let path = config.db.clone();
     let repair = args.repair;
-    // redb panics on some damaged pages; the check catches that and reports the file as
-    // damaged, so the panic's own message would only be noise here.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let report =
-        tokio::task::spawn_blocking(move || reasonq::store::check::check(&path, repair)).await;
-    std::panic::set_hook(hook);
-    let report = report.map_err(fail)?.map_err(fail)?;
+    let report = tokio::task::spawn_blocking(move || reasonq::store::check::check(&path, repair))
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
     let damaged = report.verdict != "ok" && report.backup.is_none();
     if args.json {
         print_json(&serde_json::to_value(&report).map_err(fail)?)?;

@@ -68,6 +68,7 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) -> Result<(), CliError> 
 pub(crate) fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(&cli.global.log);
+    quiet_storage_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,6 +89,21 @@ pub(crate) fn main() -> i32 {
             e.code
         }
     }
+}
+
+/// redb panics on some damaged pages; the store catches those panics and reports the file as
+/// damaged, so their own message (printed before the error) would only confuse. Every other
+/// panic is printed as usual.
+fn quiet_storage_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_redb = info
+            .location()
+            .is_some_and(|l| l.file().contains("/redb-") || l.file().contains("\\redb-"));
+        if !in_redb {
+            default(info);
+        }
+    }));
 }
 
 fn init_logging(filter: &str) {
