@@ -110,21 +110,11 @@ async fn bad_lines_are_refused_with_line_and_field_and_nothing_is_enqueued() {
         .all(|e| e["error"]["code"] == "invalid_request"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_returns_unfinished_jobs_and_the_next_run_finishes() {
-    let env = Env::start(with_latency(400)).await;
-    env.write_input("in.jsonl", &questions(120));
+/// Runs `reasonq ARGS` in `env`, sends SIGTERM after 1.5 s, and returns its output and when
+/// the signal went.
+async fn terminated(env: &Env, args: &[&str]) -> (std::process::Output, Instant) {
     let child = env
-        .command(&[
-            "batch",
-            "in.jsonl",
-            "-o",
-            "out.jsonl",
-            "--concurrency",
-            "8",
-            "--drain-timeout",
-            "5",
-        ])
+        .command(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -138,6 +128,15 @@ async fn sigterm_drains_returns_unfinished_jobs_and_the_next_run_finishes() {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
+    (out, signalled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_returns_unfinished_jobs_and_the_next_run_finishes() {
+    let env = Env::start(with_latency(400)).await;
+    env.write_input("in.jsonl", &questions(120));
+    let args = ["batch", "in.jsonl", "-o", "out.jsonl", "--concurrency", "8"];
+    let (out, signalled) = terminated(&env, &[&args[..], &["--drain-timeout", "5"]].concat()).await;
     assert!(
         signalled.elapsed() < Duration::from_secs(5 + 5),
         "drain took {:?}",
@@ -247,27 +246,15 @@ async fn an_output_or_errors_file_that_is_the_input_is_refused_before_anything_r
 async fn calls_abandoned_by_a_short_drain_are_counted_in_the_summary() {
     let env = Env::start(with_latency(4_000)).await;
     env.write_input("in.jsonl", &questions(6));
-    let child = env
-        .command(&[
-            "batch",
-            "in.jsonl",
-            "--concurrency",
-            "3",
-            "--drain-timeout",
-            "0",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let args = [
+        "batch",
+        "in.jsonl",
+        "--concurrency",
+        "3",
+        "--drain-timeout",
+        "0",
+    ];
+    let (out, _) = terminated(&env, &args).await;
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("3 calls were abandoned in flight and may be billed"),

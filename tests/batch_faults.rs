@@ -33,9 +33,12 @@ fn details(out: &std::process::Output) -> HashMap<String, Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fatal_errors_keep_the_provider_message_and_retryable_ones_recover() {
-    let env = Env::start(SimConfig::default()).await;
+/// Answers each chat request with `reply(prompt, n)`, `n` counting the calls of that prompt
+/// from 1; returns the counts.
+fn script(
+    env: &Env,
+    reply: impl Fn(&str, u32) -> Reply + Send + Sync + 'static,
+) -> Arc<Mutex<HashMap<String, u32>>> {
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let calls = seen.clone();
     env.server.set_responder(Arc::new(move |body: &Value| {
@@ -46,21 +49,28 @@ async fn fatal_errors_keep_the_provider_message_and_retryable_ones_recover() {
             *n += 1;
             *n
         };
-        match (p.as_str(), n) {
-            ("question number 0", _) => Reply::Fault(Fault::Status {
-                status: 400,
-                code: Some("invalid_prompt".into()),
-                message: "the prompt is not allowed".into(),
-            }),
-            ("question number 1", 1 | 2) => Reply::Fault(Fault::status(503)),
-            ("question number 2", 1) => Reply::Fault(Fault::RateLimited {
-                retry_after_secs: None,
-                retry_after_ms: Some(300),
-            }),
-            ("question number 3", 1) => Reply::Fault(Fault::Reset),
-            _ => Reply::Text(format!("answer to {p}")),
-        }
+        reply(&p, n)
     }));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_errors_keep_the_provider_message_and_retryable_ones_recover() {
+    let env = Env::start(SimConfig::default()).await;
+    let seen = script(&env, |p, n| match (p, n) {
+        ("question number 0", _) => Reply::Fault(Fault::Status {
+            status: 400,
+            code: Some("invalid_prompt".into()),
+            message: "the prompt is not allowed".into(),
+        }),
+        ("question number 1", 1 | 2) => Reply::Fault(Fault::status(503)),
+        ("question number 2", 1) => Reply::Fault(Fault::RateLimited {
+            retry_after_secs: None,
+            retry_after_ms: Some(300),
+        }),
+        ("question number 3", 1) => Reply::Fault(Fault::Reset),
+        _ => Reply::Text(format!("answer to {p}")),
+    });
     env.write_input("in.jsonl", &questions(5));
     let out = env
         .run_with_env(
@@ -158,23 +168,12 @@ async fn leases_are_extended_while_a_slow_call_is_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_lines_go_again_by_code_or_with_retry_failed() {
     let env = Env::start(SimConfig::default()).await;
-    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let calls = seen.clone();
-    env.server.set_responder(Arc::new(move |body: &Value| {
-        let p = prompt(body);
-        let n = {
-            let mut calls = calls.lock().unwrap();
-            let n = calls.entry(p.clone()).or_default();
-            *n += 1;
-            *n
-        };
-        // Two lines fail fatally the first time only (a moderation hiccup, a missing model).
-        match (p.as_str(), n) {
-            ("question number 0", 1) => Reply::Fault(Fault::status(400)),
-            ("question number 1", 1) => Reply::Fault(Fault::status(404)),
-            _ => Reply::Text(format!("answer to {p}")),
-        }
-    }));
+    // Two lines fail fatally the first time only (a moderation hiccup, a missing model).
+    let seen = script(&env, |p, n| match (p, n) {
+        ("question number 0", 1) => Reply::Fault(Fault::status(400)),
+        ("question number 1", 1) => Reply::Fault(Fault::status(404)),
+        _ => Reply::Text(format!("answer to {p}")),
+    });
     env.write_input("in.jsonl", &questions(5));
     let batch = ["batch", "in.jsonl", "--batch", "t", "-o", "out.jsonl"];
     let out = env.run(&batch).await;
