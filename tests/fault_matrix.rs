@@ -1,5 +1,5 @@
 //! The fault matrix: every fault the simulated server can inject, with the prompt cache on
-//! and off, run through the real worker path (App, Queue, Workers, a tempdir store). Each
+//! and off, run through the real runner path (App, Queue, the runner of `App::connect`, a tempdir store). Each
 //! row ends in its documented outcome (docs/reliability.md, "Fault matrix") and leaves a
 //! consistent job table.
 //!

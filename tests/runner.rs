@@ -122,3 +122,51 @@ async fn each_kind_runs_its_handler_and_one_unstorable_answer_fails_only_its_job
     let counts = runner.stats().snapshot();
     assert_eq!((counts.completed, counts.failed), (2, 2));
 }
+
+/// Times out on every call.
+struct AlwaysTimesOut;
+
+impl Handler for AlwaysTimesOut {
+    fn run(&self, ctx: JobCtx) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let timeout = reasonq::llm::LlmError::Timeout {
+                after: Duration::from_secs(1),
+            };
+            ctx.fail_call(timeout).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_retries_run_out_counts_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = QueueConfig {
+        default_max_attempts: 2,
+        backoff_base: Duration::ZERO,
+        ..QueueConfig::default()
+    };
+    let queue = Queue::open(StoreConfig::new(dir.path().join("r.redb")), config)
+        .await
+        .unwrap();
+    let mut registry = Registry::default();
+    registry.register("slow", AlwaysTimesOut);
+    let runner = Runner::new(
+        queue.clone(),
+        registry,
+        RunnerConfig {
+            concurrency: 1,
+            lease: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
+            owner: RunnerConfig::owner_name(),
+        },
+    );
+    let id = queue.enqueue(job("slow", 1)).await.unwrap().id;
+    let end = runner.drain("q", Shutdown::new().listener()).await.unwrap();
+    assert_eq!(end, DrainEnd::Finished);
+    assert_eq!(
+        queue.get(id).await.unwrap().unwrap().state,
+        JobState::Discarded
+    );
+    let counts = runner.stats().snapshot();
+    assert_eq!((counts.failed, counts.retried), (1, 2), "{counts:?}");
+}

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::retry::{retry_failed, RetryFilter};
+use super::retry::{matching, RetryFilter};
 use super::runs::{self, RunRecord};
 use super::{App, Connected, SIMULATED};
 use crate::batch::export::{export, write_jsonl};
@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::memory::Strategy;
-use crate::queue::{cancel_in, find_by_dedup_read, JobState, NewJob};
+use crate::queue::{find_by_dedup_read, JobState, NewJob};
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
 use crate::shutdown::Listener;
 use crate::store::tables;
@@ -189,12 +189,23 @@ pub async fn prepare(
         inserted += done.iter().filter(|e| e.inserted).count();
     }
     tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
-    let cancelled = cancel_stale(app, &batch, &keys).await?;
-    let retried = if opts.retry_failed {
-        retry_failed(app, &batch, &RetryFilter::default(), Some(&keys)).await?
+    // One look at the batch for both: waiting jobs of lines no longer in the file are
+    // cancelled (neither paid for nor hidden), failed ones of this file go again if asked.
+    let now_queued = app.queue.jobs_in_queue(&batch).await?;
+    let stale: Vec<u64> = now_queued
+        .iter()
+        .filter(|j| j.state.is_waiting())
+        .filter(|j| !j.dedup_key.as_ref().is_some_and(|k| keys.contains_key(k)))
+        .map(|j| j.id)
+        .collect();
+    app.queue.cancel_many(&stale).await?;
+    let again = if opts.retry_failed {
+        matching(&now_queued, &RetryFilter::default(), Some(&keys))
     } else {
-        0
+        Vec::new()
     };
+    drop(now_queued);
+    app.queue.retry_many(&again).await?;
     let counts = app.queue.counts(Some(&batch)).await?;
     let (output, errors) = files(opts);
     Ok(Prepared {
@@ -203,8 +214,8 @@ pub async fn prepare(
         errors_asked: opts.errors.is_some(),
         requests: jobs.len(),
         inserted,
-        retried,
-        cancelled,
+        retried: again.len(),
+        cancelled: stale.len(),
         baseline: Baseline {
             total: keys.len() as u64,
             completed: counts.get(JobState::Completed),
@@ -347,36 +358,6 @@ async fn claim_endpoint(app: &App, batch: &str, endpoint: &str, rerun: bool) -> 
     Ok(())
 }
 
-/// Cancels the waiting jobs of `batch` that are not lines of the current file (a line
-/// removed or edited since they were enqueued), so they are neither paid for nor hidden.
-async fn cancel_stale(app: &App, batch: &str, keys: &HashMap<String, u64>) -> Result<usize> {
-    let stale: Vec<u64> = app
-        .queue
-        .jobs_in_queue(batch)
-        .await?
-        .into_iter()
-        .filter(|j| j.state.is_waiting())
-        .filter(|j| !j.dedup_key.as_ref().is_some_and(|k| keys.contains_key(k)))
-        .map(|j| j.id)
-        .collect();
-    for chunk in stale.chunks(ENQUEUE_CHUNK) {
-        let chunk = chunk.to_vec();
-        app.store
-            .write(move |txn| {
-                let now = now_ms();
-                chunk.iter().try_for_each(|&id| cancel_in(txn, id, now))
-            })
-            .await?;
-    }
-    if !stale.is_empty() {
-        tracing::info!(
-            cancelled = stale.len(),
-            "jobs of lines no longer in the file"
-        );
-    }
-    Ok(stale.len())
-}
-
 /// The output and errors files: as given, else beside the input.
 fn files(opts: &BatchOptions) -> (PathBuf, PathBuf) {
     let output = opts
@@ -426,7 +407,7 @@ async fn check_models(connected: &Connected, items: &[BatchItem]) -> Result<()> 
     }
 }
 
-fn written(path: &std::path::Path, e: std::io::Error) -> Error {
+fn written(path: &Path, e: std::io::Error) -> Error {
     Error::Write {
         path: path.display().to_string(),
         message: e.to_string(),

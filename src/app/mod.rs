@@ -49,16 +49,6 @@ pub struct Endpoint {
     pub key_env: Option<String>,
 }
 
-impl Endpoint {
-    /// The simulated API.
-    pub fn simulated() -> Endpoint {
-        Endpoint {
-            simulate: true,
-            key_env: None,
-        }
-    }
-}
-
 /// A client ready to call an endpoint, and the runner that drains queues through it.
 pub struct Connected {
     /// Cache and client: every LLM call goes through it.

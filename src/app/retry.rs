@@ -5,14 +5,10 @@ use std::collections::HashMap;
 
 use super::App;
 use crate::chat::ChatJob;
-use crate::clock::now_ms;
 use crate::codec;
 use crate::error::Result;
-use crate::queue::{retry_in, Job, JobState};
+use crate::queue::{Job, JobState};
 use crate::runner::FailureRecord;
-
-/// Jobs put back per transaction.
-const CHUNK: usize = 5_000;
 
 /// Which failed jobs go again.
 #[derive(Debug, Clone)]
@@ -33,33 +29,23 @@ impl Default for RetryFilter {
 }
 
 /// Puts the matching jobs of `batch` back in the queue with their attempts reset, and says
-/// how many. Only the newest job of each request id counts (an older one is a line since
-/// edited); with `only`, just the jobs whose dedup key is in it (the current file's lines,
-/// keyed to their line numbers).
-pub async fn retry_failed(
-    app: &App,
-    batch: &str,
-    filter: &RetryFilter,
-    only: Option<&HashMap<String, u64>>,
-) -> Result<usize> {
-    let jobs = app.queue.jobs_in_queue(batch).await?;
-    let ids = matching(jobs, filter, only);
-    let n = ids.len();
-    for chunk in ids.chunks(CHUNK) {
-        let chunk = chunk.to_vec();
-        app.store
-            .write(move |txn| {
-                let now = now_ms();
-                chunk.iter().try_for_each(|&id| retry_in(txn, id, now))
-            })
-            .await?;
-    }
-    Ok(n)
+/// how many (see [`matching`]).
+pub async fn retry_failed(app: &App, batch: &str, filter: &RetryFilter) -> Result<usize> {
+    let ids = matching(&app.queue.jobs_in_queue(batch).await?, filter, None);
+    app.queue.retry_many(&ids).await?;
+    Ok(ids.len())
 }
 
-fn matching(jobs: Vec<Job>, filter: &RetryFilter, only: Option<&HashMap<String, u64>>) -> Vec<u64> {
+/// The failed jobs that `filter` picks. Only the newest job of each request id counts (an
+/// older one is a line since edited); with `only`, just the jobs whose dedup key is in it
+/// (the current file's lines, keyed to their line numbers).
+pub(super) fn matching(
+    jobs: &[Job],
+    filter: &RetryFilter,
+    only: Option<&HashMap<String, u64>>,
+) -> Vec<u64> {
     // The newest job of each request id (jobs come in enqueue order).
-    let mut newest: HashMap<String, Job> = HashMap::new();
+    let mut newest: HashMap<String, &Job> = HashMap::new();
     for job in jobs {
         let key = codec::decode::<ChatJob>(&job.payload)
             .map_or_else(|_| format!("job-{}", job.id), |c| c.custom_id);

@@ -27,7 +27,12 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         rerun: args.rerun,
     };
     // A bad file is refused before the database is opened.
-    let parsed = batch::read(&opts, &config.model).map_err(fail)?;
+    // Reading a big file is blocking work: off the async runtime.
+    let (to_read, model) = (opts.clone(), config.model.clone());
+    let parsed = tokio::task::spawn_blocking(move || batch::read(&to_read, &model))
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
     let app = App::open(config).await.map_err(fail)?;
     let connected = app.connect(endpoint).await.map_err(fail)?;
     let prepared = batch::prepare(&app, &connected, &opts, parsed)
@@ -39,7 +44,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         ""
     };
     eprintln!(
-        "batch {}{label}: {} requests, {} new, {} already done",
+        "batch {}{label}: {} requests, {} new, {} enqueued by earlier runs",
         prepared.batch,
         prepared.requests,
         prepared.inserted,

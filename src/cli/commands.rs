@@ -194,9 +194,7 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
                 return Err(fail("--state takes discarded or cancelled"));
             }
             let filter = RetryFilter { state, code };
-            let n = retry_failed(app, &batch, &filter, None)
-                .await
-                .map_err(fail)?;
+            let n = retry_failed(app, &batch, &filter).await.map_err(fail)?;
             emit!("{n} jobs of {batch} will run again at the next `reasonq batch` of its file")?;
             Ok(Outcome::Done)
         }

@@ -3,7 +3,7 @@
 //! Postings are keyed `(domain, term, id)` so a domain's candidates are one range scan, and
 //! carry what scoring needs (term frequency, document length, outcome, time) so a search reads
 //! no experience record. Entries are written and removed in the transaction that records or
-//! deletes the experience (store/experience.rs calls [`IndexTables`]).
+//! deletes the experience (`memory/experience.rs` calls [`IndexTables`]).
 
 use std::collections::BTreeMap;
 

@@ -31,10 +31,15 @@ pub use read::{
     queues_read,
 };
 
+use redb::WriteTransaction;
+
 use crate::clock::now_ms;
 use crate::error::Result;
 use crate::store::{Store, StoreConfig};
 use backoff::duration_ms;
+
+/// Jobs changed per transaction by the bulk operations.
+const BULK_CHUNK: usize = 5_000;
 
 /// The job queue on a [`Store`]. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -139,8 +144,9 @@ impl Queue {
             .await
     }
 
-    /// Puts a running job back to scheduled for `delay`, refunding its attempt.
-    pub async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+    /// Puts a running job back to scheduled for `delay` (see [`snooze_in`]); the state it ends
+    /// in (`Discarded` once snoozes have used up its attempts).
+    pub async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<JobState> {
         let lease = lease.clone();
         let delay_ms = duration_ms(delay);
         let now = now_ms();
@@ -180,6 +186,33 @@ impl Queue {
     pub async fn retry(&self, id: u64) -> Result<()> {
         let now = now_ms();
         self.store.write(move |txn| retry_in(txn, id, now)).await
+    }
+
+    /// [`Queue::cancel`] for many jobs, a few thousand per transaction.
+    pub async fn cancel_many(&self, ids: &[u64]) -> Result<()> {
+        self.each_in_chunks(ids, cancel_in).await
+    }
+
+    /// [`Queue::retry`] for many jobs, a few thousand per transaction.
+    pub async fn retry_many(&self, ids: &[u64]) -> Result<()> {
+        self.each_in_chunks(ids, retry_in).await
+    }
+
+    async fn each_in_chunks(
+        &self,
+        ids: &[u64],
+        op: fn(&WriteTransaction, u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        for chunk in ids.chunks(BULK_CHUNK) {
+            let chunk = chunk.to_vec();
+            self.store
+                .write(move |txn| {
+                    let now = now_ms();
+                    chunk.iter().try_for_each(|&id| op(txn, id, now))
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// One job.

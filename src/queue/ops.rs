@@ -302,12 +302,18 @@ pub fn fail_in(
 /// The first [`FREE_SNOOZES`] snoozes of a job spend no attempt; later ones do, so a server
 /// that keeps saying "later" (a quota that never comes back) cannot keep a job forever: it is
 /// discarded when its attempts run out.
-pub fn snooze_in(txn: &WriteTransaction, lease: &Lease, delay_ms: u64, now: u64) -> Result<()> {
+pub fn snooze_in(
+    txn: &WriteTransaction,
+    lease: &Lease,
+    delay_ms: u64,
+    now: u64,
+) -> Result<JobState> {
     let mut snoozes = txn.open_table(tables::JOB_SNOOZES)?;
     let id = lease.job.id;
     let n = snoozes.get(id)?.map_or(0, |v| v.value()).saturating_add(1);
     snoozes.insert(id, n)?;
     drop(snoozes);
+    let mut state = JobState::Scheduled;
     transition(txn, lease, |job| {
         if n <= FREE_SNOOZES {
             job.attempt = job.attempt.saturating_sub(1);
@@ -317,11 +323,13 @@ pub fn snooze_in(txn: &WriteTransaction, lease: &Lease, delay_ms: u64, now: u64)
             ));
             leave_running(job, JobState::Discarded);
             job.finished_at = Some(now);
+            state = JobState::Discarded;
             return;
         }
         leave_running(job, JobState::Scheduled);
         job.run_at = now.saturating_add(delay_ms);
-    })
+    })?;
+    Ok(state)
 }
 
 /// Gives a running job back (e.g. at shutdown): available again at once, in its old place in

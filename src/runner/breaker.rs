@@ -50,8 +50,9 @@ impl Breaker {
         self.inner.account.store(0, Ordering::Relaxed);
     }
 
-    /// A call failed with `err`; true when this opens (or found open) the breaker.
-    pub fn failed(&self, err: &LlmError) -> bool {
+    /// A call failed with `err`; why the batch must stop, when this opens (or found open)
+    /// the breaker.
+    pub fn failed(&self, err: &LlmError) -> Option<Trip> {
         let i = &self.inner;
         let trip = match account_class(err) {
             Some((class, code)) => {
@@ -81,7 +82,7 @@ impl Breaker {
                 message: err.to_string(),
             });
         }
-        self.tripped().is_some()
+        self.tripped().cloned()
     }
 }
 
@@ -110,13 +111,13 @@ mod tests {
     fn a_run_of_connection_failures_opens_it_and_a_success_resets_the_run() {
         let b = Breaker::default();
         for _ in 0..CONNECT_FAILURES - 1 {
-            assert!(!b.failed(&connect()));
+            assert!(b.failed(&connect()).is_none());
         }
         b.succeeded();
         for _ in 0..CONNECT_FAILURES - 1 {
-            assert!(!b.failed(&connect()));
+            assert!(b.failed(&connect()).is_none());
         }
-        assert!(b.failed(&connect()));
+        assert!(b.failed(&connect()).is_some());
         let trip = b.tripped().unwrap();
         assert_eq!(trip.code, "endpoint_unreachable");
         assert!(trip.message.contains("api.example.com"), "{}", trip.message);
@@ -132,8 +133,8 @@ mod tests {
             after: std::time::Duration::from_secs(1),
         };
         for _ in 0..10 {
-            assert!(!b.failed(&connect()));
-            assert!(!b.failed(&timeout));
+            assert!(b.failed(&connect()).is_none());
+            assert!(b.failed(&timeout).is_none());
         }
         assert!(b.tripped().is_none());
     }

@@ -138,11 +138,12 @@ impl Gateway {
                         breaker.succeeded();
                         outcome
                     }
-                    Err(e) if breaker.failed(&e) => {
-                        let trip = breaker.tripped().cloned();
-                        return Err(trip.map_or(CallError::Llm(e), CallError::Halted));
+                    Err(e) => {
+                        return Err(match breaker.failed(&e) {
+                            Some(trip) => CallError::Halted(trip),
+                            None => CallError::Llm(e),
+                        })
                     }
-                    Err(e) => return Err(CallError::Llm(e)),
                 };
                 Ok::<_, CallError>(CachedResponse::new(
                     outcome.status,

@@ -150,8 +150,8 @@ impl JobCtx {
     }
 
     /// Ends the job after a failed call, by the client's classification: a retryable error
-    /// goes back to the queue (a server's `Retry-After` snoozes it without spending an
-    /// attempt), a fatal one discards the job with the provider's message.
+    /// goes back to the queue (a server's `Retry-After` snoozes it, see [`JobCtx::snooze`]),
+    /// a fatal one discards the job with the provider's message.
     pub async fn fail_call(&self, err: LlmError) -> Result<()> {
         let record = FailureRecord::of_llm_error(&err);
         if !err.is_retryable() {
@@ -172,19 +172,10 @@ impl JobCtx {
                     asked_s = delay.as_secs(),
                     "the server asks to wait longer than the snooze cap; spending an attempt"
                 );
-                self.retry_later(&record).await
+                self.fail(&record, Failure::Retryable).await
             }
-            None => self.retry_later(&record).await,
+            None => self.fail(&record, Failure::Retryable).await,
         }
-    }
-
-    /// Back to the queue with backoff, spending an attempt.
-    async fn retry_later(&self, record: &FailureRecord) -> Result<()> {
-        self.queue
-            .fail(&self.lease, &record.to_last_error(), Failure::Retryable)
-            .await
-            .map(|_| ())
-            .or_else(ignore_lost)
     }
 
     /// Returns the job to the queue as it was, spending no attempt (the batch is stopping for
@@ -200,12 +191,18 @@ impl JobCtx {
         }
     }
 
-    /// Puts the job back to run after `delay`, without spending an attempt.
+    /// Puts the job back to run after `delay`; the first snoozes of a job spend no attempt
+    /// (see [`crate::queue::snooze_in`]).
     pub async fn snooze(&self, delay: Duration) -> Result<()> {
-        self.queue
+        let state = self
+            .queue
             .snooze(&self.lease, delay)
             .await
-            .or_else(ignore_lost)
+            .or_else(|e| ignore_lost(e).map(|()| JobState::Running))?;
+        if state == JobState::Discarded {
+            RunStats::bump(&self.stats.failed);
+        }
+        Ok(())
     }
 }
 

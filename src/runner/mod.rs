@@ -127,11 +127,6 @@ impl Runner {
         &self.stats
     }
 
-    /// The queue it drains.
-    pub fn queue(&self) -> &Queue {
-        &self.queue
-    }
-
     /// Drains `queue_name` until no job is left to run or `shutdown` stops it.
     pub async fn drain(&self, queue_name: &str, mut shutdown: Listener) -> Result<DrainEnd> {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));

@@ -7,6 +7,7 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 use serde::Serialize;
 
 use super::tables::*;
+use super::unpanicked;
 use crate::error::{Error, Result};
 
 /// What a check found.
@@ -14,7 +15,8 @@ use crate::error::{Error, Result};
 pub struct CheckReport {
     /// `ok`, `repaired` (or repairable, without `--repair`), or `unrepairable`.
     pub verdict: &'static str,
-    /// Rows per table as the file stands (`None` when the damaged file cannot be read).
+    /// Rows per table as redb opens the file (it recovers an unclean shutdown on its own;
+    /// `None` when the damaged file cannot be opened).
     pub before: Option<Vec<(String, u64)>>,
     /// Rows per table after the repair (of the file, or of the copy the check repaired).
     pub after: Option<Vec<(String, u64)>>,
@@ -26,47 +28,56 @@ pub struct CheckReport {
 /// any repair it needs) runs on a copy. With `repair`, a damaged file is first copied to
 /// `PATH.bak-<ms>`, then repaired in place.
 pub fn check(path: &Path, repair: bool) -> Result<CheckReport> {
-    let bad = |message: String| Error::BadDatabase {
-        path: path.display().to_string(),
-        message,
-    };
     if !path.exists() {
-        return Err(bad("no such file".into()));
+        return Err(bad(path, "no such file".into()));
     }
     let scratch =
-        tempdir_beside(path).map_err(|e| bad(format!("cannot make a scratch copy: {e}")))?;
+        tempdir_beside(path).map_err(|e| bad(path, format!("cannot make a scratch copy: {e}")))?;
+    let checked = check_in(path, &scratch, repair);
+    let _ = std::fs::remove_dir_all(&scratch);
+    checked
+}
+
+fn check_in(path: &Path, scratch: &Path, repair: bool) -> Result<CheckReport> {
     let copy = scratch.join("check.redb");
-    std::fs::copy(path, &copy).map_err(|e| bad(format!("cannot copy the file: {e}")))?;
-    let before = guarded(|| counts_of(&copy)).ok();
-    let checked = guarded(|| {
-        let mut db = redb::Database::open(&copy).map_err(|e| bad(e.to_string()))?;
-        let passed = db.check_integrity().map_err(|e| bad(e.to_string()))?;
-        drop(db);
-        Ok(passed)
+    std::fs::copy(path, &copy).map_err(|e| bad(path, format!("cannot copy the file: {e}")))?;
+    // redb may panic on a damaged file: `unpanicked` makes that an error, here a finding.
+    let before = unpanicked(&copy, || counts_of(&copy)).ok();
+    let checked = unpanicked(&copy, || {
+        let mut db = redb::Database::open(&copy)?;
+        Ok(db.check_integrity()?)
     });
     let verdict = match &checked {
         Ok(true) => "ok",
         Ok(false) => "repaired",
         Err(_) => "unrepairable",
     };
-    let mut report = CheckReport {
+    let after = match checked {
+        Ok(_) => unpanicked(&copy, || counts_of(&copy)).ok(),
+        Err(_) => None,
+    };
+    let mut backup = None;
+    if repair && verdict == "repaired" {
+        let kept = path.with_extension(format!("redb.bak-{}", crate::clock::now_ms()));
+        std::fs::copy(path, &kept)
+            .map_err(|e| bad(path, format!("cannot back up the file: {e}")))?;
+        std::fs::rename(&copy, path)
+            .map_err(|e| bad(path, format!("cannot replace the file: {e}")))?;
+        backup = Some(kept);
+    }
+    Ok(CheckReport {
         verdict,
         before,
-        after: None,
-        backup: None,
-    };
-    if checked.is_ok() {
-        report.after = guarded(|| counts_of(&copy)).ok();
+        after,
+        backup,
+    })
+}
+
+fn bad(path: &Path, message: String) -> Error {
+    Error::BadDatabase {
+        path: path.display().to_string(),
+        message,
     }
-    if repair && verdict == "repaired" {
-        let stamp = crate::clock::now_ms();
-        let backup = path.with_extension(format!("redb.bak-{stamp}"));
-        std::fs::copy(path, &backup).map_err(|e| bad(format!("cannot back up the file: {e}")))?;
-        std::fs::rename(&copy, path).map_err(|e| bad(format!("cannot replace the file: {e}")))?;
-        report.backup = Some(backup);
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    Ok(report)
 }
 
 /// A private scratch folder next to the file (same filesystem, so the repaired copy can be
@@ -79,16 +90,6 @@ fn tempdir_beside(path: &Path) -> std::io::Result<PathBuf> {
     let scratch = dir.join(format!(".reasonq-check-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     Ok(scratch)
-}
-
-/// redb may panic on a damaged file; here that is a finding, not a crash.
-fn guarded<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err(Error::BadDatabase {
-            path: String::new(),
-            message: "the file is damaged".into(),
-        })
-    })
 }
 
 /// Rows of every table of the file at `path` (read only).

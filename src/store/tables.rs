@@ -15,7 +15,7 @@ pub const NEXT_JOB_ID: &str = "next_job_id";
 pub const NEXT_RUN_ID: &str = "next_run_id";
 pub const NEXT_RULE_ID: &str = "next_rule_id";
 
-// ---- experiences and patterns (store/experience.rs, store/pattern.rs) ----
+// ---- experiences and patterns (memory/experience.rs, memory/pattern.rs) ----
 
 /// Experience id -> encoded `Experience`.
 pub const EXPERIENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("experiences");

@@ -329,21 +329,26 @@ impl Model {
     fn snooze(&mut self, lease: &Lease, delay: u64, now: u64) -> Out {
         let id = lease.job.id;
         let n = self.snoozes.get(&id).copied().unwrap_or(0) + 1;
+        let mut state = JobState::Scheduled;
         let out = self.on_lease(lease, |j| {
             if n <= queue::FREE_SNOOZES {
                 j.attempt = j.attempt.saturating_sub(1);
             } else if j.attempt >= j.max_attempts {
                 j.leave(JobState::Discarded);
                 j.finished_at = Some(now);
+                state = JobState::Discarded;
                 return;
             }
             j.leave(JobState::Scheduled);
             j.run_at = now + delay;
         });
-        if matches!(out, Out::Unit) {
-            self.snoozes.insert(id, n);
+        match out {
+            Out::Unit => {
+                self.snoozes.insert(id, n);
+                Out::State(state)
+            }
+            other => other,
         }
-        out
     }
 
     fn retry(&mut self, id: u64, now: u64) -> Out {
@@ -536,7 +541,7 @@ fn run_on(store: &Store, ops: &[Op]) -> Result<(), String> {
                 let Some(lease) = pick(i) else { continue };
                 let l = lease.clone();
                 let got = w(Box::new(move |txn| {
-                    Ok(out(queue::snooze_in(txn, &l, delay, now), |()| Out::Unit))
+                    Ok(out(queue::snooze_in(txn, &l, delay, now), Out::State))
                 }))?;
                 let want = model.snooze(&lease, delay, now);
                 (got, want)
