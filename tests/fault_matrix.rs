@@ -160,10 +160,12 @@ fn enqueue_job(custom_id: &str, prompt: &str) -> NewJob {
 /// drain's).
 async fn drain(app: &App) -> RunCounts {
     let connected = app.connect(&Endpoint::default()).await.unwrap();
-    let end = connected
-        .runner
-        .drain(QUEUE, Shutdown::new().listener())
+    // Bounded: a job parked for the server's whole advice (a day) must fail the row, not
+    // hang the suite.
+    let drained = connected.runner.drain(QUEUE, Shutdown::new().listener());
+    let end = tokio::time::timeout(Duration::from_secs(60), drained)
         .await
+        .expect("the queue did not drain within a minute")
         .unwrap();
     assert_eq!(end, DrainEnd::Finished);
     connected.runner.stats().snapshot()
