@@ -146,12 +146,14 @@ proptest! {
 
 #[test]
 fn a_record_over_the_size_limit_is_refused_at_encode() {
-    let huge = reasonq::chat::ResponseRecord {
-        status_code: 200,
-        request_id: None,
+    let huge = reasonq::chat::ChatJob {
+        custom_id: "q".into(),
+        line: 1,
         body: "x".repeat(codec::MAX_RECORD_BYTES + 1),
-        cached: false,
-        latency_ms: 0,
+        domain: "general".into(),
+        strategy: None,
+        expected: None,
+        memory: false,
     };
     assert!(matches!(codec::encode(&huge), Err(CodecError::Encode(_))));
 }

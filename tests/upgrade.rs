@@ -94,15 +94,29 @@ async fn an_unreadable_record_fails_its_own_line_and_the_file_still_opens() {
     // A job whose payload this build cannot read, and one it can.
     let mut bad = NewJob::new("b", "chat", b"\x01not a chat job".to_vec());
     bad.dedup_key = Some("bad".into());
-    queue.enqueue(bad).await.unwrap();
-    let jobs = queue.jobs_in_queue("b").await.unwrap();
-    let export = reasonq::batch::export::export(jobs, None).unwrap();
-    assert_eq!(export.errors.len(), 1);
-    assert!(
-        export.errors[0].contains("undecodable_record"),
-        "{}",
-        export.errors[0]
-    );
+    let id = queue.enqueue(bad).await.unwrap().id;
+    let errors = queue
+        .store()
+        .write(move |txn| {
+            reasonq::batch::lines::set_many_in(txn, "b", 0, &[id])?;
+            reasonq::batch::lines::truncate_in(txn, "b", 1)
+        })
+        .await
+        .and_then(|()| {
+            queue.store().read_blocking(|txn| {
+                let mut errors = Vec::new();
+                reasonq::batch::export::export_read(txn, "b", false, |entry| {
+                    if entry.failed {
+                        errors.extend(entry.line);
+                    }
+                    Ok(())
+                })?;
+                Ok(errors)
+            })
+        })
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("undecodable_record"), "{}", errors[0]);
 
     // A running job whose record is garbage: the open-time rescue passes it by.
     queue

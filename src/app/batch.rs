@@ -5,22 +5,22 @@
 //! caller can show progress: [`read`] (before the database opens), [`prepare`] (models
 //! checked, lines enqueued) and [`Prepared::run`] (the drain and the export).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::retry::{matching, RetryFilter};
+use super::retry::{matching_read, RetryFilter};
 use super::runs::{self, RunRecord};
 use super::{App, Connected, SIMULATED};
-use crate::batch::export::{export, write_jsonl};
-use crate::batch::input::{read_file, BatchItem, InputError, ParsedInput};
+use crate::batch::export::{export_read, JsonlFile};
+use crate::batch::input::{items, scan_file, BatchItem, InputError, Scan};
 use crate::batch::output::failure_line;
-use crate::batch::{batch_name, with_suffix};
+use crate::batch::{batch_name, lines, with_suffix};
 use crate::chat::{self, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::memory::Strategy;
-use crate::queue::{find_by_dedup_read, JobState, NewJob};
+use crate::queue::{enqueue_many_in, find_by_dedup_read, waiting_ids_read, JobState, NewJob};
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
 use crate::shutdown::Listener;
 use crate::store::tables;
@@ -79,8 +79,6 @@ pub struct Prepared {
     /// Waiting jobs of lines no longer in the file (removed or edited), cancelled unpaid.
     pub cancelled: usize,
     pub baseline: Baseline,
-    /// Dedup keys of this file's lines, with their line: the export is of exactly these.
-    keys: HashMap<String, u64>,
     invalid: Vec<InputError>,
 }
 
@@ -105,9 +103,10 @@ pub struct Report {
     pub requests_sent: u64,
 }
 
-/// Reads and checks the whole file (`default_model` fills lines that name none). A bad line
-/// fails the batch, unless `skip_invalid`.
-pub fn read(opts: &BatchOptions, default_model: &str) -> Result<ParsedInput> {
+/// Checks the whole file in one streaming pass (`default_model` fills lines that name
+/// none). A bad line fails the batch, unless `skip_invalid`. Nothing of the file is kept
+/// but what [`prepare`] needs to read its good lines again.
+pub fn read(opts: &BatchOptions, default_model: &str) -> Result<Scan> {
     let phase = std::time::Instant::now();
     let (output, errors) = files(opts);
     for (what, path, other, other_what) in [
@@ -122,89 +121,121 @@ pub fn read(opts: &BatchOptions, default_model: &str) -> Result<ParsedInput> {
             )));
         }
     }
-    let parsed = read_file(&opts.input, default_model)
+    let scan = scan_file(&opts.input, default_model)
         .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", opts.input.display())))?;
-    if !parsed.errors.is_empty() && !opts.skip_invalid {
-        return Err(Error::Invalid(invalid_report(&parsed.errors)));
+    if !scan.errors.is_empty() && !opts.skip_invalid {
+        return Err(Error::Invalid(invalid_report(&scan.errors)));
     }
-    if parsed.items.is_empty() && parsed.errors.is_empty() {
+    if scan.valid == 0 && scan.errors.is_empty() {
         return Err(Error::Invalid(format!(
             "{}: no requests in the file",
             opts.input.display()
         )));
     }
-    tracing::info!(lines = parsed.items.len(), elapsed = ?phase.elapsed(), "input read");
-    Ok(parsed)
+    tracing::info!(lines = scan.valid, elapsed = ?phase.elapsed(), "input checked");
+    Ok(scan)
 }
 
-/// Checks the models the lines name (unless simulated) and enqueues them.
+/// Jobs of one chunk of the file, made on the reading thread.
+struct Chunk {
+    /// Index in the file's requests of the first one.
+    first: u64,
+    jobs: Vec<NewJob>,
+    /// (index in `jobs`, the key an earlier version gave the line, its chat job), for
+    /// lines whose key changed between versions.
+    legacy: Vec<(usize, String, ChatJob)>,
+}
+
+/// Checks the models the lines name (unless simulated) and enqueues the lines, reading the
+/// file again chunk by chunk: each chunk's jobs and their line entries go in one commit.
 pub async fn prepare(
     app: &App,
     connected: &Connected,
     opts: &BatchOptions,
-    parsed: ParsedInput,
+    scan: Scan,
 ) -> Result<Prepared> {
     let phase = std::time::Instant::now();
     if connected.sim.is_none() {
-        check_models(connected, &parsed.items).await?;
+        check_models(connected, &scan.models).await?;
     }
     let batch = opts
         .batch
         .clone()
         .unwrap_or_else(|| batch_name(&opts.input));
-    // Batch options are the defaults of lines that do not say.
-    let jobs: Vec<ChatJob> = parsed
-        .items
-        .iter()
-        .map(|item| {
-            let mut job = item.to_job();
-            job.strategy = job
-                .strategy
-                .or_else(|| opts.strategy.map(|s| s.name().to_string()));
-            job.memory = item.memory.unwrap_or(opts.memory);
-            job
+    let endpoint = connected.endpoint().to_string();
+    claim_endpoint(app, &batch, &endpoint, opts.rerun).await?;
+    let existed = app.queue.counts(Some(&batch)).await?.total() > 0;
+
+    // The reading thread parses, keys and encodes; this task commits. Two chunks in flight
+    // keep both busy with bounded memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk>>(2);
+    let reader = {
+        let (opts, batch, endpoint) = (opts.clone(), batch.clone(), endpoint.clone());
+        let model = app.config.model.clone();
+        tokio::task::spawn_blocking(move || {
+            let sent = read_chunks(&opts, &model, &scan, &batch, &endpoint, &tx);
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e));
+            }
+            scan
         })
-        .collect();
-    // Idempotent: the dedup key is the id plus a hash of the request and endpoint.
-    let endpoint = connected.endpoint();
-    claim_endpoint(app, &batch, endpoint, opts.rerun).await?;
-    let job_keys = dedup_keys(app, &batch, endpoint, &jobs).await?;
-    let keys: HashMap<String, u64> = job_keys
-        .iter()
-        .zip(&jobs)
-        .map(|(k, j)| (k.clone(), j.line))
-        .collect();
+    };
+    let config = *app.queue.config();
     let mut inserted = 0;
-    for (chunk, chunk_keys) in jobs
-        .chunks(ENQUEUE_CHUNK)
-        .zip(job_keys.chunks(ENQUEUE_CHUNK))
-    {
-        let mut new_jobs = Vec::with_capacity(chunk.len());
-        for (job, key) in chunk.iter().zip(chunk_keys) {
-            let mut new = NewJob::new(batch.clone(), chat::KIND, codec::encode(job)?);
-            new.dedup_key = Some(key.clone());
-            new_jobs.push(new);
-        }
-        let done = app.queue.enqueue_many(new_jobs).await?;
-        inserted += done.iter().filter(|e| e.inserted).count();
+    let mut requests = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        let mut chunk = chunk?;
+        resolve_legacy(app, &batch, &mut chunk).await?;
+        requests = chunk.first + chunk.jobs.len() as u64;
+        let b = batch.clone();
+        let now = now_ms();
+        inserted += app
+            .store
+            .write(move |txn| {
+                let done = enqueue_many_in(txn, &config, &chunk.jobs, now)?;
+                let ids: Vec<u64> = done.iter().map(|e| e.id).collect();
+                lines::set_many_in(txn, &b, chunk.first, &ids)?;
+                Ok(done.iter().filter(|e| e.inserted).count())
+            })
+            .await?;
     }
+    let scan = reader
+        .await
+        .map_err(|e| Error::Task(format!("input reader failed: {e}")))?;
+    let b = batch.clone();
+    app.store
+        .write(move |txn| lines::truncate_in(txn, &b, requests))
+        .await?;
     tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
-    // One look at the batch for both: waiting jobs of lines no longer in the file are
-    // cancelled (neither paid for nor hidden), failed ones of this file go again if asked.
-    let now_queued = app.queue.jobs_in_queue(&batch).await?;
-    let stale: Vec<u64> = now_queued
-        .iter()
-        .filter(|j| j.state.is_waiting())
-        .filter(|j| !j.dedup_key.as_ref().is_some_and(|k| keys.contains_key(k)))
-        .map(|j| j.id)
-        .collect();
-    app.queue.cancel_many(&stale).await?;
-    let again = if opts.retry_failed {
-        matching(&now_queued, &RetryFilter::default(), Some(&keys))
+
+    // Waiting jobs of lines no longer in the file are cancelled (neither paid for nor
+    // hidden); failed ones of this file go again if asked.
+    let stale = if existed {
+        let b = batch.clone();
+        app.store
+            .read(move |txn| {
+                let listed = txn.open_table(tables::JOB_LINES)?;
+                let mut stale = Vec::new();
+                for id in waiting_ids_read(txn, &b)? {
+                    if !lines::is_listed(&listed, id)? {
+                        stale.push(id);
+                    }
+                }
+                Ok(stale)
+            })
+            .await?
     } else {
         Vec::new()
     };
-    drop(now_queued);
+    app.queue.cancel_many(&stale).await?;
+    let again = if opts.retry_failed {
+        let b = batch.clone();
+        app.store
+            .read(move |txn| matching_read(txn, &b, &RetryFilter::default()))
+            .await?
+    } else {
+        Vec::new()
+    };
     app.queue.retry_many(&again).await?;
     let counts = app.queue.counts(Some(&batch)).await?;
     let (output, errors) = files(opts);
@@ -212,19 +243,76 @@ pub async fn prepare(
         output,
         errors,
         errors_asked: opts.errors.is_some(),
-        requests: jobs.len(),
+        requests: requests as usize,
         inserted,
         retried: again.len(),
         cancelled: stale.len(),
         baseline: Baseline {
-            total: keys.len() as u64,
+            total: requests,
             completed: counts.get(JobState::Completed),
             failed: counts.get(JobState::Discarded) + counts.get(JobState::Cancelled),
         },
         batch,
-        keys,
-        invalid: parsed.errors,
+        invalid: scan.errors,
     })
+}
+
+/// Lines per chunk: one transaction each.
+fn read_chunks(
+    opts: &BatchOptions,
+    default_model: &str,
+    scan: &Scan,
+    batch: &str,
+    endpoint: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<Chunk>>,
+) -> Result<()> {
+    let unreadable =
+        |e: std::io::Error| Error::Invalid(format!("cannot read {}: {e}", opts.input.display()));
+    let mut chunk = Chunk {
+        first: 0,
+        jobs: Vec::with_capacity(ENQUEUE_CHUNK),
+        legacy: Vec::new(),
+    };
+    for (n, item) in items(&opts.input, default_model, scan)
+        .map_err(unreadable)?
+        .enumerate()
+    {
+        let item = item.map_err(unreadable)?;
+        let job = chat_job(opts, &item);
+        let mut new = NewJob::new(batch, chat::KIND, codec::encode(&job)?);
+        new.dedup_key = Some(job.dedup_key(endpoint));
+        if let Some(key) = job.legacy_dedup_key(endpoint) {
+            chunk.legacy.push((chunk.jobs.len(), key, job));
+        }
+        chunk.jobs.push(new);
+        if chunk.jobs.len() == ENQUEUE_CHUNK {
+            let full = std::mem::replace(
+                &mut chunk,
+                Chunk {
+                    first: n as u64 + 1,
+                    jobs: Vec::with_capacity(ENQUEUE_CHUNK),
+                    legacy: Vec::new(),
+                },
+            );
+            if tx.blocking_send(Ok(full)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !chunk.jobs.is_empty() {
+        let _ = tx.blocking_send(Ok(chunk));
+    }
+    Ok(())
+}
+
+/// The chat job of a line: batch options are the defaults of lines that do not say.
+fn chat_job(opts: &BatchOptions, item: &BatchItem) -> ChatJob {
+    let mut job = item.to_job();
+    job.strategy = job
+        .strategy
+        .or_else(|| opts.strategy.map(|s| s.name().to_string()));
+    job.memory = item.memory.unwrap_or(opts.memory);
+    job
 }
 
 impl Prepared {
@@ -236,23 +324,7 @@ impl Prepared {
         let end = connected.runner.drain(&self.batch, shutdown).await?;
         tracing::info!(elapsed = ?phase.elapsed(), "drained");
 
-        let jobs_now = app.queue.jobs_in_queue(&self.batch).await?;
-        let result = export(jobs_now, Some(&self.keys))?;
-        let mut error_lines = result.errors.clone();
-        for invalid in &self.invalid {
-            let failure = FailureRecord::new("invalid_request", invalid.to_string());
-            error_lines.push(failure_line(
-                None,
-                &format!("line-{}", invalid.line),
-                &failure,
-            ));
-        }
-        write_jsonl(&self.output, &result.lines).map_err(|e| written(&self.output, e))?;
-        // An errors file of an earlier run is rewritten too, so it never lists lines that
-        // have since been answered.
-        if !error_lines.is_empty() || self.errors_asked || self.errors.exists() {
-            write_jsonl(&self.errors, &error_lines).map_err(|e| written(&self.errors, e))?;
-        }
+        let written = self.write_files(app).await?;
         tracing::info!(elapsed = ?phase.elapsed(), "exported");
         let counts = connected.runner.stats().snapshot();
         let metrics = connected.client().metrics();
@@ -267,11 +339,11 @@ impl Prepared {
         runs::record(&app.store, run).await?;
         Ok(Report {
             end,
-            requests: self.keys.len(),
-            answered: result.lines.len() - result.errors.len(),
-            failed: result.errors.len(),
-            pending: result.pending,
-            error_lines: error_lines.len(),
+            requests: self.requests,
+            answered: written.tally.answered,
+            failed: written.tally.failed,
+            pending: written.tally.pending,
+            error_lines: written.error_lines,
             output: self.output,
             errors: self.errors,
             counts,
@@ -281,44 +353,84 @@ impl Prepared {
     }
 }
 
-/// Each job's dedup key: its own, or the key an earlier version gave it when the batch holds
-/// that same job under it (a line with options, enqueued before the key covered them).
-async fn dedup_keys(
-    app: &App,
-    batch: &str,
-    endpoint: &str,
-    jobs: &[ChatJob],
-) -> Result<Vec<String>> {
-    let legacy: Vec<(usize, String)> = jobs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, j)| j.legacy_dedup_key(endpoint).map(|k| (i, k)))
-        .collect();
-    let mut keys: Vec<String> = jobs.iter().map(|j| j.dedup_key(endpoint)).collect();
-    if legacy.is_empty() {
-        return Ok(keys);
+/// What [`Prepared::write_files`] wrote.
+struct Written {
+    tally: crate::batch::export::Tally,
+    error_lines: usize,
+}
+
+impl Prepared {
+    /// Writes the output and errors files (atomically), streaming the batch's lines from one
+    /// read transaction on the blocking pool. An errors file of an earlier run is rewritten
+    /// too, so it never lists lines that have since been answered.
+    async fn write_files(&self, app: &App) -> Result<Written> {
+        let (batch, output, errors) =
+            (self.batch.clone(), self.output.clone(), self.errors.clone());
+        let invalid: Vec<String> = self
+            .invalid
+            .iter()
+            .map(|invalid| {
+                let failure = FailureRecord::new("invalid_request", invalid.to_string());
+                failure_line(None, &format!("line-{}", invalid.line), &failure)
+            })
+            .collect();
+        let keep_errors = self.errors_asked || self.errors.exists();
+        app.store
+            .read(move |txn| {
+                let mut out = JsonlFile::create(&output).map_err(|e| written(&output, e))?;
+                let mut errs = JsonlFile::create(&errors).map_err(|e| written(&errors, e))?;
+                let tally = export_read(txn, &batch, false, |entry| {
+                    if let Some(line) = &entry.line {
+                        out.line(line).map_err(|e| written(&output, e))?;
+                        if entry.failed {
+                            errs.line(line).map_err(|e| written(&errors, e))?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                for line in &invalid {
+                    errs.line(line).map_err(|e| written(&errors, e))?;
+                }
+                out.commit().map_err(|e| written(&output, e))?;
+                let error_lines = errs.len();
+                if !errs.is_empty() || keep_errors {
+                    errs.commit().map_err(|e| written(&errors, e))?;
+                }
+                Ok(Written { tally, error_lines })
+            })
+            .await
     }
+}
+
+/// Lines whose key an earlier version computed differently keep that key when the batch
+/// holds that same job under it (a line with options, enqueued before the key covered
+/// them), so it is not enqueued and paid for again.
+async fn resolve_legacy(app: &App, batch: &str, chunk: &mut Chunk) -> Result<()> {
+    if chunk.legacy.is_empty() {
+        return Ok(());
+    }
+    let legacy = std::mem::take(&mut chunk.legacy);
     let batch = batch.to_string();
-    let found: Vec<(usize, String, ChatJob)> = app
+    let found: Vec<(usize, String)> = app
         .store
         .read(move |txn| {
             let mut found = Vec::new();
-            for (i, key) in legacy {
-                if let Some(job) = find_by_dedup_read(txn, &batch, &key)? {
-                    if let Ok(chat) = codec::decode::<ChatJob>(&job.payload) {
-                        found.push((i, key, chat));
+            for (i, key, job) in legacy {
+                if let Some(stored) = find_by_dedup_read(txn, &batch, &key)? {
+                    let same = codec::decode::<ChatJob>(&stored.payload)
+                        .is_ok_and(|stored| job.same_job(&stored));
+                    if same {
+                        found.push((i, key));
                     }
                 }
             }
             Ok(found)
         })
         .await?;
-    for (i, key, stored) in found {
-        if jobs[i].same_job(&stored) {
-            keys[i] = key;
-        }
+    for (i, key) in found {
+        chunk.jobs[i].dedup_key = Some(key);
     }
-    Ok(keys)
+    Ok(())
 }
 
 /// Records the endpoint `batch` runs against, refusing another real endpoint unless
@@ -391,8 +503,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Checks every model the lines name with one model list request. Endpoints without a model
 /// list (404) do not block the batch.
-async fn check_models(connected: &Connected, items: &[BatchItem]) -> Result<()> {
-    let models: BTreeSet<String> = items.iter().filter_map(model_of).collect();
+async fn check_models(connected: &Connected, models: &BTreeSet<String>) -> Result<()> {
     match connected
         .client()
         .check_models(models.iter().map(String::as_str))
@@ -412,11 +523,6 @@ fn written(path: &Path, e: std::io::Error) -> Error {
         path: path.display().to_string(),
         message: e.to_string(),
     }
-}
-
-fn model_of(item: &BatchItem) -> Option<String> {
-    let body: serde_json::Value = serde_json::from_str(&item.body).ok()?;
-    body["model"].as_str().map(str::to_string)
 }
 
 fn invalid_report(errors: &[InputError]) -> String {

@@ -5,12 +5,13 @@ use serde_json::{json, Value};
 
 use super::runs::{self, Summary};
 use super::App;
-use crate::batch::export::{export, Export};
+use crate::batch::export::{export_read, JsonlFile, Tally};
+use crate::batch::lines;
 use crate::chat::blackboard::{self, Board};
 use crate::chat::{ChatJob, ResponseRecord};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::queue::{Counts, Job};
+use crate::queue::{usage_read, Counts, Job, Usage};
 use crate::runner::FailureRecord;
 
 /// One batch in `status`.
@@ -18,41 +19,90 @@ use crate::runner::FailureRecord;
 pub struct BatchStatus {
     pub batch: String,
     pub counts: Counts,
-    /// Prompt and completion tokens of its completed jobs (cache hits cost nothing).
-    pub tokens: (u64, u64),
+    /// Tokens of its completed jobs (cache hits cost nothing), and answers from the cache.
+    pub usage: Usage,
 }
 
-/// Every batch's job counts by state and tokens spent.
+/// Every batch's job counts by state and tokens spent: a few rows per batch, whatever its
+/// size (the queue's counters and the batch's usage totals, in one read transaction).
 pub async fn status(app: &App) -> Result<Vec<BatchStatus>> {
-    let mut rows = Vec::new();
-    for batch in app.queue.queues().await? {
-        let counts = app.queue.counts(Some(&batch)).await?;
-        let tokens = runs::tokens_of(&app.queue.jobs_in_queue(&batch).await?);
-        rows.push(BatchStatus {
-            batch,
-            counts,
-            tokens,
-        });
-    }
-    Ok(rows)
+    app.store
+        .read(|txn| {
+            let mut rows = Vec::new();
+            for batch in crate::queue::queues_read(txn)? {
+                let counts = crate::queue::counts_read(txn, Some(&batch))?;
+                let usage = usage_read(txn, &batch)?;
+                rows.push(BatchStatus {
+                    batch,
+                    counts,
+                    usage,
+                });
+            }
+            Ok(rows)
+        })
+        .await
 }
 
-/// A batch's results again, in input order (the newest job of every request id).
-pub async fn results(app: &App, batch: &str) -> Result<Export> {
-    let jobs = app.queue.jobs_in_queue(batch).await?;
-    if jobs.is_empty() {
-        return Err(Error::Invalid(format!(
-            "no batch named {batch:?}; `reasonq status` lists them"
-        )));
-    }
-    export(jobs, None)
+/// A batch's results again, in the order of its current file, each finished line handed to
+/// `sink` as it is read (our details instead with `details`): nothing is collected.
+pub async fn results<F>(app: &App, batch: &str, details: bool, mut sink: F) -> Result<Tally>
+where
+    F: FnMut(&str) -> Result<()> + Send + 'static,
+{
+    let batch = batch.to_string();
+    app.store
+        .read(move |txn| {
+            if lines::size_read(txn, &batch)? == 0 {
+                return Err(Error::Invalid(format!(
+                    "no batch named {batch:?}; `reasonq status` lists them"
+                )));
+            }
+            export_read(txn, &batch, details, |entry| {
+                let text = if details { &entry.detail } else { &entry.line };
+                match text {
+                    Some(text) => sink(text),
+                    None => Ok(()),
+                }
+            })
+        })
+        .await
+}
+
+/// [`results`] into a file, written atomically; returns how many lines.
+pub async fn results_to_file(
+    app: &App,
+    batch: &str,
+    details: bool,
+    path: &std::path::Path,
+) -> Result<usize> {
+    let shown = path.display().to_string();
+    let failed = move |e: std::io::Error| Error::Write {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let file = JsonlFile::create(path).map_err(&failed)?;
+    let file = std::sync::Arc::new(std::sync::Mutex::new(file));
+    let sink = file.clone();
+    let failed_line = failed.clone();
+    results(app, batch, details, move |line| {
+        let mut file = sink.lock().map_err(|_| Error::Closed)?;
+        file.line(line).map_err(&failed_line)
+    })
+    .await?;
+    let file = std::sync::Arc::try_unwrap(file)
+        .map_err(|_| Error::Task("the results file is still in use".into()))?
+        .into_inner()
+        .map_err(|_| Error::Task("the results file lock was poisoned".into()))?;
+    let n = file.len();
+    file.commit().map_err(failed)?;
+    Ok(n)
 }
 
 /// One job in full, as `jobs show` and `jobs list --json` print it: the queue's record with
 /// the chat request, response and failure read out of it.
 pub fn job_detail(job: &Job) -> Value {
     let chat: Option<ChatJob> = codec::decode(&job.payload).ok();
-    let result: Option<ResponseRecord> = job.result.as_deref().and_then(|b| codec::decode(b).ok());
+    let result: Option<ResponseRecord> = ResponseRecord::of_job(job).and_then(Result::ok);
     json!({
         "id": job.id,
         "batch": job.queue,

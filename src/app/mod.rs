@@ -75,7 +75,9 @@ impl App {
     /// Opens the database named by `config` and starts the upkeep tasks.
     pub async fn open(config: Config) -> Result<App> {
         let config = config.normalized();
-        let queue = Queue::open(store_config(&config), queue_config(&config)).await?;
+        // Batches of files written before the line index existed get it at open.
+        let store = store_config(&config).with_open_hook(crate::batch::lines::upgrade_at_open);
+        let queue = Queue::open(store, queue_config(&config)).await?;
         let store = queue.store().clone();
         let cache = Arc::new(Cache::new(Some(store.clone()), cache_config(&config)));
         let upkeep = Upkeep::start(&config, &queue, &cache, &store);

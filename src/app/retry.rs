@@ -1,14 +1,14 @@
-//! Sending failed lines again: every discarded (or cancelled) job of a batch, or those with
-//! one error code, or those of the lines of the current input file.
+//! Sending failed lines again: every discarded (or cancelled) job of a batch's current file,
+//! or those with one error code.
 
-use std::collections::HashMap;
+use redb::ReadTransaction;
 
 use super::App;
-use crate::chat::ChatJob;
-use crate::codec;
+use crate::batch::lines;
 use crate::error::Result;
-use crate::queue::{Job, JobState};
+use crate::queue::{finished_read, JobState};
 use crate::runner::FailureRecord;
+use crate::store::tables;
 
 /// Which failed jobs go again.
 #[derive(Debug, Clone)]
@@ -29,45 +29,43 @@ impl Default for RetryFilter {
 }
 
 /// Puts the matching jobs of `batch` back in the queue with their attempts reset, and says
-/// how many (see [`matching`]).
+/// how many (see [`matching_read`]).
 pub async fn retry_failed(app: &App, batch: &str, filter: &RetryFilter) -> Result<usize> {
-    let ids = matching(&app.queue.jobs_in_queue(batch).await?, filter, None);
+    let (b, f) = (batch.to_string(), filter.clone());
+    let ids = app
+        .store
+        .read(move |txn| matching_read(txn, &b, &f))
+        .await?;
     app.queue.retry_many(&ids).await?;
     Ok(ids.len())
 }
 
-/// The failed jobs that `filter` picks. Only the newest job of each request id counts (an
-/// older one is a line since edited); with `only`, just the jobs whose dedup key is in it
-/// (the current file's lines, keyed to their line numbers).
-pub(super) fn matching(
-    jobs: &[Job],
+/// The failed jobs of `batch` that `filter` picks, among the jobs of its current file's
+/// lines (an older job of a line since edited does not count). Reads the jobs that ended in
+/// the filter's state, not the whole batch.
+pub(super) fn matching_read(
+    txn: &ReadTransaction,
+    batch: &str,
     filter: &RetryFilter,
-    only: Option<&HashMap<String, u64>>,
-) -> Vec<u64> {
-    // The newest job of each request id (jobs come in enqueue order).
-    let mut newest: HashMap<String, &Job> = HashMap::new();
-    for job in jobs {
-        let key = codec::decode::<ChatJob>(&job.payload)
-            .map_or_else(|_| format!("job-{}", job.id), |c| c.custom_id);
-        newest.insert(key, job);
-    }
-    let mut ids: Vec<u64> = newest
-        .into_values()
-        .filter(|j| j.state == filter.state)
-        .filter(|j| match (only, &j.dedup_key) {
-            (Some(keys), Some(k)) => keys.contains_key(k),
-            (Some(_), None) => false,
-            (None, _) => true,
-        })
-        .filter(|j| match &filter.code {
-            Some(code) => j
+) -> Result<Vec<u64>> {
+    let listed = txn.open_table(tables::JOB_LINES)?;
+    let mut ids = Vec::new();
+    finished_read(txn, filter.state, |job| {
+        if job.queue != batch || !lines::is_listed(&listed, job.id)? {
+            return Ok(());
+        }
+        let code_matches = match &filter.code {
+            Some(code) => job
                 .last_error
                 .as_deref()
                 .is_some_and(|e| FailureRecord::from_last_error(e).code == *code),
             None => true,
-        })
-        .map(|j| j.id)
-        .collect();
+        };
+        if code_matches {
+            ids.push(job.id);
+        }
+        Ok(())
+    })?;
     ids.sort_unstable();
-    ids
+    Ok(ids)
 }

@@ -7,11 +7,9 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
-use crate::chat::ResponseRecord;
 use crate::codec;
 use crate::error::Result;
 use crate::llm::MetricsSnapshot;
-use crate::queue::{Job, JobState};
 use crate::runner::RunCounts;
 use crate::store::{tables, Store};
 
@@ -186,26 +184,4 @@ impl fmt::Display for Summary {
         }
         write!(f, "experiences stored:   {}", self.experiences)
     }
-}
-
-/// Prompt and completion tokens of a batch's completed jobs (cache hits cost nothing).
-pub fn tokens_of(jobs: &[Job]) -> (u64, u64) {
-    let mut sum = (0, 0);
-    for job in jobs.iter().filter(|j| j.state == JobState::Completed) {
-        let Some(record) = job
-            .result
-            .as_deref()
-            .and_then(|b| codec::decode::<ResponseRecord>(b).ok())
-        else {
-            continue;
-        };
-        if record.cached {
-            continue;
-        }
-        if let Ok(body) = serde_json::from_str::<serde_json::Value>(&record.body) {
-            sum.0 += body["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
-            sum.1 += body["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-        }
-    }
-    sum
 }

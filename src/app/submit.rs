@@ -82,9 +82,9 @@ pub async fn submit(
         DrainEnd::Halted(trip) => return Err(Error::Halted(trip.message)),
         DrainEnd::Finished => {}
     }
-    match (job.state, &job.result, &job.last_error) {
-        (JobState::Completed, Some(bytes), _) => {
-            let response: ResponseRecord = codec::decode(bytes)?;
+    match (job.state, ResponseRecord::of_job(&job), &job.last_error) {
+        (JobState::Completed, Some(response), _) => {
+            let response = response?;
             let body = serde_json::from_str(&response.body)
                 .map_err(|e| Error::InvalidState(format!("the stored answer is not JSON: {e}")))?;
             Ok(Submitted::Answered(body))

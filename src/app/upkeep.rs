@@ -18,6 +18,10 @@ use crate::error::Result;
 use crate::queue::Queue;
 use crate::store::Store;
 
+/// How often the indexer looks for experiences to index: often enough that searches rarely
+/// wait for it, seldom enough that each pass takes thousands at once in a batch run.
+const INDEX_EVERY: Duration = Duration::from_millis(500);
+
 /// What one cleanup pass removed.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct CleanupReport {
@@ -112,6 +116,16 @@ impl Upkeep {
             async move {
                 if let Ok(n @ 1..) = queue.rescue_expired().await {
                     tracing::info!(rescued = n, "expired leases returned to the queue");
+                }
+            }
+        });
+        // The retrieval index, off the completions' path (see memory::index).
+        let indexer = store.clone();
+        every(&mut tasks, &stop, INDEX_EVERY, move || {
+            let store = indexer.clone();
+            async move {
+                if let Err(e) = crate::memory::index::catch_up(&store).await {
+                    tracing::warn!(error = %e, "indexing experiences failed; retried later");
                 }
             }
         });

@@ -1,136 +1,203 @@
-//! Turning a batch's jobs back into output lines, in input order.
+//! Turning a batch's jobs back into output lines, in input order, one line at a time: the
+//! export walks the batch's lines ([`super::lines`]) and writes as it goes, so its memory
+//! does not grow with the batch.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use redb::ReadTransaction;
 use serde_json::json;
 
+use super::lines;
 use super::output::{failure_line, success_line};
 use crate::chat::{ChatJob, ResponseRecord};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::queue::{Job, JobState};
+use crate::queue::{Job, JobState, Whole};
 use crate::runner::FailureRecord;
 
-/// A batch's results, one entry per request id.
-#[derive(Debug, Default)]
-pub struct Export {
-    /// Output lines (JSON text) of finished requests, in input order.
-    pub lines: Vec<String>,
-    /// The failed ones among them (also in `lines`), for the errors file.
-    pub errors: Vec<String>,
-    /// Our own details per request (JSON text), for `reasonq results --json`.
-    pub details: Vec<String>,
-    /// Requests not finished yet.
+/// One request of the export.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its output line (JSON text); `None` while it is not finished.
+    pub line: Option<String>,
+    /// Whether that line is a failure (it goes to the errors file too).
+    pub failed: bool,
+    /// Our own details (JSON text, for `reasonq results --json`), when asked for.
+    pub detail: Option<String>,
+}
+
+/// How many requests of each kind an export saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub answered: usize,
+    pub failed: usize,
     pub pending: usize,
 }
 
-/// Builds the export of `jobs`. With `only` (dedup key -> line in the current input file),
-/// just those jobs, in the file's order (a job enqueued from an earlier version of the file
-/// may have stood on another line); otherwise the newest job of every request id, in the
-/// order of the lines they were enqueued from.
-pub fn export(jobs: Vec<Job>, only: Option<&HashMap<String, u64>>) -> Result<Export> {
-    let mut latest: HashMap<String, (Job, ChatJob)> = HashMap::new();
-    let mut out_undecodable = Vec::new();
-    for job in jobs {
-        let line = match only {
-            Some(lines) => match job.dedup_key.as_ref().and_then(|k| lines.get(k)) {
-                Some(&line) => Some(line),
-                None => continue,
-            },
-            None => None,
+/// Walks `batch`'s lines in input order and hands each request's [`Entry`] to `sink`
+/// (with details when `details`).
+pub fn export_read(
+    txn: &ReadTransaction,
+    batch: &str,
+    details: bool,
+    mut sink: impl FnMut(Entry) -> Result<()>,
+) -> Result<Tally> {
+    let whole = Whole::open(txn)?;
+    let mut tally = Tally::default();
+    for id in lines::jobs_read(txn, batch, 0)? {
+        let id = id?;
+        let Some(job) = whole.get(id)? else {
+            continue;
         };
-        let mut chat: ChatJob = match codec::decode(&job.payload) {
-            Ok(chat) => chat,
-            // One record this build cannot read fails its own line, not the export.
-            Err(e) => {
-                let failure = FailureRecord::new(
-                    "undecodable_record",
-                    format!("job {} cannot be read by this build: {e}", job.id),
-                );
-                let line = failure_line(Some(job.id), &format!("job-{}", job.id), &failure);
-                out_undecodable.push(line);
-                continue;
-            }
-        };
-        if let Some(line) = line {
-            chat.line = line;
+        let entry = entry_of(&job, details)?;
+        match (&entry.line, entry.failed) {
+            (None, _) => tally.pending += 1,
+            (Some(_), true) => tally.failed += 1,
+            (Some(_), false) => tally.answered += 1,
         }
-        match latest.get(&chat.custom_id) {
-            Some((kept, _)) if kept.id > job.id => {}
-            _ => {
-                latest.insert(chat.custom_id.clone(), (job, chat));
-            }
-        }
+        sink(entry)?;
     }
-    let mut entries: Vec<(Job, ChatJob)> = latest.into_values().collect();
-    entries.sort_by_key(|(job, chat)| (chat.line, job.id));
-    let mut out = Export {
-        errors: out_undecodable.clone(),
-        lines: out_undecodable,
-        ..Export::default()
+    Ok(tally)
+}
+
+/// The entry of one job read whole.
+fn entry_of(job: &Job, details: bool) -> Result<Entry> {
+    let chat: ChatJob = match codec::decode(&job.payload) {
+        Ok(chat) => chat,
+        // One record this build cannot read fails its own line, not the export.
+        Err(e) => {
+            let failure = FailureRecord::new(
+                "undecodable_record",
+                format!("job {} cannot be read by this build: {e}", job.id),
+            );
+            let line = failure_line(Some(job.id), &format!("job-{}", job.id), &failure);
+            return Ok(Entry {
+                line: Some(line),
+                failed: true,
+                detail: None,
+            });
+        }
     };
-    for (job, chat) in entries {
-        let mut detail = json!({
+    let mut detail = details.then(|| {
+        json!({
             "custom_id": chat.custom_id,
             "job_id": job.id,
             "state": job.state.as_str(),
             "attempts": job.attempt,
             "domain": chat.domain,
             "strategy": chat.strategy,
-        });
-        let line = match job.state {
-            JobState::Completed => {
-                let bytes = job.result.as_deref().ok_or_else(|| {
-                    Error::InvalidState(format!("completed job {} has no result", job.id))
-                })?;
-                let response: ResponseRecord = codec::decode(bytes)?;
-                detail["cached"] = json!(response.cached);
-                detail["latency_ms"] = json!(response.latency_ms);
-                detail["status_code"] = json!(response.status_code);
-                success_line(job.id, &chat.custom_id, &response)
+        })
+    });
+    let (line, failed) = match job.state {
+        JobState::Completed => {
+            let response = ResponseRecord::of_job(job).ok_or_else(|| {
+                Error::InvalidState(format!("completed job {} has no result", job.id))
+            })??;
+            if let Some(d) = detail.as_mut() {
+                d["cached"] = json!(response.cached);
+                d["latency_ms"] = json!(response.latency_ms);
+                d["status_code"] = json!(response.status_code);
             }
-            JobState::Discarded | JobState::Cancelled => {
-                let failure = match (&job.last_error, job.state) {
-                    (Some(text), JobState::Discarded) => FailureRecord::from_last_error(text),
-                    _ => FailureRecord::new("cancelled", "the job was cancelled"),
-                };
-                detail["error"] = json!({"code": failure.code, "message": failure.message});
-                let line = failure_line(Some(job.id), &chat.custom_id, &failure);
-                out.errors.push(line.clone());
-                line
+            (
+                Some(success_line(job.id, &chat.custom_id, &response)),
+                false,
+            )
+        }
+        JobState::Discarded | JobState::Cancelled => {
+            let failure = match (&job.last_error, job.state) {
+                (Some(text), JobState::Discarded) => FailureRecord::from_last_error(text),
+                _ => FailureRecord::new("cancelled", "the job was cancelled"),
+            };
+            if let Some(d) = detail.as_mut() {
+                d["error"] = json!({"code": failure.code, "message": failure.message});
             }
-            _ => {
-                out.pending += 1;
-                out.details.push(detail.to_string());
-                continue;
-            }
-        };
-        out.lines.push(line);
-        out.details.push(detail.to_string());
-    }
-    Ok(out)
+            (
+                Some(failure_line(Some(job.id), &chat.custom_id, &failure)),
+                true,
+            )
+        }
+        _ => (None, false),
+    };
+    Ok(Entry {
+        line,
+        failed,
+        detail: detail.map(|d| d.to_string()),
+    })
 }
 
-/// Writes JSON lines to `path` atomically (a temporary file renamed over it), so a crash
-/// never leaves a half-written output.
-pub fn write_jsonl(path: &Path, lines: &[String]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for line in lines {
-            file.write_all(line.as_bytes())?;
-            file.write_all(b"\n")?;
-        }
-        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+/// A JSON-lines file written through a temporary file renamed over it on
+/// [`JsonlFile::commit`], so a crash never leaves a half-written output.
+pub struct JsonlFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    lines: usize,
+}
+
+impl JsonlFile {
+    /// Starts writing `path` (beside it, under a temporary name).
+    pub fn create(path: &Path) -> std::io::Result<JsonlFile> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let out = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&tmp)?);
+        Ok(JsonlFile {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(out),
+            lines: 0,
+        })
     }
-    std::fs::rename(&tmp, path)
+
+    /// Appends one line.
+    pub fn line(&mut self, text: &str) -> std::io::Result<()> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the file is already committed"))?;
+        out.write_all(text.as_bytes())?;
+        out.write_all(b"\n")?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Lines written so far.
+    pub fn len(&self) -> usize {
+        self.lines
+    }
+
+    /// Whether no line was written.
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    /// Makes the file durable and puts it in place.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        if let Some(out) = self.out.take() {
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        std::fs::rename(&self.tmp, &self.path)
+    }
+}
+
+impl Drop for JsonlFile {
+    fn drop(&mut self) {
+        // Not committed (an error on the way): no temporary file is left behind.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Writes JSON lines to `path` atomically (see [`JsonlFile`]).
+pub fn write_jsonl(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    let mut file = JsonlFile::create(path)?;
+    for line in lines {
+        file.line(line)?;
+    }
+    file.commit()
 }

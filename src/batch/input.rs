@@ -50,6 +50,8 @@ pub struct BatchItem {
     pub expected: Option<Expectation>,
     /// Whether memory goes into the prompt, if the line says.
     pub memory: Option<bool>,
+    /// The model the request names (or the default it was given).
+    pub model: String,
 }
 
 impl BatchItem {
@@ -161,58 +163,249 @@ pub fn read_file(path: &Path, default_model: &str) -> std::io::Result<ParsedInpu
 pub fn read(reader: impl BufRead, name: &str, default_model: &str) -> std::io::Result<ParsedInput> {
     let mut parsed = ParsedInput::default();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (index, line) in split_lines(reader) {
+    for entry in lines(reader, name, default_model) {
+        match entry? {
+            Ok(parsed_line) => {
+                let Parsed { item, id_field } = parsed_line;
+                if let Some(first) = seen.get(&item.custom_id) {
+                    parsed.errors.push(InputError {
+                        file: name.to_string(),
+                        line: item.line,
+                        field: Some(id_field.to_string()),
+                        message: format!(
+                            "duplicate id {:?} (first used on line {first})",
+                            item.custom_id
+                        ),
+                    });
+                    continue;
+                }
+                seen.insert(item.custom_id.clone(), item.line);
+                parsed.items.push(item);
+            }
+            Err(e) => parsed.errors.push(e),
+        }
+    }
+    Ok(parsed)
+}
+
+/// What one checking pass over a file keeps: the bad lines, the models named, and how to
+/// find the good lines again. Memory is a few bytes per line (a hash of its id, for
+/// duplicates), never the requests themselves.
+#[derive(Debug)]
+pub struct Scan {
+    /// The file as named in messages.
+    pub name: String,
+    /// Valid requests.
+    pub valid: usize,
+    /// Invalid lines, in file order.
+    pub errors: Vec<InputError>,
+    /// Every model the valid lines name.
+    pub models: std::collections::BTreeSet<String>,
+    /// Size and modification time when scanned: a second pass refuses a changed file.
+    stamp: (u64, Option<std::time::SystemTime>),
+}
+
+/// Checks every line of `path` in one streaming pass (see [`Scan`]). Duplicate ids are
+/// found from 8-byte hashes; only lines whose hash repeats are read again to name them.
+pub fn scan_file(path: &Path, default_model: &str) -> std::io::Result<Scan> {
+    let name = path.display().to_string();
+    let stamp = stamp_of(path)?;
+    let mut scan = Scan {
+        name: name.clone(),
+        valid: 0,
+        errors: Vec::new(),
+        models: Default::default(),
+        stamp,
+    };
+    let mut ids: Vec<u64> = Vec::new();
+    for entry in lines(open(path)?, &name, default_model) {
+        match entry? {
+            Ok(item) => {
+                ids.push(id_hash(&item.custom_id));
+                if !scan.models.contains(&item.model) {
+                    scan.models.insert(item.item.model);
+                }
+                scan.valid += 1;
+            }
+            Err(e) => scan.errors.push(e),
+        }
+    }
+    ids.sort_unstable();
+    let repeated: std::collections::HashSet<u64> = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    drop(ids);
+    if !repeated.is_empty() {
+        // Second look at the few lines whose id hash repeats: which ids really repeat.
+        let mut first: HashMap<String, usize> = HashMap::new();
+        for entry in lines(open(path)?, &name, default_model) {
+            let Ok(item) = entry? else { continue };
+            if !repeated.contains(&id_hash(&item.custom_id)) {
+                continue;
+            }
+            match first.get(&item.custom_id) {
+                Some(&line) => {
+                    scan.valid -= 1;
+                    scan.errors.push(InputError {
+                        file: name.clone(),
+                        line: item.line,
+                        field: Some(item.id_field.to_string()),
+                        message: format!(
+                            "duplicate id {:?} (first used on line {line})",
+                            item.custom_id
+                        ),
+                    });
+                }
+                None => {
+                    first.insert(item.item.custom_id, item.item.line);
+                }
+            }
+        }
+        scan.errors.sort_by_key(|e| e.line);
+    }
+    Ok(scan)
+}
+
+/// The valid requests of a scanned file, read again in order, one at a time. A file that
+/// changed since the scan is an error (its lines were not the ones checked).
+pub fn items(
+    path: &Path,
+    default_model: &str,
+    scan: &Scan,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<BatchItem>> + use<>> {
+    let changed = || {
+        std::io::Error::other(format!(
+            "{} changed while the batch was being read; run it again",
+            scan.name
+        ))
+    };
+    if stamp_of(path)? != scan.stamp {
+        return Err(changed());
+    }
+    let bad: Vec<usize> = scan.errors.iter().map(|e| e.line).collect();
+    let mut next_bad = 0;
+    let mut left = scan.valid;
+    let name = scan.name.clone();
+    let stream = lines(open(path)?, &scan.name, default_model);
+    let mut stream = stream.fuse();
+    let changed = move || {
+        std::io::Error::other(format!(
+            "{name} changed while the batch was being read; run it again"
+        ))
+    };
+    Ok(std::iter::from_fn(move || loop {
+        let entry = match stream.next() {
+            Some(entry) => entry,
+            None if left == 0 => return None,
+            None => return Some(Err(changed())),
+        };
+        let line = match &entry {
+            Ok(Ok(item)) => item.line,
+            Ok(Err(e)) => e.line,
+            Err(_) => 0,
+        };
+        while next_bad < bad.len() && bad[next_bad] < line {
+            next_bad += 1;
+        }
+        if next_bad < bad.len() && bad[next_bad] == line {
+            continue;
+        }
+        return match entry {
+            Ok(Ok(item)) if left > 0 => {
+                left -= 1;
+                Some(Ok(item.item))
+            }
+            Err(e) => Some(Err(e)),
+            _ => Some(Err(changed())),
+        };
+    }))
+}
+
+fn open(path: &Path) -> std::io::Result<std::io::BufReader<std::fs::File>> {
+    Ok(std::io::BufReader::with_capacity(
+        256 * 1024,
+        std::fs::File::open(path)?,
+    ))
+}
+
+fn stamp_of(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.len(), meta.modified().ok()))
+}
+
+/// A stable-within-this-process hash of an id, to spot repeats in 8 bytes a line.
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// A parsed line with the name of its id field (for duplicate errors).
+struct Parsed {
+    item: BatchItem,
+    id_field: &'static str,
+}
+
+impl std::ops::Deref for Parsed {
+    type Target = BatchItem;
+    fn deref(&self) -> &BatchItem {
+        &self.item
+    }
+}
+
+/// Every non-blank line of `reader`, checked on its own (no duplicate check), in order.
+fn lines(
+    reader: impl BufRead,
+    name: &str,
+    default_model: &str,
+) -> impl Iterator<Item = std::io::Result<Result<Parsed, InputError>>> {
+    let name = name.to_string();
+    let default_model = default_model.to_string();
+    split_lines(reader).filter_map(move |(index, line)| {
         let line_no = index + 1;
         let err = |field: Option<&str>, message: String| InputError {
-            file: name.to_string(),
+            file: name.clone(),
             line: line_no,
             field: field.map(str::to_string),
             message,
         };
-        let mut bytes = line?;
+        let mut bytes = match line {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(Err(e)),
+        };
         // Editors on Windows start files with a UTF-8 byte-order mark.
         if index == 0 && bytes.starts_with(UTF8_BOM) {
             bytes.drain(..UTF8_BOM.len());
         }
         if bytes.len() > MAX_LINE_BYTES {
-            parsed.errors.push(err(
+            return Some(Ok(Err(err(
                 None,
                 format!(
                     "line is {} bytes, over the limit of {MAX_LINE_BYTES}",
                     bytes.len()
                 ),
-            ));
-            continue;
+            ))));
         }
         let Ok(text) = std::str::from_utf8(&bytes) else {
-            parsed
-                .errors
-                .push(err(None, "line is not valid UTF-8".into()));
-            continue;
+            return Some(Ok(Err(err(None, "line is not valid UTF-8".into()))));
         };
         if text.trim().is_empty() {
-            continue;
+            return None;
         }
-        match parse_line(text, default_model) {
+        Some(Ok(match parse_line(text, &default_model) {
             Ok(mut item) => {
                 item.line = line_no;
-                if let Some(first) = seen.get(&item.custom_id) {
-                    parsed.errors.push(err(
-                        Some(id_field(text)),
-                        format!(
-                            "duplicate id {:?} (first used on line {first})",
-                            item.custom_id
-                        ),
-                    ));
-                    continue;
-                }
-                seen.insert(item.custom_id.clone(), line_no);
-                parsed.items.push(item);
+                Ok(Parsed {
+                    item,
+                    id_field: id_field(text),
+                })
             }
-            Err((field, message)) => parsed.errors.push(err(field.as_deref(), message)),
-        }
-    }
-    Ok(parsed)
+            Err((field, message)) => Err(err(field.as_deref(), message)),
+        }))
+    })
 }
 
 /// Lines as raw bytes (so one bad byte is reported for its line, not as an I/O error), with a
@@ -401,6 +594,11 @@ fn finish(
         Some(Value::String(m)) if !m.trim().is_empty() => {}
         Some(_) => return Err(field_err(&f("model"), "must be a non-empty string")),
     }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(default_model)
+        .to_string();
     let messages = match body.get("messages") {
         None | Some(Value::Null) => return Err(field_err(&f("messages"), "missing")),
         Some(Value::Array(m)) if m.is_empty() => {
@@ -449,6 +647,7 @@ fn finish(
         strategy: options.strategy,
         expected: options.expected,
         memory: options.memory,
+        model,
     })
 }
 

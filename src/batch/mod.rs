@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod input;
+pub mod lines;
 pub mod output;
 
 use std::path::{Path, PathBuf};

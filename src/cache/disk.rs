@@ -1,50 +1,154 @@
 //! Tier 2: the cache in the store, so a re-run batch after a restart pays nothing twice.
 //!
-//! `CACHE` maps key -> encoded [`CachedResponse`]; `CACHE_BY_EXPIRY` holds
-//! `(expires_at, key)` so pruning walks only the expired rows. These are transaction-level
-//! functions so a caller can, say, complete a job and cache its response in one commit.
+//! `CACHE` maps key -> encoded [`Row`]; `CACHE_BY_EXPIRY` holds `(expires_at, key)` so
+//! pruning walks only the expired rows. A row refers to its body in `store::bodies`, where
+//! the job completed with the same answer refers to it too: one copy. These are
+//! transaction-level functions so a caller can, say, complete a job and cache its response
+//! in one commit.
 
+use bytes::Bytes;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::{Deserialize, Serialize};
 
 use super::{CacheKey, CachedResponse};
-use crate::codec;
-use crate::store::tables::{CACHE, CACHE_BY_EXPIRY};
+use crate::codec::{self, CodecError};
+use crate::store::bodies;
+use crate::store::tables::{BodyHash, CACHE, CACHE_BY_EXPIRY};
 use crate::Result;
+
+/// A stored cache entry: the response without its body, which is stored once beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    status: u16,
+    request_id: Option<String>,
+    body: RowBody,
+    created_at: u64,
+    expires_at: u64,
+}
+
+/// Where a row's body is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum RowBody {
+    /// In the row (rows written before bodies were shared).
+    Inline(Bytes),
+    /// In `store::bodies`, under this hash.
+    Stored(BodyHash),
+}
+
+impl codec::Record for Row {
+    /// Layout 1 was the whole [`CachedResponse`], body inline.
+    const LAYOUT: u8 = 2;
+
+    fn upgrade(layout: u8, payload: &[u8]) -> std::result::Result<Self, CodecError> {
+        match layout {
+            1 => {
+                let old: CachedResponse = codec::payload_of(payload)?;
+                Ok(Row {
+                    status: old.status,
+                    request_id: old.request_id,
+                    body: RowBody::Inline(old.body),
+                    created_at: old.created_at,
+                    expires_at: old.expires_at,
+                })
+            }
+            found => Err(CodecError::UnknownLayout {
+                found,
+                current: Self::LAYOUT,
+            }),
+        }
+    }
+}
+
+impl Row {
+    fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    fn stored_body(&self) -> Option<BodyHash> {
+        match self.body {
+            RowBody::Stored(hash) => Some(hash),
+            RowBody::Inline(_) => None,
+        }
+    }
+
+    fn resolve(
+        self,
+        body: impl FnOnce(&BodyHash) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Option<CachedResponse>> {
+        let body = match self.body {
+            RowBody::Inline(bytes) => bytes,
+            RowBody::Stored(hash) => match body(&hash)? {
+                Some(bytes) => Bytes::from(bytes),
+                // A row whose body is gone is a miss, never a wrong answer.
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(CachedResponse {
+            status: self.status,
+            request_id: self.request_id,
+            body,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }))
+    }
+}
 
 /// The unexpired response stored for `key` at `now` (ms), seen from a read transaction.
 /// An expired row is a miss (it stays until [`prune_in`] removes it).
 pub fn get_read(txn: &ReadTransaction, key: &CacheKey, now: u64) -> Result<Option<CachedResponse>> {
-    lookup(&txn.open_table(CACHE)?, key, now)
+    match lookup(&txn.open_table(CACHE)?, key, now)? {
+        Some(row) => row.resolve(|h| bodies::get_read(txn, h)),
+        None => Ok(None),
+    }
 }
 
 /// [`get_read`] inside a write transaction (sees the transaction's own writes).
 pub fn get_in(txn: &WriteTransaction, key: &CacheKey, now: u64) -> Result<Option<CachedResponse>> {
-    lookup(&txn.open_table(CACHE)?, key, now)
+    let row = lookup(&txn.open_table(CACHE)?, key, now)?;
+    match row {
+        Some(row) => row.resolve(|h| bodies::get_in(txn, h)),
+        None => Ok(None),
+    }
 }
 
 fn lookup(
     table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
     key: &CacheKey,
     now: u64,
-) -> Result<Option<CachedResponse>> {
+) -> Result<Option<Row>> {
     let Some(row) = table.get(key.as_bytes())? else {
         return Ok(None);
     };
-    let response: CachedResponse = codec::decode(row.value())?;
-    Ok((!response.is_expired(now)).then_some(response))
+    let row: Row = codec::decode(row.value())?;
+    Ok((!row.is_expired(now)).then_some(row))
 }
 
 /// Stores `response` (already stamped, see [`CachedResponse::stamped`]) under `key`,
 /// replacing any previous entry and its expiry index row.
 pub fn put_in(txn: &WriteTransaction, key: &CacheKey, response: &CachedResponse) -> Result<()> {
-    let bytes = codec::encode(response)?;
+    let hash = bodies::put_in(txn, &response.body)?;
+    let row = Row {
+        status: response.status,
+        request_id: response.request_id.clone(),
+        body: RowBody::Stored(hash),
+        created_at: response.created_at,
+        expires_at: response.expires_at,
+    };
+    let bytes = codec::encode(&row)?;
     let mut table = txn.open_table(CACHE)?;
     let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
-    if let Some(old) = table.insert(key.as_bytes(), bytes.as_slice())? {
-        // An undecodable old row leaves its index row behind; prune_in copes with that.
-        if let Ok(old) = codec::decode::<CachedResponse>(old.value()) {
-            by_expiry.remove((old.expires_at, key.as_bytes()))?;
+    let old = table
+        .insert(key.as_bytes(), bytes.as_slice())?
+        .map(|old| codec::decode::<Row>(old.value()));
+    drop(table);
+    // An undecodable old row leaves its index row behind; prune_in copes with that.
+    if let Some(Ok(old)) = old {
+        by_expiry.remove((old.expires_at, key.as_bytes()))?;
+        drop(by_expiry);
+        if let Some(body) = old.stored_body() {
+            bodies::release_in(txn, &body)?;
         }
+        by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
     }
     by_expiry.insert((response.expires_at, key.as_bytes()), ())?;
     Ok(())
@@ -64,17 +168,25 @@ pub fn prune_in(txn: &WriteTransaction, now: u64, limit: usize) -> Result<usize>
         let (expires_at, key) = index_key.value();
         due.push((expires_at, *key));
     }
+    let mut released = Vec::new();
     for (expires_at, key) in &due {
         by_expiry.remove((*expires_at, key))?;
         let stale = match table.get(key)? {
-            Some(row) => {
-                codec::decode::<CachedResponse>(row.value()).map_or(true, |r| r.is_expired(now))
-            }
-            None => false,
+            Some(row) => match codec::decode::<Row>(row.value()) {
+                Ok(row) if row.is_expired(now) => Some(row.stored_body()),
+                Ok(_) => None,
+                Err(_) => Some(None),
+            },
+            None => None,
         };
-        if stale {
+        if let Some(body) = stale {
             table.remove(key)?;
+            released.extend(body);
         }
+    }
+    drop((table, by_expiry));
+    for body in &released {
+        bodies::release_in(txn, body)?;
     }
     Ok(due.len())
 }

@@ -8,7 +8,7 @@ use super::{ChatJob, ResponseRecord};
 use crate::codec::{self, CodecError};
 use crate::error::{Error, Result};
 use crate::memory::experience::{self, NewExperience};
-use crate::queue::Failure;
+use crate::queue::{add_usage_in, Failure, Usage};
 use crate::runner::{FailureRecord, JobCtx, RunStats};
 
 /// How a chat job ended well.
@@ -35,13 +35,44 @@ where
         tokens,
     } = answer;
     let cached = record.cached;
+    if record.body.len() > codec::MAX_RECORD_BYTES {
+        let e = CodecError::Encode(format!(
+            "the body is {} bytes, more than the {} byte limit",
+            record.body.len(),
+            codec::MAX_RECORD_BYTES
+        ));
+        return unstorable(ctx, job, &e).await;
+    }
     let result = match codec::encode(&record) {
         Ok(bytes) => bytes,
         Err(e) => return unstorable(ctx, job, &e).await,
     };
+    let usage = match (cached, tokens) {
+        (true, _) => Usage {
+            cached: 1,
+            ..Usage::default()
+        },
+        (false, Some((prompt_tokens, completion_tokens))) => Usage {
+            prompt_tokens,
+            completion_tokens,
+            cached: 0,
+        },
+        // Counted step by step (blackboard): the record's usage is the session's total.
+        (false, None) => {
+            let (prompt_tokens, completion_tokens) = record.usage();
+            Usage {
+                prompt_tokens,
+                completion_tokens,
+                cached: 0,
+            }
+        }
+    };
+    let queue = ctx.job().queue.clone();
+    let body = record.body.into_bytes();
     let committed = ctx
-        .complete(result, move |txn, now| {
-            experience::record_in(txn, &experience, now)?;
+        .complete(result, Some(body), move |txn, now| {
+            experience::record_deferred_in(txn, &experience, now)?;
+            add_usage_in(txn, &queue, usage)?;
             also(txn, now)
         })
         .await;

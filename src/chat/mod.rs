@@ -102,19 +102,89 @@ impl ChatJob {
     }
 }
 
-/// What a finished chat job's result holds (encoded with the codec in the job record).
+/// What a finished chat job's result holds (encoded with the codec as the job's result).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseRecord {
     pub status_code: u16,
     pub request_id: Option<String>,
-    /// The response body exactly as received (JSON text).
+    /// The response body exactly as received (JSON text). Not in the encoded record: it is
+    /// stored once beside it (the queue's job body, shared with the cache row), see
+    /// [`ResponseRecord::of_job`].
+    #[serde(skip)]
     pub body: String,
     /// Served from the prompt cache instead of the API.
     pub cached: bool,
     pub latency_ms: u64,
 }
 
-impl crate::codec::Record for ResponseRecord {}
+impl crate::codec::Record for ResponseRecord {
+    /// Layout 2 leaves the body out.
+    const LAYOUT: u8 = 2;
+
+    fn upgrade(layout: u8, payload: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        #[derive(Deserialize)]
+        struct V1 {
+            status_code: u16,
+            request_id: Option<String>,
+            body: String,
+            cached: bool,
+            latency_ms: u64,
+        }
+        match layout {
+            1 => {
+                let v: V1 = crate::codec::payload_of(payload)?;
+                Ok(ResponseRecord {
+                    status_code: v.status_code,
+                    request_id: v.request_id,
+                    body: v.body,
+                    cached: v.cached,
+                    latency_ms: v.latency_ms,
+                })
+            }
+            found => Err(crate::codec::CodecError::UnknownLayout {
+                found,
+                current: Self::LAYOUT,
+            }),
+        }
+    }
+}
+
+impl ResponseRecord {
+    /// The record of a completed job read whole, with its body (`None` if it has no result).
+    pub fn of_job(
+        job: &crate::queue::Job,
+    ) -> Option<Result<ResponseRecord, crate::codec::CodecError>> {
+        let bytes = job.result.as_deref()?;
+        Some(
+            crate::codec::decode::<ResponseRecord>(bytes).map(|mut record| {
+                // Layout-1 records carry their body inline; later ones beside them.
+                if let Some(body) = &job.body {
+                    record.body = String::from_utf8_lossy(body).into_owned();
+                }
+                record
+            }),
+        )
+    }
+
+    /// Prompt and completion tokens the server reported (0 when it did not say).
+    pub fn usage(&self) -> (u64, u64) {
+        #[derive(Deserialize)]
+        struct Usage {
+            #[serde(default)]
+            prompt_tokens: u64,
+            #[serde(default)]
+            completion_tokens: u64,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            usage: Option<Usage>,
+        }
+        serde_json::from_str::<Body>(&self.body)
+            .ok()
+            .and_then(|b| b.usage)
+            .map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens))
+    }
+}
 
 /// The last user message of a request body, for the experience record.
 pub fn question_of(body: &str) -> String {

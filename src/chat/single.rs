@@ -59,6 +59,8 @@ async fn memory_for(engine: &Engine, ctx: &JobCtx, job: &ChatJob) -> Result<Memo
     let settings = &engine.settings.memory;
     let (k, budget) = (settings.k, settings.token_budget);
     let now = now_ms();
+    // Experiences recorded a moment ago are searched too.
+    crate::memory::index::catch_up(ctx.store()).await?;
     ctx.store()
         .read(move |txn| prompt::build_read(txn, &domain, &question, k, budget, now))
         .await

@@ -6,7 +6,6 @@ use reasonq::app::inspect::{self, job_detail};
 use reasonq::app::retry::{retry_failed, RetryFilter};
 use reasonq::app::submit::{self, Question, Submitted};
 use reasonq::app::{App, Endpoint};
-use reasonq::batch::export::write_jsonl;
 use reasonq::config::Config;
 use reasonq::memory::experience::{Experience, Order};
 use reasonq::queue::JobState;
@@ -64,7 +63,7 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
                     states.insert(s.as_str().into(), json!(r.counts.get(s)));
                 }
                 json!({"batch": r.batch, "states": states, "total": r.counts.total(),
-                       "prompt_tokens": r.tokens.0, "completion_tokens": r.tokens.1})
+                       "prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens, "cached": r.usage.cached})
             })
             .collect();
         return print_json(&Value::Array(list));
@@ -82,7 +81,10 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
             let mut row = vec![r.batch.clone()];
             row.extend(JobState::ALL.iter().map(|s| r.counts.get(*s).to_string()));
             row.push(r.counts.total().to_string());
-            row.push(format!("{}/{}", r.tokens.0, r.tokens.1));
+            row.push(format!(
+                "{}/{}",
+                r.usage.prompt_tokens, r.usage.completion_tokens
+            ));
             row
         })
         .collect();
@@ -90,27 +92,40 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
     Ok(Outcome::Done)
 }
 
-/// `reasonq results BATCH`: export again.
+/// `reasonq results BATCH`: export again, streamed to the file or to stdout.
 pub async fn results(config: Config, args: ResultsArgs) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let out = inspect::results(&app, &args.batch).await;
-    app.close().await.map_err(fail)?;
-    let out = out.map_err(fail)?;
-    let lines = if args.json { &out.details } else { &out.lines };
-    match &args.output {
-        Some(path) => {
-            write_jsonl(path, lines).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-            eprintln!("{} lines written to {}", lines.len(), path.display());
-        }
+    let out = match &args.output {
+        Some(path) => inspect::results_to_file(&app, &args.batch, args.json, path)
+            .await
+            .map(|n| eprintln!("{n} lines written to {}", path.display())),
         None => {
-            for line in lines {
-                emit!("{line}")?;
-            }
+            let mut stdout = std::io::BufWriter::new(std::io::stdout());
+            let mut closed = false;
+            inspect::results(&app, &args.batch, args.json, move |line| {
+                use std::io::Write;
+                if closed {
+                    return Ok(());
+                }
+                let wrote = writeln!(stdout, "{line}");
+                match wrote {
+                    // A reader that stopped (`| head`) is not an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        closed = true;
+                        Ok(())
+                    }
+                    other => other.map_err(|e| reasonq::Error::Write {
+                        path: "stdout".into(),
+                        message: e.to_string(),
+                    }),
+                }
+            })
+            .await
+            .map(drop)
         }
-    }
-    if out.pending > 0 {
-        eprintln!("{} requests are not finished yet", out.pending);
-    }
+    };
+    app.close().await.map_err(fail)?;
+    out.map_err(fail)?;
     Ok(Outcome::Done)
 }
 

@@ -22,6 +22,9 @@ pub(super) async fn search(
     as_json: bool,
 ) -> CliResult {
     let now = now_ms();
+    reasonq::memory::index::catch_up(store)
+        .await
+        .map_err(fail)?;
     let hits = store
         .read(move |txn| {
             let q = Query {

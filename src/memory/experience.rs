@@ -15,7 +15,7 @@ use crate::codec;
 use crate::error::{Error, Result, StorageKind};
 use crate::store::tables::{
     allocate_ids, EXPERIENCES, EXPERIENCES_BY_DOMAIN, EXPERIENCES_BY_TAG, EXPERIENCES_BY_TIME,
-    EXPERIENCE_COUNTS, NEXT_EXPERIENCE_ID, PATTERNS,
+    EXPERIENCE_COUNTS, MEMORY_UNINDEXED, NEXT_EXPERIENCE_ID, PATTERNS,
 };
 use crate::store::Store;
 
@@ -33,6 +33,8 @@ struct Tables<'t> {
     by_tag: redb::Table<'t, (&'static str, u64), ()>,
     counts: redb::Table<'t, &'static str, u64>,
     patterns: PatternTable<'t>,
+    /// Experiences the background indexer has not indexed yet.
+    unindexed: redb::Table<'t, u64, ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -45,6 +47,7 @@ impl<'t> Tables<'t> {
             by_tag: txn.open_table(EXPERIENCES_BY_TAG)?,
             counts: txn.open_table(EXPERIENCE_COUNTS)?,
             patterns: txn.open_table(PATTERNS)?,
+            unindexed: txn.open_table(MEMORY_UNINDEXED)?,
         })
     }
 
@@ -61,8 +64,14 @@ impl<'t> Tables<'t> {
     }
 
     fn insert_all(&mut self, exps: &[Experience], indexing: Indexing) -> Result<()> {
-        if indexing == Indexing::On {
-            self.index.add(exps)?;
+        match indexing {
+            Indexing::On => self.index.add(exps)?,
+            Indexing::Deferred => {
+                for exp in exps {
+                    self.unindexed.insert(exp.id, ())?;
+                }
+            }
+            Indexing::Off => {}
         }
         let mut deltas = BTreeMap::new();
         for exp in exps {
@@ -89,7 +98,9 @@ impl<'t> Tables<'t> {
             };
             let exp: Experience = codec::decode(bytes.value())?;
             drop(bytes);
-            self.index.remove(std::slice::from_ref(&exp))?;
+            if self.unindexed.remove(id)?.is_none() {
+                self.index.remove(std::slice::from_ref(&exp))?;
+            }
             self.by_time.remove((exp.created_at, exp.id))?;
             self.by_domain.remove((exp.data.domain.as_str(), exp.id))?;
             for tag in &exp.data.tags {
@@ -124,8 +135,12 @@ pub fn record_many_in(
 /// Whether recording adds full-text postings (see [`crate::memory::index`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Indexing {
-    /// Index the question and answer (what every caller wants).
+    /// Index the question and answer in this transaction.
     On,
+    /// Mark them for the background indexer (a batch's completions: the postings of many
+    /// experiences are then written together, off the completion's path). Searches index
+    /// what is waiting first ([`crate::memory::index::catch_up`]).
+    Deferred,
     /// Skip the index: such experiences are invisible to search. Only for measuring what the
     /// index costs (benches/memory.rs).
     Off,
@@ -154,6 +169,14 @@ pub fn record_with_in(
 /// Records one experience; see [`record_many_in`].
 pub fn record_in(txn: &WriteTransaction, item: &NewExperience, now: u64) -> Result<u64> {
     record_many_in(txn, std::slice::from_ref(item), now)?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Task("recording produced no id".into()))
+}
+
+/// [`record_in`] for a job's completion: indexed later by the background indexer.
+pub fn record_deferred_in(txn: &WriteTransaction, item: &NewExperience, now: u64) -> Result<u64> {
+    record_with_in(txn, std::slice::from_ref(item), now, Indexing::Deferred)?
         .first()
         .copied()
         .ok_or_else(|| Error::Task("recording produced no id".into()))

@@ -2,8 +2,14 @@
 //!
 //! Postings are keyed `(domain, term, id)` so a domain's candidates are one range scan, and
 //! carry what scoring needs (term frequency, document length, outcome, time) so a search reads
-//! no experience record. Entries are written and removed in the transaction that records or
-//! deletes the experience (`memory/experience.rs` calls [`IndexTables`]).
+//! no experience record.
+//!
+//! Recording an experience on a batch's completion path only marks it unindexed
+//! (`MEMORY_UNINDEXED`, one small write in the completion's commit); the indexer
+//! ([`index_pending_in`], run in the background and before every search) builds the postings
+//! of many experiences at once, in the transaction that clears their marks, so each is
+//! indexed exactly once whatever stops the process. Other writers index at once. Deleting an
+//! experience removes its postings or its mark in the same transaction.
 
 use std::collections::BTreeMap;
 
@@ -11,10 +17,60 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 use serde::Serialize;
 
 use super::record::{Experience, Outcome};
+use crate::codec;
 use crate::error::Result;
 use crate::store::tables::{
-    Posting, PostingKey, MEMORY_DOCS, MEMORY_POSTINGS, MEMORY_STATS, MEMORY_TERMS, MEMORY_TOTAL_LEN,
+    Posting, PostingKey, EXPERIENCES, MEMORY_DOCS, MEMORY_POSTINGS, MEMORY_STATS, MEMORY_TERMS,
+    MEMORY_TOTAL_LEN, MEMORY_UNINDEXED,
 };
+use crate::store::Store;
+
+/// Experiences one indexer transaction takes: large enough that postings of one term land
+/// together, small enough not to hold the writer long.
+pub const INDEX_BATCH: usize = 5_000;
+
+/// Indexes up to `max` experiences waiting for the index, oldest first, and clears their
+/// marks in the same transaction; returns how many.
+pub fn index_pending_in(txn: &WriteTransaction, max: usize) -> Result<usize> {
+    let mut pending = txn.open_table(MEMORY_UNINDEXED)?;
+    let ids = pending
+        .iter()?
+        .take(max)
+        .map(|row| row.map(|(k, _)| k.value()))
+        .collect::<Result<Vec<u64>, _>>()?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let records = txn.open_table(EXPERIENCES)?;
+    let mut exps = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        pending.remove(id)?;
+        // Deleted since: nothing to index.
+        if let Some(bytes) = records.get(id)? {
+            exps.push(codec::decode::<Experience>(bytes.value())?);
+        }
+    }
+    drop((pending, records));
+    IndexTables::open(txn)?.add(&exps)?;
+    Ok(ids.len())
+}
+
+/// Experiences waiting for the index.
+pub fn pending_read(txn: &ReadTransaction) -> Result<u64> {
+    Ok(txn.open_table(MEMORY_UNINDEXED)?.len()?)
+}
+
+/// Indexes every experience waiting for the index, in batches: searches call it first, so
+/// they see every recorded experience, as if it had been indexed when recorded.
+pub async fn catch_up(store: &Store) -> Result<usize> {
+    let mut total = 0;
+    while store.read(pending_read).await? > 0 {
+        total += store
+            .write(|txn| index_pending_in(txn, INDEX_BATCH))
+            .await?;
+    }
+    Ok(total)
+}
 
 /// Terms longer than this (bytes) are not indexed: they are noise (hashes, base64) and keys.
 pub const MAX_TERM_BYTES: usize = 64;

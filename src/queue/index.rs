@@ -7,7 +7,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::job::{Job, JobState, Lease};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::store::tables;
+use crate::store::bodies;
+use crate::store::tables::{self, BodyHash};
 
 /// Key of a waiting job in `JOBS_DUE`: best priority first, then earliest run_at, then FIFO.
 fn due_key(job: &Job, run_at: u64) -> (&str, u8, u64, u64) {
@@ -47,6 +48,8 @@ pub(crate) struct JobTables<'txn> {
     pub due: Table<'txn, (&'static str, u8, u64, u64), ()>,
     pub leased: Table<'txn, (u64, u64), ()>,
     pub finished: Table<'txn, (u8, u64, u64), ()>,
+    pub payloads: Table<'txn, u64, &'static [u8]>,
+    pub results: Table<'txn, u64, (&'static [u8], Option<BodyHash>)>,
     counts: Table<'txn, (&'static str, u8), u64>,
     /// (queue, state code, delta), merged so a batch of 64 jobs makes a few count writes.
     deltas: Vec<(String, u8, i64)>,
@@ -59,6 +62,8 @@ impl<'txn> JobTables<'txn> {
             due: txn.open_table(tables::JOBS_DUE)?,
             leased: txn.open_table(tables::JOBS_LEASED)?,
             finished: txn.open_table(tables::JOBS_FINISHED)?,
+            payloads: txn.open_table(tables::JOB_PAYLOADS)?,
+            results: txn.open_table(tables::JOB_RESULTS)?,
             counts: txn.open_table(tables::JOBS_COUNTS)?,
             deltas: Vec::new(),
         })
@@ -69,6 +74,15 @@ impl<'txn> JobTables<'txn> {
             .get(id)?
             .map(|bytes| decode_job(bytes.value()))
             .transpose()
+    }
+
+    /// The job with its payload (what a lease hands to a worker).
+    pub fn load_with_payload(&self, id: u64) -> Result<Job> {
+        let mut job = self.load_existing(id)?;
+        if let Some(bytes) = self.payloads.get(id)? {
+            job.payload = bytes.value().to_vec();
+        }
+        Ok(job)
     }
 
     pub fn load_existing(&self, id: u64) -> Result<Job> {
@@ -90,9 +104,13 @@ impl<'txn> JobTables<'txn> {
 
     /// Stores `after` (a new job, or a changed one that was at `before`) and moves its index
     /// entries to match its new state.
+    /// A new job's payload is stored here, once.
     pub fn save(&mut self, before: Option<Placed>, after: &Job) -> Result<()> {
-        if let Some(before) = before {
-            self.unindex(after, before)?;
+        match before {
+            Some(before) => self.unindex(after, before)?,
+            None => {
+                self.payloads.insert(after.id, after.payload.as_slice())?;
+            }
         }
         self.index(after, Placed::of(after))?;
         let bytes = codec::encode(after)?;
@@ -100,10 +118,35 @@ impl<'txn> JobTables<'txn> {
         Ok(())
     }
 
-    /// Removes a job and its state index entries (the caller removes queue/dedup entries).
-    pub fn delete(&mut self, job: &Job) -> Result<()> {
+    /// Stores a completed job's result and its body (shared, see [`bodies`]).
+    pub fn put_result(
+        &mut self,
+        txn: &WriteTransaction,
+        id: u64,
+        record: &[u8],
+        body: Option<&[u8]>,
+    ) -> Result<()> {
+        let hash = body.map(|b| bodies::put_in(txn, b)).transpose()?;
+        let old = self
+            .results
+            .insert(id, (record, hash))?
+            .and_then(|v| v.value().1);
+        if let Some(old) = old {
+            bodies::release_in(txn, &old)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a job with its payload, result and state index entries (the caller removes
+    /// queue/dedup entries).
+    pub fn delete(&mut self, txn: &WriteTransaction, job: &Job) -> Result<()> {
         self.unindex(job, Placed::of(job))?;
         self.jobs.remove(job.id)?;
+        self.payloads.remove(job.id)?;
+        let body = self.results.remove(job.id)?.and_then(|v| v.value().1);
+        if let Some(body) = body {
+            bodies::release_in(txn, &body)?;
+        }
         Ok(())
     }
 

@@ -113,7 +113,10 @@ pub struct Job {
     pub queue: String,
     /// What the worker should do with the payload.
     pub kind: String,
-    #[serde(with = "bytes")]
+    /// What the job works on. Stored once at enqueue in its own table (`JOB_PAYLOADS`), so
+    /// leases and completions rewrite only the small state record; filled in when a job is
+    /// leased or read whole.
+    #[serde(skip)]
     pub payload: Vec<u8>,
     /// 0..=255, higher runs first.
     pub priority: u8,
@@ -131,14 +134,83 @@ pub struct Job {
     pub dedup_key: Option<String>,
     pub created_at: u64,
     pub finished_at: Option<u64>,
-    #[serde(with = "opt_bytes")]
+    /// The completed job's result record (`JOB_RESULTS`), filled in when read whole.
+    #[serde(skip)]
     pub result: Option<Vec<u8>>,
+    /// The response body the result refers to, stored once in `store::bodies` and shared with
+    /// the cache; filled in with `result`.
+    #[serde(skip)]
+    pub body: Option<Vec<u8>>,
     /// Times the job was running when its process died (rescued at open). The first
     /// [`FREE_INTERRUPTIONS`] do not spend an attempt.
     pub interruptions: u32,
 }
 
-impl crate::codec::Record for Job {}
+impl crate::codec::Record for Job {
+    /// Layout 2 keeps the payload and the result out of the state record.
+    const LAYOUT: u8 = 2;
+
+    fn upgrade(layout: u8, payload: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        match layout {
+            1 => Ok(crate::codec::payload_of::<JobV1>(payload)?.into()),
+            found => Err(crate::codec::CodecError::UnknownLayout {
+                found,
+                current: Self::LAYOUT,
+            }),
+        }
+    }
+}
+
+/// Layout 1 of [`Job`]: payload and result inline (read once, by the upgrade at open).
+#[derive(Deserialize)]
+struct JobV1 {
+    id: u64,
+    queue: String,
+    kind: String,
+    #[serde(with = "bytes")]
+    payload: Vec<u8>,
+    priority: u8,
+    run_at: u64,
+    attempt: u32,
+    max_attempts: u32,
+    state: JobState,
+    lease_expires_at: Option<u64>,
+    lease_owner: Option<String>,
+    lease_token: u64,
+    last_error: Option<String>,
+    dedup_key: Option<String>,
+    created_at: u64,
+    finished_at: Option<u64>,
+    #[serde(with = "opt_bytes")]
+    result: Option<Vec<u8>>,
+    interruptions: u32,
+}
+
+impl From<JobV1> for Job {
+    fn from(v: JobV1) -> Job {
+        Job {
+            id: v.id,
+            queue: v.queue,
+            kind: v.kind,
+            payload: v.payload,
+            priority: v.priority,
+            run_at: v.run_at,
+            attempt: v.attempt,
+            max_attempts: v.max_attempts,
+            state: v.state,
+            lease_expires_at: v.lease_expires_at,
+            lease_owner: v.lease_owner,
+            lease_token: v.lease_token,
+            last_error: v.last_error,
+            dedup_key: v.dedup_key,
+            created_at: v.created_at,
+            finished_at: v.finished_at,
+            result: v.result,
+            body: None,
+            interruptions: v.interruptions,
+        }
+    }
+}
 
 /// Crash interruptions per job that are not charged as attempts. Beyond them each crash
 /// spends the attempt it interrupted, so a job that crashes the process every time still
@@ -311,11 +383,6 @@ impl Default for QueueConfig {
 /// default for `Vec<u8>`), which bincode would encode and decode byte by byte.
 mod bytes {
     use serde::de::{Deserializer, Error, SeqAccess, Visitor};
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
-    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         d.deserialize_byte_buf(BytesVisitor)
@@ -351,28 +418,9 @@ mod bytes {
 /// [`bytes`] for an optional byte string.
 mod opt_bytes {
     use serde::de::{Deserializer, Visitor};
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match bytes {
-            Some(b) => s.serialize_some(&serde_bytes_ref(b)),
-            None => s.serialize_none(),
-        }
-    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         d.deserialize_option(OptVisitor)
-    }
-
-    /// Serializes a slice through [`super::bytes`].
-    fn serde_bytes_ref(b: &[u8]) -> impl serde::Serialize + '_ {
-        struct Wrap<'a>(&'a [u8]);
-        impl serde::Serialize for Wrap<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                super::bytes::serialize(self.0, s)
-            }
-        }
-        Wrap(b)
     }
 
     struct OptVisitor;
@@ -417,26 +465,24 @@ mod tests {
             dedup_key: Some("k".into()),
             created_at: 900,
             finished_at: Some(1_200),
-            result: Some(vec![0, 251, 255]),
+            result: None,
+            body: None,
             interruptions: 1,
         }
     }
 
     #[test]
-    fn a_job_round_trips_through_the_codec_with_and_without_a_result() {
+    fn the_state_record_leaves_payload_and_result_to_their_tables() {
         let job = sample();
+        let bytes = codec::encode(&job).unwrap();
+        assert!(bytes.len() < 100, "{} bytes", bytes.len());
+        let back: Job = codec::decode(&bytes).unwrap();
         assert_eq!(
-            codec::decode::<Job>(&codec::encode(&job).unwrap()).unwrap(),
-            job
-        );
-        let empty = Job {
-            payload: Vec::new(),
-            result: None,
-            ..sample()
-        };
-        assert_eq!(
-            codec::decode::<Job>(&codec::encode(&empty).unwrap()).unwrap(),
-            empty
+            back,
+            Job {
+                payload: Vec::new(),
+                ..job
+            }
         );
     }
 

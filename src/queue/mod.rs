@@ -12,6 +12,7 @@ mod index;
 mod job;
 mod ops;
 mod read;
+mod usage;
 
 use std::time::Duration;
 
@@ -22,14 +23,15 @@ pub use job::{
 };
 pub use ops::rescue_at_open;
 pub use ops::{
-    cancel_in, checkpoint_in, complete_in, complete_many_in, enqueue_in, enqueue_many_in, fail_in,
-    heartbeat_in, lease_in, prune_in, release_in, rescue_expired_in, rescue_interrupted_in,
-    retry_in, snooze_in,
+    cancel_in, checkpoint_in, complete_in, complete_many_in, complete_with_body_in, enqueue_in,
+    enqueue_many_in, fail_in, heartbeat_in, lease_in, prune_in, release_in, rescue_expired_in,
+    rescue_interrupted_in, retry_in, snooze_in,
 };
 pub use read::{
-    counts_read, find_by_dedup_read, get_read, jobs_in_queue_read, list_read, load_checkpoint_read,
-    queues_read,
+    counts_read, find_by_dedup_read, finished_read, get_read, jobs_in_queue_read, list_read,
+    load_checkpoint_read, queues_read, waiting_ids_read, Whole,
 };
+pub use usage::{add_usage_in, usage_read, Usage};
 
 use redb::WriteTransaction;
 
@@ -58,7 +60,10 @@ impl Queue {
 
     /// Opens the store with the queue's open hook ([`rescue_at_open`]) and a queue on it.
     pub async fn open(store: StoreConfig, config: QueueConfig) -> Result<Queue> {
-        let store = Store::open_async(store.with_open_hook(rescue_at_open)).await?;
+        // First, so the hooks handed in see jobs at the current layout.
+        let mut store = store;
+        store.on_open.insert(0, rescue_at_open);
+        let store = Store::open_async(store).await?;
         Ok(Queue::new(store, config))
     }
 

@@ -136,6 +136,7 @@ fn new_job(config: &QueueConfig, new: &NewJob, id: u64, now: u64) -> Job {
         created_at: now,
         finished_at: None,
         result: None,
+        body: None,
         interruptions: 0,
     }
 }
@@ -168,7 +169,7 @@ pub fn lease_in(
     let expires = now.saturating_add(lease_for_ms);
     let mut leases = Vec::with_capacity(picked.len());
     for id in picked {
-        let mut job = t.load_existing(id)?;
+        let mut job = t.load_with_payload(id)?;
         let before = Placed::of(&job);
         job.state = JobState::Running;
         job.attempt = job.attempt.saturating_add(1);
@@ -228,8 +229,20 @@ pub fn heartbeat_in(
 
 /// Completes a leased job with its result.
 pub fn complete_in(txn: &WriteTransaction, lease: &Lease, result: &[u8], now: u64) -> Result<()> {
+    complete_with_body_in(txn, lease, result, None, now)
+}
+
+/// Completes a leased job with its result record and the response body it refers to (stored
+/// once, shared with a cache row of the same body; read back in [`Job::body`]).
+pub fn complete_with_body_in(
+    txn: &WriteTransaction,
+    lease: &Lease,
+    result: &[u8],
+    body: Option<&[u8]>,
+    now: u64,
+) -> Result<()> {
     let mut t = JobTables::open(txn)?;
-    complete_with(&mut t, lease, result, now)?;
+    complete_with(txn, &mut t, lease, result, body, now)?;
     t.finish()?;
     txn.open_table(tables::JOB_CHECKPOINTS)?
         .remove(lease.job.id)?;
@@ -246,7 +259,7 @@ pub fn complete_many_in(
     let mut t = JobTables::open(txn)?;
     let mut outcomes = Vec::with_capacity(done.len());
     for (lease, result) in done {
-        outcomes.push(match complete_with(&mut t, lease, result, now) {
+        outcomes.push(match complete_with(txn, &mut t, lease, result, None, now) {
             Err(e @ Error::LeaseLost { .. }) => Err(e),
             other => Ok(other?),
         });
@@ -263,12 +276,19 @@ pub fn complete_many_in(
     Ok(outcomes)
 }
 
-fn complete_with(t: &mut JobTables<'_>, lease: &Lease, result: &[u8], now: u64) -> Result<()> {
+fn complete_with(
+    txn: &WriteTransaction,
+    t: &mut JobTables<'_>,
+    lease: &Lease,
+    result: &[u8],
+    body: Option<&[u8]>,
+    now: u64,
+) -> Result<()> {
     let mut job = t.fenced(lease)?;
     let before = Placed::of(&job);
     leave_running(&mut job, JobState::Completed);
     job.finished_at = Some(now);
-    job.result = Some(result.to_vec());
+    t.put_result(txn, job.id, result, body)?;
     t.save(Some(before), &job)
 }
 
@@ -483,14 +503,57 @@ fn rescue(
 }
 
 /// The queue's open hook ([`StoreConfig::with_open_hook`](crate::store::StoreConfig::with_open_hook)):
-/// rescues every job left running by a dead process. redb lets one process hold the file, so
-/// at open any running job is orphaned.
+/// brings jobs of an older layout to the current one, then rescues every job left running by
+/// a dead process. redb lets one process hold the file, so at open any running job is
+/// orphaned.
 pub fn rescue_at_open(txn: &WriteTransaction) -> Result<()> {
+    upgrade_in(txn)?;
     let n = rescue_interrupted_in(txn, crate::clock::now_ms())?;
     if n > 0 {
         tracing::warn!(jobs = n, "rescued jobs left running by a stopped process");
     }
     Ok(())
+}
+
+/// The job layout this build writes, recorded in META once every job is at it.
+const JOB_LAYOUT: u64 = 2;
+
+/// Moves the payloads and results of layout-1 jobs (stored inline) to their own tables,
+/// once per file. Results move as they are: their bodies stay inline in the old records.
+fn upgrade_in(txn: &WriteTransaction) -> Result<()> {
+    let mut meta = txn.open_table(tables::META)?;
+    if meta.get(tables::JOB_LAYOUT)?.map(|v| v.value()) >= Some(JOB_LAYOUT) {
+        return Ok(());
+    }
+    meta.insert(tables::JOB_LAYOUT, JOB_LAYOUT)?;
+    drop(meta);
+    let mut t = JobTables::open(txn)?;
+    let ids = t
+        .jobs
+        .iter()?
+        .map(|entry| entry.map(|(key, _)| key.value()))
+        .collect::<Result<Vec<u64>, _>>()?;
+    let mut moved = 0usize;
+    for id in ids {
+        let job = match t.load_existing(id) {
+            Ok(job) => job,
+            Err(Error::Codec(e)) => {
+                tracing::warn!(job = id, error = %e, "cannot read a job to upgrade; left as it is");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        t.payloads.insert(id, job.payload.as_slice())?;
+        if let Some(result) = &job.result {
+            t.results.insert(id, (result.as_slice(), None))?;
+        }
+        t.jobs.insert(id, crate::codec::encode(&job)?.as_slice())?;
+        moved += 1;
+    }
+    if moved > 0 {
+        tracing::info!(jobs = moved, "job records upgraded to layout {JOB_LAYOUT}");
+    }
+    t.finish()
 }
 
 /// Deletes finished jobs older than their state's retention, with their index, dedup and
@@ -515,7 +578,7 @@ pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Resu
             .collect::<Result<Vec<u64>, _>>()?;
         for id in ids {
             let job = t.load_existing(id)?;
-            t.delete(&job)?;
+            t.delete(txn, &job)?;
             by_queue.remove((job.queue.as_str(), id))?;
             if let Some(key) = job.dedup_key.as_deref() {
                 let holder = dedup.get((job.queue.as_str(), key))?.map(|v| v.value());

@@ -5,13 +5,54 @@ use redb::{ReadTransaction, ReadableTable};
 use super::index::decode_job;
 use super::job::{Counts, Job, JobState};
 use crate::error::Result;
-use crate::store::tables;
+use crate::store::{bodies, tables};
 
-/// One job by id.
+/// One job by id, whole (payload, result and body).
 pub fn get_read(txn: &ReadTransaction, id: u64) -> Result<Option<Job>> {
-    let jobs = txn.open_table(tables::JOBS)?;
-    let job = jobs.get(id)?.map(|v| decode_job(v.value())).transpose()?;
-    Ok(job)
+    Whole::open(txn)?.get(id)
+}
+
+/// Reads jobs whole: the state record with its payload, result and body.
+pub struct Whole<'t> {
+    txn: &'t ReadTransaction,
+    jobs: redb::ReadOnlyTable<u64, &'static [u8]>,
+    payloads: redb::ReadOnlyTable<u64, &'static [u8]>,
+    results: redb::ReadOnlyTable<u64, (&'static [u8], Option<tables::BodyHash>)>,
+}
+
+impl<'t> Whole<'t> {
+    /// Opens the job tables of `txn`.
+    pub fn open(txn: &'t ReadTransaction) -> Result<Self> {
+        Ok(Whole {
+            txn,
+            jobs: txn.open_table(tables::JOBS)?,
+            payloads: txn.open_table(tables::JOB_PAYLOADS)?,
+            results: txn.open_table(tables::JOB_RESULTS)?,
+        })
+    }
+
+    /// One job by id.
+    pub fn get(&self, id: u64) -> Result<Option<Job>> {
+        let Some(bytes) = self.jobs.get(id)? else {
+            return Ok(None);
+        };
+        let job = decode_job(bytes.value())?;
+        self.fill(job).map(Some)
+    }
+
+    fn fill(&self, mut job: Job) -> Result<Job> {
+        if let Some(payload) = self.payloads.get(job.id)? {
+            job.payload = payload.value().to_vec();
+        }
+        if let Some(result) = self.results.get(job.id)? {
+            let (record, body) = result.value();
+            job.result = Some(record.to_vec());
+            if let Some(hash) = body {
+                job.body = bodies::get_read(self.txn, &hash)?;
+            }
+        }
+        Ok(job)
+    }
 }
 
 /// The job enqueued in `queue` with `dedup_key`, if any.
@@ -42,12 +83,11 @@ pub fn list_read(
     let keep = |job: &Job| state.is_none_or(|s| job.state == s);
     match queue {
         Some(queue) => {
-            let jobs = txn.open_table(tables::JOBS)?;
+            let whole = Whole::open(txn)?;
             let by_queue = txn.open_table(tables::JOBS_BY_QUEUE)?;
             for entry in by_queue.range((queue, 0u64)..=(queue, u64::MAX))? {
                 let id = entry?.0.value().1;
-                if let Some(bytes) = jobs.get(id)? {
-                    let job = decode_job(bytes.value())?;
+                if let Some(job) = whole.get(id)? {
                     if keep(&job) {
                         out.push(job);
                         if out.len() == limit {
@@ -58,11 +98,11 @@ pub fn list_read(
             }
         }
         None => {
-            let jobs = txn.open_table(tables::JOBS)?;
-            for entry in jobs.iter()? {
+            let whole = Whole::open(txn)?;
+            for entry in whole.jobs.iter()? {
                 let job = decode_job(entry?.1.value())?;
                 if keep(&job) {
-                    out.push(job);
+                    out.push(whole.fill(job)?);
                     if out.len() == limit {
                         break;
                     }
@@ -115,4 +155,32 @@ pub fn load_checkpoint_read(txn: &ReadTransaction, id: u64) -> Result<Option<Vec
     let table = txn.open_table(tables::JOB_CHECKPOINTS)?;
     let bytes = table.get(id)?.map(|v| v.value().to_vec());
     Ok(bytes)
+}
+
+/// Ids of `queue`'s waiting jobs (available, scheduled, retryable), from the due index.
+pub fn waiting_ids_read(txn: &ReadTransaction, queue: &str) -> Result<Vec<u64>> {
+    let due = txn.open_table(tables::JOBS_DUE)?;
+    let range = due.range((queue, 0u8, 0u64, 0u64)..=(queue, u8::MAX, u64::MAX, u64::MAX))?;
+    range
+        .map(|row| Ok(row?.0.value().3))
+        .collect::<Result<Vec<u64>>>()
+}
+
+/// Jobs (of every queue) that ended in the terminal `state`, oldest finish first, whole.
+/// Reads the finished index, so its cost follows the jobs in that state, not all jobs.
+pub fn finished_read(
+    txn: &ReadTransaction,
+    state: JobState,
+    mut each: impl FnMut(Job) -> Result<()>,
+) -> Result<()> {
+    let finished = txn.open_table(tables::JOBS_FINISHED)?;
+    let whole = Whole::open(txn)?;
+    let code = state.code();
+    for row in finished.range((code, 0u64, 0u64)..=(code, u64::MAX, u64::MAX))? {
+        let id = row?.0.value().2;
+        if let Some(job) = whole.get(id)? {
+            each(job)?;
+        }
+    }
+    Ok(())
 }

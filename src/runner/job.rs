@@ -11,7 +11,7 @@ use super::stats::RunStats;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::llm::LlmError;
-use crate::queue::{checkpoint_in, complete_in, Failure, Job, JobState, Lease, Queue};
+use crate::queue::{checkpoint_in, complete_with_body_in, Failure, Job, JobState, Lease, Queue};
 use crate::store::Store;
 
 /// Shortest snooze a server's `Retry-After` gets.
@@ -91,10 +91,11 @@ impl JobCtx {
         }))
     }
 
-    /// Completes the job with `result`, running `also` (given the commit time) in the same
+    /// Completes the job with `result` and the response `body` it refers to (stored once,
+    /// see [`crate::store::bodies`]), running `also` (given the commit time) in the same
     /// fenced transaction. Returns false when the lease was lost: another worker owns the job
     /// now and its result is the one kept.
-    pub async fn complete<F>(&self, result: Vec<u8>, also: F) -> Result<bool>
+    pub async fn complete<F>(&self, result: Vec<u8>, body: Option<Vec<u8>>, also: F) -> Result<bool>
     where
         F: Fn(&WriteTransaction, u64) -> Result<()> + Send + 'static,
     {
@@ -103,7 +104,7 @@ impl JobCtx {
             .store()
             .write(move |txn| {
                 let now = now_ms();
-                complete_in(txn, &lease, &result, now)?;
+                complete_with_body_in(txn, &lease, &result, body.as_deref(), now)?;
                 also(txn, now)
             })
             .await;

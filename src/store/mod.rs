@@ -10,6 +10,7 @@
 //! Reads run on `spawn_blocking` with their own read transaction (MVCC: they never wait for
 //! the writer).
 
+pub mod bodies;
 pub mod check;
 pub mod tables;
 

@@ -14,6 +14,10 @@ pub const NEXT_EXPERIENCE_ID: &str = "next_experience_id";
 pub const NEXT_JOB_ID: &str = "next_job_id";
 pub const NEXT_RUN_ID: &str = "next_run_id";
 pub const NEXT_RULE_ID: &str = "next_rule_id";
+/// Layout of the job tables (2: payloads and results out of the job records).
+pub const JOB_LAYOUT: &str = "job_layout";
+/// Set once `BATCH_LINES` and `BATCH_USAGE` have been built for the batches of older files.
+pub const BATCH_LINES_BUILT: &str = "batch_lines_built";
 
 // ---- experiences and patterns (memory/experience.rs, memory/pattern.rs) ----
 
@@ -43,6 +47,10 @@ pub const MEMORY_POSTINGS: TableDefinition<PostingKey, Posting> =
 pub type PostingKey = (&'static str, &'static str, u64);
 /// Value of [`MEMORY_POSTINGS`]: (term frequency, document length, outcome code, created_at).
 pub type Posting = (u32, u32, u8, u64);
+/// Experience id -> (): recorded and not yet in the postings. The background indexer takes
+/// them in large batches and removes each in the transaction that indexes it, so every
+/// experience is indexed exactly once, whatever stops the process.
+pub const MEMORY_UNINDEXED: TableDefinition<u64, ()> = TableDefinition::new("memory_unindexed");
 /// Term -> number of indexed experiences containing it (all domains).
 pub const MEMORY_TERMS: TableDefinition<&str, u64> = TableDefinition::new("memory_terms");
 /// Index totals: [`MEMORY_DOCS`] and [`MEMORY_TOTAL_LEN`].
@@ -54,8 +62,13 @@ pub const MEMORY_RULES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 
 // ---- job queue (queue/) ----
 
-/// Job id -> encoded `Job`.
+/// Job id -> encoded `Job` (its state; payload and result live in the two tables below).
 pub const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// Job id -> payload, written once at enqueue: leases and completions never rewrite it.
+pub const JOB_PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_payloads");
+/// Job id -> (result record, hash of the response body in [`BODIES`], if any).
+pub const JOB_RESULTS: TableDefinition<u64, (&[u8], Option<BodyHash>)> =
+    TableDefinition::new("job_results");
 /// (queue, job id) -> (): a queue's (batch's) jobs in enqueue order, for export and listing.
 pub const JOBS_BY_QUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("jobs_by_queue");
 /// (queue, 255 - priority, run_at ms, job id) -> (): waiting jobs, best first, without a scan.
@@ -75,6 +88,15 @@ pub const JOB_SNOOZES: TableDefinition<u64, u32> = TableDefinition::new("job_sno
 /// (queue, state code) -> number of jobs: counts and the list of queues without a scan.
 pub const JOBS_COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("jobs_counts");
 
+// ---- response bodies, stored once (store/bodies.rs) ----
+
+/// SHA-256 of a body.
+pub type BodyHash = [u8; 32];
+/// Body hash -> body: one copy of each response, shared by jobs and cache rows.
+pub const BODIES: TableDefinition<&BodyHash, &[u8]> = TableDefinition::new("bodies");
+/// Body hash -> number of job results and cache rows referring to it.
+pub const BODY_REFS: TableDefinition<&BodyHash, u64> = TableDefinition::new("body_refs");
+
 // ---- response cache (cache.rs) ----
 
 /// SHA-256 key of a canonical request -> encoded cached response (with its expiry).
@@ -88,6 +110,17 @@ pub const CACHE_BY_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> =
 /// Batch name -> the endpoint it runs against, so a run against another name for the same
 /// server (which would enqueue and pay for every line again) is caught.
 pub const BATCH_ENDPOINTS: TableDefinition<&str, &str> = TableDefinition::new("batch_endpoints");
+/// (batch, line) -> job id: the lines of the batch's current input file, walked in order by
+/// the export (no job is loaded to sort them).
+pub const BATCH_LINES: TableDefinition<(&str, u64), u64> = TableDefinition::new("batch_lines");
+/// Job id -> its line in its batch's current file; absent for jobs of lines since edited or
+/// removed.
+pub const JOB_LINES: TableDefinition<u64, u64> = TableDefinition::new("job_lines");
+/// Batch -> number of lines of its current input file (the end of its [`BATCH_LINES`]).
+pub const BATCH_SIZES: TableDefinition<&str, u64> = TableDefinition::new("batch_sizes");
+/// Batch -> (prompt tokens, completion tokens, answers from the cache), added at each
+/// completion, so `status` reads one row per batch.
+pub const BATCH_USAGE: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("batch_usage");
 
 // ---- run records (runs.rs) ----
 
@@ -113,9 +146,14 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(PATTERNS)?;
     txn.open_table(MEMORY_POSTINGS)?;
     txn.open_table(MEMORY_TERMS)?;
+    txn.open_table(MEMORY_UNINDEXED)?;
     txn.open_table(MEMORY_STATS)?;
     txn.open_table(MEMORY_RULES)?;
     txn.open_table(JOBS)?;
+    txn.open_table(JOB_PAYLOADS)?;
+    txn.open_table(JOB_RESULTS)?;
+    txn.open_table(BODIES)?;
+    txn.open_table(BODY_REFS)?;
     txn.open_table(JOBS_BY_QUEUE)?;
     txn.open_table(JOBS_DUE)?;
     txn.open_table(JOBS_LEASED)?;
@@ -128,6 +166,10 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(CACHE_BY_EXPIRY)?;
     txn.open_table(RUNS)?;
     txn.open_table(BATCH_ENDPOINTS)?;
+    txn.open_table(BATCH_LINES)?;
+    txn.open_table(JOB_LINES)?;
+    txn.open_table(BATCH_SIZES)?;
+    txn.open_table(BATCH_USAGE)?;
     txn.open_table(BOARD_SESSIONS)?;
     txn.open_table(BOARD_ENTRIES)?;
     Ok(())
