@@ -206,9 +206,14 @@ fn cache_config(c: &Config) -> CacheConfig {
     }
 }
 
+/// Jobs in flight per request slot. The client caps requests at `concurrency`; the runner
+/// holds more jobs than that so the ones whose answer waits for its commit (an fsync) do
+/// not keep a request slot idle: each commit then carries several slots' worth of jobs.
+const JOBS_PER_REQUEST_SLOT: usize = 4;
+
 fn runner_config(c: &Config) -> RunnerConfig {
     RunnerConfig {
-        concurrency: c.concurrency,
+        concurrency: c.concurrency.saturating_mul(JOBS_PER_REQUEST_SLOT),
         lease: Duration::from_secs(c.queue.lease_s),
         drain_timeout: Duration::from_secs(c.shutdown.drain_timeout_s),
         owner: RunnerConfig::owner_name(),
