@@ -11,6 +11,7 @@
 //! the writer).
 
 pub mod check;
+pub mod sizes;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
