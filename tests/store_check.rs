@@ -1,5 +1,6 @@
 //! `reasonq check`: a sound file is reported with its contents and left as it was; a damaged
-//! one is reported (exit 2) without being touched, and `--repair` keeps a backup.
+//! one is reported (exit 2) without being touched, and `--repair` keeps a backup. And
+//! `reasonq stats --tables`: what each table of the file holds.
 
 mod support;
 
@@ -78,4 +79,50 @@ async fn check_reports_a_sound_file_and_never_touches_a_damaged_one_without_repa
         assert!(text.contains("beyond repair"), "{text}");
         assert_eq!(std::fs::read(&damaged).unwrap(), bytes);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_tables_lists_rows_and_bytes_of_the_job_and_experience_tables() {
+    let env = Env::start(SimConfig::default()).await;
+    env.write_input("in.jsonl", &questions(5));
+    let out = env.run(&["batch", "in.jsonl"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = env.run(&["stats", "--tables", "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sizes: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let tables = sizes["tables"].as_array().unwrap();
+    let table = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no table {name}: {sizes}"))
+    };
+    for name in ["jobs", "jobs_by_queue", "experiences", "cache"] {
+        assert_eq!(table(name)["rows"], 5, "{name}: {sizes}");
+        assert!(table(name)["stored_bytes"].as_u64().unwrap() > 0, "{name}");
+    }
+    assert_eq!(
+        table("jobs_due")["rows"],
+        0,
+        "a finished batch waits for nothing"
+    );
+    let in_tables: u64 = tables
+        .iter()
+        .map(|t| {
+            ["stored_bytes", "metadata_bytes", "fragmented_bytes"]
+                .iter()
+                .map(|k| t[*k].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    let file = sizes["file_bytes"].as_u64().unwrap();
+    assert!(in_tables > 0 && in_tables <= file, "{in_tables} of {file}");
+
+    let out = env.run(&["stats", "--tables"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("table"), "{text}");
+    assert!(text.contains("experiences"), "{text}");
+    assert!(text.contains("in tables"), "{text}");
 }

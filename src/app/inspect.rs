@@ -1,6 +1,8 @@
 //! Read-only queries behind the inspecting commands (`status`, `results`, `jobs show`,
-//! `board`, `stats`): what they print is the binary's business, what they read is here.
+//! `board`, `stats`, `stats --tables`): what they print is the binary's business, what they
+//! read is here.
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::runs::{self, Summary};
@@ -13,6 +15,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::queue::{usage_read, Counts, Job, Usage};
 use crate::runner::FailureRecord;
+use crate::store::sizes::{table_sizes_read, TableSize};
 
 /// One batch in `status`.
 #[derive(Debug, Clone)]
@@ -148,4 +151,27 @@ pub async fn board(app: &App, session: &str) -> Result<Option<Board>> {
 /// The figures of every recorded run.
 pub async fn stats(app: &App) -> Result<Summary> {
     runs::summary(&app.store).await
+}
+
+/// The database file's size and what each of its tables occupies.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbSizes {
+    pub file_bytes: u64,
+    /// Largest first.
+    pub tables: Vec<TableSize>,
+}
+
+/// Rows and bytes of every table (`stats --tables`).
+pub async fn table_sizes(app: &App) -> Result<DbSizes> {
+    let path = app.store.path().to_path_buf();
+    app.store
+        .read(move |txn| {
+            // Here on the blocking pool, like the table reads.
+            let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            Ok(DbSizes {
+                file_bytes,
+                tables: table_sizes_read(txn)?,
+            })
+        })
+        .await
 }

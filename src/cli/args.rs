@@ -84,8 +84,8 @@ pub enum Command {
     #[command(after_help = "Example:\n  reasonq check\n  reasonq check --repair")]
     Check(CheckArgs),
     /// Store, cache and queue statistics.
-    #[command(after_help = "Example:\n  reasonq stats --json")]
-    Stats(JsonFlag),
+    #[command(after_help = "Example:\n  reasonq stats --json\n  reasonq stats --tables")]
+    Stats(StatsArgs),
     /// List the models the endpoint offers.
     #[command(after_help = "Example:\n  reasonq models --base-url http://localhost:8000/v1")]
     Models(JsonFlag),
@@ -111,6 +111,16 @@ pub struct CheckArgs {
     /// Repair a damaged file in place (the damaged file is kept as a backup beside it).
     #[arg(long)]
     pub repair: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct StatsArgs {
+    /// Rows and bytes of every table of the database file instead of the run figures.
+    #[arg(long)]
+    pub tables: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -12,7 +12,7 @@ use reasonq::queue::JobState;
 use reasonq::runner::FailureRecord;
 use reasonq::shutdown::{exit_code, Shutdown};
 
-use super::args::{CheckArgs, ExperiencesCommand, JobsCommand, ResultsArgs, SubmitArgs};
+use super::args::{CheckArgs, ExperiencesCommand, JobsCommand, ResultsArgs, StatsArgs, SubmitArgs};
 use super::print::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
 use super::{fail, CliResult, Outcome};
 
@@ -345,8 +345,12 @@ pub async fn cleanup(config: Config, as_json: bool) -> CliResult {
     Ok(Outcome::Done)
 }
 
-/// `reasonq stats`: figures of the recorded runs.
-pub async fn stats(config: Config, as_json: bool) -> CliResult {
+/// `reasonq stats`: figures of the recorded runs, or with `--tables` what each table holds.
+pub async fn stats(config: Config, args: StatsArgs) -> CliResult {
+    if args.tables {
+        return table_sizes(config, args.json).await;
+    }
+    let as_json = args.json;
     let app = App::open(config).await.map_err(fail)?;
     let summary = inspect::stats(&app).await;
     app.close().await.map_err(fail)?;
@@ -356,6 +360,58 @@ pub async fn stats(config: Config, as_json: bool) -> CliResult {
     }
     emit!("{summary}")?;
     Ok(Outcome::Done)
+}
+
+/// `reasonq stats --tables`.
+async fn table_sizes(config: Config, as_json: bool) -> CliResult {
+    let app = App::open(config).await.map_err(fail)?;
+    let sizes = inspect::table_sizes(&app).await;
+    app.close().await.map_err(fail)?;
+    let sizes = sizes.map_err(fail)?;
+    if as_json {
+        return print_json(&serde_json::to_value(&sizes).map_err(fail)?);
+    }
+    let rows: Vec<Vec<String>> = sizes
+        .tables
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.rows.to_string(),
+                bytes(t.stored_bytes),
+                bytes(t.metadata_bytes),
+                bytes(t.fragmented_bytes),
+                bytes(t.total_bytes()),
+            ]
+        })
+        .collect();
+    table(
+        &["table", "rows", "stored", "metadata", "fragmented", "total"],
+        &rows,
+    )?;
+    let in_tables: u64 = sizes.tables.iter().map(|t| t.total_bytes()).sum();
+    emit!(
+        "file {}, of which {} in tables (the rest: redb's own trees and free pages)",
+        bytes(sizes.file_bytes),
+        bytes(in_tables)
+    )?;
+    Ok(Outcome::Done)
+}
+
+/// Bytes in KiB/MiB/GiB, one decimal.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// `reasonq models`.

@@ -158,7 +158,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Patterns(f) => commands::patterns(config, f.json).await,
         Command::Insights(args) => memory::insights(config, args, &endpoint).await,
         Command::Cleanup(f) => commands::cleanup(config, f.json).await,
-        Command::Stats(f) => commands::stats(config, f.json).await,
+        Command::Stats(args) => commands::stats(config, args).await,
         Command::Check(args) => commands::check(config, args).await,
         Command::Models(f) => commands::models(config, f.json, &endpoint).await,
         Command::Board(args) => board::board(config, args.session, args.json).await,

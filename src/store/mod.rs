@@ -12,6 +12,7 @@
 
 pub mod bodies;
 pub mod check;
+pub mod sizes;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
