@@ -14,7 +14,8 @@ use super::{App, Connected, SIMULATED};
 use crate::batch::export::{export, write_jsonl};
 use crate::batch::input::{read_file, BatchItem, InputError, ParsedInput};
 use crate::batch::output::failure_line;
-use crate::batch::{batch_name, with_suffix};
+use crate::batch::shard::{self, Shard};
+use crate::batch::with_suffix;
 use crate::chat::{self, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
@@ -53,6 +54,8 @@ pub struct BatchOptions {
     /// Run a batch that ran against another endpoint again, against this one (every line
     /// is sent and paid for again).
     pub rerun: bool,
+    /// Run only the lines of this shard (`--shard K/N`); every line is still validated.
+    pub shard: Option<Shard>,
 }
 
 /// Where a prepared batch starts from: jobs already finished before this run.
@@ -142,16 +145,20 @@ pub async fn prepare(
     app: &App,
     connected: &Connected,
     opts: &BatchOptions,
-    parsed: ParsedInput,
+    mut parsed: ParsedInput,
 ) -> Result<Prepared> {
     let phase = std::time::Instant::now();
     if connected.sim.is_none() {
         check_models(connected, &parsed.items).await?;
     }
+    // After the model check, which sees every line, so a bad line fails every shard alike.
+    if let Some(shard) = opts.shard {
+        parsed.items.retain(|item| shard.contains(&item.custom_id));
+    }
     let batch = opts
         .batch
         .clone()
-        .unwrap_or_else(|| batch_name(&opts.input));
+        .unwrap_or_else(|| shard::batch_name(&opts.input, opts.shard));
     // Batch options are the defaults of lines that do not say.
     let jobs: Vec<ChatJob> = parsed
         .items

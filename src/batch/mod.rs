@@ -4,7 +4,9 @@
 
 pub mod export;
 pub mod input;
+pub mod merge;
 pub mod output;
+pub mod shard;
 
 use std::path::{Path, PathBuf};
 
