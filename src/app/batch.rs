@@ -14,7 +14,8 @@ use super::{App, Connected, SIMULATED};
 use crate::batch::export::{export_read, JsonlFile};
 use crate::batch::input::{items, scan_file, BatchItem, InputError, Scan};
 use crate::batch::output::failure_line;
-use crate::batch::{batch_name, lines, with_suffix};
+use crate::batch::shard::{self, Shard};
+use crate::batch::{lines, with_suffix};
 use crate::chat::{self, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
@@ -53,6 +54,8 @@ pub struct BatchOptions {
     /// Run a batch that ran against another endpoint again, against this one (every line
     /// is sent and paid for again).
     pub rerun: bool,
+    /// Run only the lines of this shard (`--shard K/N`); every line is still validated.
+    pub shard: Option<Shard>,
 }
 
 /// Where a prepared batch starts from: jobs already finished before this run.
@@ -161,7 +164,7 @@ pub async fn prepare(
     let batch = opts
         .batch
         .clone()
-        .unwrap_or_else(|| batch_name(&opts.input));
+        .unwrap_or_else(|| shard::batch_name(&opts.input, opts.shard));
     let endpoint = connected.endpoint().to_string();
     claim_endpoint(app, &batch, &endpoint, opts.rerun).await?;
     let existed = app.queue.counts(Some(&batch)).await?.total() > 0;
@@ -273,8 +276,15 @@ fn read_chunks(
         jobs: Vec::with_capacity(ENQUEUE_CHUNK),
         legacy: Vec::new(),
     };
+    // Lines of other shards were checked with the rest (a bad line fails every shard alike)
+    // and are skipped here.
+    let mine = |item: &std::io::Result<BatchItem>| match (opts.shard, item) {
+        (Some(shard), Ok(item)) => shard.contains(&item.custom_id),
+        _ => true,
+    };
     for (n, item) in items(&opts.input, default_model, scan)
         .map_err(unreadable)?
+        .filter(mine)
         .enumerate()
     {
         let item = item.map_err(unreadable)?;

@@ -1,12 +1,13 @@
 //! The application: [`App::open`] is the one place a [`Config`] becomes the parts (store,
 //! queue, cache, upkeep), and [`App::connect`] the one place it becomes a client, a gateway
 //! and a runner with its job handlers. The use cases the commands run are library functions
-//! here: [`batch`], [`submit`], [`insights`], [`retry`], and the read-only [`inspect`]
-//! queries.
+//! here: [`batch`], [`merge`], [`submit`], [`insights`], [`retry`], and the read-only
+//! [`inspect`] queries.
 
 pub mod batch;
 pub mod insights;
 pub mod inspect;
+pub mod merge;
 pub mod retry;
 pub mod runs;
 pub mod submit;

@@ -5,7 +5,9 @@
 pub mod export;
 pub mod input;
 pub mod lines;
+pub mod merge;
 pub mod output;
+pub mod shard;
 
 use std::path::{Path, PathBuf};
 

@@ -47,9 +47,15 @@ pub struct Global {
 pub enum Command {
     /// Run a batch file of prompts to completion, resumably.
     #[command(
-        after_help = "Example:\n  reasonq batch questions.jsonl -o answers.jsonl --concurrency 32\n  reasonq --simulate batch docs/examples/questions.jsonl -o answers.jsonl"
+        after_help = "Example:\n  reasonq batch questions.jsonl -o answers.jsonl --concurrency 32\n  reasonq --simulate batch docs/examples/questions.jsonl -o answers.jsonl\n  reasonq --db shard-0.redb batch questions.jsonl --shard 0/3 -o out-0.jsonl"
     )]
     Batch(BatchArgs),
+    /// Join the outputs of a batch run in shards (`batch --shard K/N`) into one file, in the
+    /// input's order; fails, writing nothing, if a line is missing or in two outputs.
+    #[command(
+        after_help = "Example:\n  reasonq merge answers.jsonl out-0.jsonl out-1.jsonl out-2.jsonl --input questions.jsonl --shards 3"
+    )]
+    Merge(MergeArgs),
     /// Ask one question and print the answer.
     #[command(after_help = "Example:\n  reasonq submit \"What is 17 * 23?\" --domain math")]
     Submit(SubmitArgs),
@@ -176,6 +182,26 @@ pub struct BatchArgs {
     /// without it the bandit chooses per domain among `memory.strategies`.
     #[arg(long, value_name = "NAME")]
     pub strategy: Option<reasonq::memory::Strategy>,
+    /// Run only shard K of N (0-based: 0/3, 1/3, 2/3): the lines whose custom_id hashes
+    /// there (FNV-1a 64 % N, docs/scale-out.md). Give each shard its own --db.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<reasonq::batch::shard::Shard>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct MergeArgs {
+    /// The merged output file.
+    pub output: PathBuf,
+    /// The shards' output files, in any order.
+    #[arg(required = true, value_name = "SHARD_OUTPUT")]
+    pub parts: Vec<PathBuf>,
+    /// The input file the shards ran: the merged output has its order.
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
+    /// N of the runs' --shard K/N: then every shard's output must be given, and a missing
+    /// line names its shard.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u64>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -25,6 +25,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         memory: args.memory,
         retry_failed: args.retry_failed,
         rerun: args.rerun,
+        shard: args.shard,
     };
     // A bad file is refused before the database is opened.
     // Reading a big file is blocking work: off the async runtime.
@@ -33,6 +34,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         .await
         .map_err(fail)?
         .map_err(fail)?;
+    let lines = parsed.valid;
     let app = App::open(config).await.map_err(fail)?;
     let connected = app.connect(endpoint).await.map_err(fail)?;
     let prepared = batch::prepare(&app, &connected, &opts, parsed)
@@ -50,6 +52,9 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         prepared.inserted,
         prepared.requests - prepared.inserted.min(prepared.requests)
     );
+    if let Some(shard) = opts.shard {
+        eprintln!("shard {shard}: {} of {lines} lines", prepared.requests);
+    }
     if args.retry_failed {
         eprintln!("{} failed lines go again", prepared.retried);
     }

@@ -14,6 +14,7 @@ mod batch;
 mod board;
 mod commands;
 mod memory;
+mod merge;
 mod print;
 mod progress;
 
@@ -150,6 +151,7 @@ async fn run(cli: Cli) -> CliResult {
             }
             batch::run(config, args, &endpoint).await
         }
+        Command::Merge(args) => merge::run(args).await,
         Command::Submit(args) => commands::submit(config, args, &endpoint).await,
         Command::Status(f) => commands::status(config, f.json).await,
         Command::Results(args) => commands::results(config, args).await,
