@@ -479,7 +479,7 @@ async fn remember_puts_a_stored_response_into_memory() {
 fn a_batch_tool_keeps_answers_for_30_days_by_default() {
     let config = CacheConfig::default();
     assert_eq!(config.ttl, Duration::from_secs(30 * 24 * 3600));
-    assert_eq!(config.memory_bytes, 64 << 20);
+    assert_eq!(config.memory_bytes, 16 << 20);
     assert!(config.persist);
     let _: Value = serde_json::to_value(Cache::new(None, config).stats()).unwrap();
 }

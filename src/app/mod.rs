@@ -115,6 +115,7 @@ impl App {
                 endpoint,
                 cache_policy: self.config.cache_policy,
                 persist_cache: self.config.cache.persist,
+                max_calls: self.config.concurrency,
             },
             breaker.clone(),
         );

@@ -39,7 +39,9 @@ const TYPICAL_ENTRY_BYTES: u64 = 4096;
 /// How the cache is sized and how long entries live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// Memory tier capacity in bytes (default 64 MiB).
+    /// Memory tier capacity in bytes (default 16 MiB: the disk tier serves re-runs, so the
+    /// memory tier only spares a disk read for repeats within a run; a small one keeps a
+    /// million-line batch's memory flat).
     pub memory_bytes: u64,
     /// How long an answer is served. Default 30 days: a batch tool re-runs the same inputs
     /// over days or weeks, and a deterministic request's answer does not go stale quickly;
@@ -54,7 +56,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            memory_bytes: 64 * 1024 * 1024,
+            memory_bytes: 16 * 1024 * 1024,
             ttl: Duration::from_secs(30 * 24 * 3600),
             persist: true,
         }

@@ -24,6 +24,9 @@ pub struct Gateway {
     unanswered: Arc<AtomicU64>,
     /// Sees every call's outcome; open, it stops every call (see [`Breaker`]).
     breaker: Breaker,
+    /// Calls in flight at once: the runner holds more jobs than this, so jobs waiting for
+    /// their commit never leave the endpoint idle.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How the gateway uses the cache.
@@ -35,6 +38,8 @@ pub struct GatewaySettings {
     pub cache_policy: CachePolicy,
     /// Keep fresh responses in the database's cache table (the memory tier is always on).
     pub persist_cache: bool,
+    /// Calls in flight at once (at least 1).
+    pub max_calls: usize,
 }
 
 /// Why a call produced no response: the API's error, the breaker (the endpoint or the
@@ -79,6 +84,7 @@ impl Gateway {
         Gateway {
             client,
             cache,
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.max_calls.max(1))),
             settings: Arc::new(settings),
             unanswered: Arc::default(),
             breaker,
@@ -126,9 +132,15 @@ impl Gateway {
         let client = self.client.clone();
         let unanswered = self.unanswered.clone();
         let breaker = self.breaker.clone();
+        let slots = self.slots.clone();
         let (cached, hit) = self
             .cache
             .get_or_fetch(key, allowed, || async move {
+                // Closed only when the gateway is gone; then there is nothing to call with.
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| CallError::Store(Error::Closed))?;
                 unanswered.fetch_add(1, Ordering::Relaxed);
                 let sent = client.chat(body).await;
                 // Not reached when the task is aborted mid-call: the count stays up.
