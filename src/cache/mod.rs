@@ -76,6 +76,18 @@ pub struct Cache {
     config: CacheConfig,
     clock: Clock,
     counters: Counters,
+    /// Tier-2 lookups waiting for the reader (see [`Cache::disk_lookup`]).
+    pending: Arc<std::sync::Mutex<PendingReads>>,
+}
+
+/// Tier-2 lookups of concurrent misses, and whether a reader is on its way for them.
+#[derive(Default)]
+struct PendingReads {
+    queue: Vec<(
+        CacheKey,
+        tokio::sync::oneshot::Sender<Option<CachedResponse>>,
+    )>,
+    reading: bool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -118,6 +130,7 @@ impl Cache {
             config,
             clock,
             counters,
+            pending: Arc::default(),
         }
     }
 
@@ -189,16 +202,23 @@ impl Cache {
         Ok((response, Hit::Miss))
     }
 
+    /// Looks `key` up in tier 2. Concurrent misses are gathered: one reader on the blocking
+    /// pool takes every lookup waiting and answers them from one read transaction, so a burst
+    /// of misses costs one hop to the pool instead of one each. A lookup that fails is a miss
+    /// (the request is fetched instead).
     async fn disk_lookup(&self, key: CacheKey) -> Option<CachedResponse> {
         let store = self.store.as_ref()?;
-        let now = self.now();
-        match store.read(move |txn| get_read(txn, &key, now)).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::warn!(%key, %error, "prompt cache: tier-2 read failed, fetching instead");
-                None
-            }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.queue.push((key, tx));
+            !std::mem::replace(&mut pending.reading, true)
+        };
+        if start {
+            let (store, pending, clock) = (store.clone(), self.pending.clone(), self.clock.clone());
+            tokio::task::spawn_blocking(move || read_pending(&store, &pending, &clock));
         }
+        rx.await.unwrap_or(None)
     }
 
     async fn persist(&self, key: CacheKey, response: &CachedResponse) -> Result<()> {
@@ -272,6 +292,43 @@ impl Cache {
             self.memory.capacity(),
             self.memory.len() as u64,
         )
+    }
+}
+
+/// The reader of [`Cache::disk_lookup`]: answers waiting lookups, batch by batch, until none
+/// is left.
+fn read_pending(store: &Store, pending: &std::sync::Mutex<PendingReads>, clock: &Clock) {
+    loop {
+        let batch = {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.queue.is_empty() {
+                p.reading = false;
+                return;
+            }
+            std::mem::take(&mut p.queue)
+        };
+        let now = clock();
+        let found = store.read_blocking(|txn| {
+            Ok(batch
+                .iter()
+                .map(|(key, _)| get_read(txn, key, now))
+                .collect::<Vec<_>>())
+        });
+        match found {
+            Ok(found) => {
+                for ((key, reply), row) in batch.into_iter().zip(found) {
+                    let row = row.unwrap_or_else(|error| {
+                        tracing::warn!(%key, %error, "prompt cache: tier-2 read failed, fetching instead");
+                        None
+                    });
+                    let _ = reply.send(row);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "prompt cache: tier-2 read failed, fetching instead");
+                // The senders drop: each lookup is a miss.
+            }
+        }
     }
 }
 

@@ -53,8 +53,12 @@ impl ChatHandler {
 
     /// The bandit's pick among the configured strategies for `domain`.
     async fn choose_strategy(&self, ctx: &JobCtx, domain: &str) -> Result<Strategy> {
-        let domain = domain.to_string();
         let arms = self.engine.settings.memory.strategies.clone();
+        // One arm (the default) is its own pick whatever the statistics say: no read.
+        if let [only] = arms.as_slice() {
+            return Ok(*only);
+        }
+        let domain = domain.to_string();
         ctx.store()
             .read(move |txn| bandit::choose_read(txn, &domain, &arms))
             .await

@@ -25,8 +25,10 @@ pub use super::record::{
 
 /// Every table an experience write touches, opened once per transaction.
 struct Tables<'t> {
-    /// The full-text index, kept in step with the records.
-    index: IndexTables<'t>,
+    /// The full-text index, kept in step with the records (opened on first use: a batch's
+    /// completions only mark their experiences for the indexer).
+    index: Option<IndexTables<'t>>,
+    txn: &'t WriteTransaction,
     records: redb::Table<'t, u64, &'static [u8]>,
     by_time: redb::Table<'t, (u64, u64), ()>,
     by_domain: redb::Table<'t, (&'static str, u64), ()>,
@@ -40,7 +42,8 @@ struct Tables<'t> {
 impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self> {
         Ok(Tables {
-            index: IndexTables::open(txn)?,
+            index: None,
+            txn,
             records: txn.open_table(EXPERIENCES)?,
             by_time: txn.open_table(EXPERIENCES_BY_TIME)?,
             by_domain: txn.open_table(EXPERIENCES_BY_DOMAIN)?,
@@ -49,6 +52,15 @@ impl<'t> Tables<'t> {
             patterns: txn.open_table(PATTERNS)?,
             unindexed: txn.open_table(MEMORY_UNINDEXED)?,
         })
+    }
+
+    fn index(&mut self) -> Result<&mut IndexTables<'t>> {
+        if self.index.is_none() {
+            self.index = Some(IndexTables::open(self.txn)?);
+        }
+        self.index
+            .as_mut()
+            .ok_or_else(|| Error::Task("the index tables did not open".into()))
     }
 
     /// Applies per-domain count changes, one read and write per domain.
@@ -65,7 +77,7 @@ impl<'t> Tables<'t> {
 
     fn insert_all(&mut self, exps: &[Experience], indexing: Indexing) -> Result<()> {
         match indexing {
-            Indexing::On => self.index.add(exps)?,
+            Indexing::On => self.index()?.add(exps)?,
             Indexing::Deferred => {
                 for exp in exps {
                     self.unindexed.insert(exp.id, ())?;
@@ -99,7 +111,7 @@ impl<'t> Tables<'t> {
             let exp: Experience = codec::decode(bytes.value())?;
             drop(bytes);
             if self.unindexed.remove(id)?.is_none() {
-                self.index.remove(std::slice::from_ref(&exp))?;
+                self.index()?.remove(std::slice::from_ref(&exp))?;
             }
             self.by_time.remove((exp.created_at, exp.id))?;
             self.by_domain.remove((exp.data.domain.as_str(), exp.id))?;

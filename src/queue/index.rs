@@ -42,14 +42,19 @@ pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job> {
     Ok(codec::decode(bytes)?)
 }
 
+/// `JOB_RESULTS` open in a write transaction.
+pub(crate) type ResultTable<'txn> = Table<'txn, u64, (&'static [u8], Option<BodyHash>)>;
+
 /// Open job tables plus the count changes not yet written.
 pub(crate) struct JobTables<'txn> {
     pub jobs: Table<'txn, u64, &'static [u8]>,
     pub due: Table<'txn, (&'static str, u8, u64, u64), ()>,
     pub leased: Table<'txn, (u64, u64), ()>,
     pub finished: Table<'txn, (u8, u64, u64), ()>,
-    pub payloads: Table<'txn, u64, &'static [u8]>,
-    pub results: Table<'txn, u64, (&'static [u8], Option<BodyHash>)>,
+    /// Opened on first use: most transitions touch neither.
+    payloads: Option<Table<'txn, u64, &'static [u8]>>,
+    results: Option<ResultTable<'txn>>,
+    txn: &'txn WriteTransaction,
     counts: Table<'txn, (&'static str, u8), u64>,
     /// (queue, state code, delta), merged so a batch of 64 jobs makes a few count writes.
     deltas: Vec<(String, u8, i64)>,
@@ -62,8 +67,9 @@ impl<'txn> JobTables<'txn> {
             due: txn.open_table(tables::JOBS_DUE)?,
             leased: txn.open_table(tables::JOBS_LEASED)?,
             finished: txn.open_table(tables::JOBS_FINISHED)?,
-            payloads: txn.open_table(tables::JOB_PAYLOADS)?,
-            results: txn.open_table(tables::JOB_RESULTS)?,
+            payloads: None,
+            results: None,
+            txn,
             counts: txn.open_table(tables::JOBS_COUNTS)?,
             deltas: Vec::new(),
         })
@@ -76,10 +82,30 @@ impl<'txn> JobTables<'txn> {
             .transpose()
     }
 
+    /// The payload table.
+    pub fn payloads(&mut self) -> Result<&mut Table<'txn, u64, &'static [u8]>> {
+        if self.payloads.is_none() {
+            self.payloads = Some(self.txn.open_table(tables::JOB_PAYLOADS)?);
+        }
+        self.payloads
+            .as_mut()
+            .ok_or_else(|| Error::Task("the payload table did not open".into()))
+    }
+
+    /// The result table.
+    pub fn results(&mut self) -> Result<&mut ResultTable<'txn>> {
+        if self.results.is_none() {
+            self.results = Some(self.txn.open_table(tables::JOB_RESULTS)?);
+        }
+        self.results
+            .as_mut()
+            .ok_or_else(|| Error::Task("the result table did not open".into()))
+    }
+
     /// The job with its payload (what a lease hands to a worker).
-    pub fn load_with_payload(&self, id: u64) -> Result<Job> {
+    pub fn load_with_payload(&mut self, id: u64) -> Result<Job> {
         let mut job = self.load_existing(id)?;
-        if let Some(bytes) = self.payloads.get(id)? {
+        if let Some(bytes) = self.payloads()?.get(id)? {
             job.payload = bytes.value().to_vec();
         }
         Ok(job)
@@ -109,7 +135,8 @@ impl<'txn> JobTables<'txn> {
         match before {
             Some(before) => self.unindex(after, before)?,
             None => {
-                self.payloads.insert(after.id, after.payload.as_slice())?;
+                let id = after.id;
+                self.payloads()?.insert(id, after.payload.as_slice())?;
             }
         }
         self.index(after, Placed::of(after))?;
@@ -128,7 +155,7 @@ impl<'txn> JobTables<'txn> {
     ) -> Result<()> {
         let hash = body.map(|b| bodies::put_in(txn, b)).transpose()?;
         let old = self
-            .results
+            .results()?
             .insert(id, (record, hash))?
             .and_then(|v| v.value().1);
         if let Some(old) = old {
@@ -142,8 +169,8 @@ impl<'txn> JobTables<'txn> {
     pub fn delete(&mut self, txn: &WriteTransaction, job: &Job) -> Result<()> {
         self.unindex(job, Placed::of(job))?;
         self.jobs.remove(job.id)?;
-        self.payloads.remove(job.id)?;
-        let body = self.results.remove(job.id)?.and_then(|v| v.value().1);
+        self.payloads()?.remove(job.id)?;
+        let body = self.results()?.remove(job.id)?.and_then(|v| v.value().1);
         if let Some(body) = body {
             bodies::release_in(txn, &body)?;
         }

@@ -543,9 +543,9 @@ fn upgrade_in(txn: &WriteTransaction) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
-        t.payloads.insert(id, job.payload.as_slice())?;
+        t.payloads()?.insert(id, job.payload.as_slice())?;
         if let Some(result) = &job.result {
-            t.results.insert(id, (result.as_slice(), None))?;
+            t.results()?.insert(id, (result.as_slice(), None))?;
         }
         t.jobs.insert(id, crate::codec::encode(&job)?.as_slice())?;
         moved += 1;
