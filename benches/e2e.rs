@@ -7,18 +7,20 @@
 //! `E2E_BASE_URL` set (benches/nginx.sh does), the 10k runs go to that server instead of the
 //! in-process one.
 
+#[path = "bare_pool/mod.rs"]
+mod bare_pool;
+
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use reasonq::sim::{RandomFaults, SimConfig, SimServer};
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
 
 const PROMPTS: usize = 10_000;
 const CONCURRENCY: usize = 64;
@@ -69,35 +71,6 @@ fn run_batch(dir: &std::path::Path, base_url: &str, round: usize) -> (Duration, 
     (elapsed, rss)
 }
 
-/// The same requests through a bare hyper-util pool, bodies read and parsed.
-async fn bare(client: &Client<HttpConnector, Full<Bytes>>, url: &str, n: usize) -> Duration {
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let permit = slots.clone().acquire_owned().await.expect("semaphore");
-        let client = client.clone();
-        let body = serde_json::json!({
-            "model": "grok-4",
-            "messages": [{"role": "user", "content": prompt(i)}],
-            "temperature": 0
-        })
-        .to_string();
-        let req = hyper::Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        tasks.spawn(async move {
-            let resp = client.request(req).await.expect("response");
-            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-            let _: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-            drop(permit);
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    started.elapsed()
-}
-
 fn e2e(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -138,7 +111,7 @@ fn e2e(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                total += rt.block_on(bare(&client, &url, PROMPTS));
+                total += rt.block_on(bare_pool::bare(&client, &url, PROMPTS, CONCURRENCY, prompt));
             }
             total
         })

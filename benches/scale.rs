@@ -9,18 +9,20 @@
 //! 10000,100000,1000000), `SCALE_TIMEOUT` seconds per run (default 900), `SCALE_DIR` for the
 //! work files (default the temp dir). Prints a markdown table to stdout, progress to stderr.
 
+#[path = "bare_pool/mod.rs"]
+mod bare_pool;
+
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use reasonq::sim::{SimConfig, SimServer};
-use tokio::sync::Semaphore;
 
 const CONCURRENCY: usize = 64;
 /// The bare pool's rate is flat in N; 200k requests measure it well enough for 1M.
@@ -208,41 +210,6 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The same requests through a bare hyper-util pool, bodies read and parsed (as e2e.rs).
-async fn bare(client: &Client<HttpConnector, Full<Bytes>>, url: &str, n: usize) -> Duration {
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let permit = slots.clone().acquire_owned().await.expect("semaphore");
-        let client = client.clone();
-        let body = serde_json::json!({
-            "model": "grok-4",
-            "messages": [{"role": "user", "content": prompt(i)}],
-            "temperature": 0
-        })
-        .to_string();
-        let req = hyper::Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        tasks.spawn(async move {
-            let resp = client.request(req).await.expect("response");
-            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-            let _: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-            drop(permit);
-        });
-        // Reap finished tasks as we go, so the set stays at about CONCURRENCY.
-        while let Some(done) = tasks.try_join_next() {
-            done.expect("request task");
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("request task");
-    }
-    started.elapsed()
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -384,7 +351,11 @@ fn measure(bench: &Bench, rt: &tokio::runtime::Runtime, url: &str, dir: &Path, n
     let mut rates = Vec::new();
     for _ in 0..BARE_ROUNDS {
         match rt.block_on(async {
-            tokio::time::timeout(bench.timeout, bare(&client, url, bare_n)).await
+            tokio::time::timeout(
+                bench.timeout,
+                bare_pool::bare(&client, url, bare_n, CONCURRENCY, prompt),
+            )
+            .await
         }) {
             Ok(t) => rates.push(bare_n as f64 / t.as_secs_f64()),
             Err(_) => break,

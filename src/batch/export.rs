@@ -182,14 +182,20 @@ impl JsonlFile {
         if let Some(out) = self.out.take() {
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
-        std::fs::rename(&self.tmp, &self.path)
+        std::fs::rename(&self.tmp, &self.path)?;
+        // Renamed: nothing left for drop to remove.
+        self.tmp = PathBuf::new();
+        Ok(())
     }
 }
 
 impl Drop for JsonlFile {
     fn drop(&mut self) {
         // Not committed (an error on the way): no temporary file is left behind.
-        let _ = std::fs::remove_file(&self.tmp);
+        drop(self.out.take());
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use crate::chat::{ChatJob, ResponseRecord};
 use crate::codec;
 use crate::error::Result;
-use crate::queue::{add_usage_in, JobState, Usage};
+use crate::queue::{add_usage_in, queue_names, JobState, Usage};
 use crate::store::tables::{self, BATCH_LINES, BATCH_SIZES, JOB_LINES};
 
 /// Records that requests `first..first + ids.len()` of `batch`'s file are the jobs `ids`.
@@ -91,7 +91,7 @@ pub fn upgrade_at_open(txn: &WriteTransaction) -> Result<()> {
     }
     meta.insert(tables::BATCH_LINES_BUILT, 1)?;
     drop(meta);
-    let queues = queues_in(txn)?;
+    let queues = queue_names(&txn.open_table(tables::JOBS_COUNTS)?)?;
     for queue in queues {
         let mut newest: HashMap<String, (u64, u64)> = HashMap::new();
         let mut usage = Usage::default();
@@ -138,17 +138,4 @@ pub fn upgrade_at_open(txn: &WriteTransaction) -> Result<()> {
         add_usage_in(txn, &queue, usage)?;
     }
     Ok(())
-}
-
-fn queues_in(txn: &WriteTransaction) -> Result<Vec<String>> {
-    let table = txn.open_table(tables::JOBS_COUNTS)?;
-    let mut names: Vec<String> = Vec::new();
-    for entry in table.range::<(&str, u8)>(..)? {
-        let (key, _) = entry?;
-        let (queue, _) = key.value();
-        if names.last().map(String::as_str) != Some(queue) {
-            names.push(queue.to_owned());
-        }
-    }
-    Ok(names)
 }

@@ -8,12 +8,13 @@
 //! and line, and the output file is not written (it is staged and renamed at the end).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::export::JsonlFile;
 use super::shard::shard_of;
 use crate::error::{Error, Result};
 
@@ -44,7 +45,7 @@ pub fn merge(
         .iter()
         .map(|p| Part::open(p, shards))
         .collect::<Result<Vec<_>>>()?;
-    let mut staged = Staged::create(output).map_err(|e| written(output, e))?;
+    let mut staged = JsonlFile::create(output).map_err(|e| written(output, e))?;
     let mut lines = 0;
     while let Some((line, text)) = ids.next_line()? {
         let id = input_id(&text).map_err(|e| Error::Invalid(format!("{in_name}:{line}: {e}")))?;
@@ -69,9 +70,7 @@ pub fn merge(
         };
         let part = &mut parts[at];
         if let Some(head) = &part.head {
-            staged
-                .write_line(&head.text)
-                .map_err(|e| written(output, e))?;
+            staged.line(&head.text).map_err(|e| written(output, e))?;
         }
         part.taken += 1;
         part.advance()?;
@@ -289,61 +288,6 @@ impl Lines {
             if !text.trim().is_empty() {
                 return Ok(Some((self.line, text)));
             }
-        }
-    }
-}
-
-/// An output file written under a temporary name beside it and renamed over it by
-/// [`Staged::commit`]; dropped uncommitted, the temporary file is removed and `path` is
-/// untouched.
-struct Staged {
-    path: PathBuf,
-    tmp: PathBuf,
-    file: Option<BufWriter<File>>,
-}
-
-impl Staged {
-    fn create(path: &Path) -> std::io::Result<Staged> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let file = BufWriter::new(File::create(&tmp)?);
-        Ok(Staged {
-            path: path.to_path_buf(),
-            tmp,
-            file: Some(file),
-        })
-    }
-
-    fn write_line(&mut self, text: &str) -> std::io::Result<()> {
-        if let Some(file) = &mut self.file {
-            file.write_all(text.as_bytes())?;
-            file.write_all(b"\n")?;
-        }
-        Ok(())
-    }
-
-    fn commit(mut self) -> std::io::Result<()> {
-        if let Some(file) = self.file.take() {
-            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        }
-        std::fs::rename(&self.tmp, &self.path)?;
-        // Renamed: nothing left for drop to remove.
-        self.tmp = PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        drop(self.file.take());
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }

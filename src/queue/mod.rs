@@ -29,7 +29,7 @@ pub use ops::{
 };
 pub use read::{
     counts_read, find_by_dedup_read, finished_read, get_read, jobs_in_queue_read, list_read,
-    load_checkpoint_read, queues_read, waiting_ids_read, Whole,
+    load_checkpoint_read, queue_names, queues_read, waiting_ids_read, Whole,
 };
 pub use usage::{add_usage_in, usage_read, Usage};
 

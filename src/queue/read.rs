@@ -138,7 +138,11 @@ pub fn counts_read(txn: &ReadTransaction, queue: Option<&str>) -> Result<Counts>
 
 /// Names of the queues that hold at least one job, sorted.
 pub fn queues_read(txn: &ReadTransaction) -> Result<Vec<String>> {
-    let table = txn.open_table(tables::JOBS_COUNTS)?;
+    queue_names(&txn.open_table(tables::JOBS_COUNTS)?)
+}
+
+/// [`queues_read`] from the counts table, open in a read or a write transaction.
+pub fn queue_names(table: &impl ReadableTable<(&'static str, u8), u64>) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
     for entry in table.range::<(&str, u8)>(..)? {
         let (key, _) = entry?;
