@@ -655,6 +655,48 @@ fn finish(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_second_pass_refuses_a_file_changed_since_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let line = |id: &str| format!("{{\"id\":\"{id}\",\"question\":\"hi\"}}\n");
+        std::fs::write(&path, line("a") + &line("b")).unwrap();
+        let scan = scan_file(&path, "grok-4").unwrap();
+        assert_eq!(scan.valid, 2);
+        let ids: Vec<String> = items(&path, "grok-4", &scan)
+            .unwrap()
+            .map(|i| i.unwrap().custom_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        std::fs::write(&path, line("a") + &line("b") + &line("c")).unwrap();
+        let refused = items(&path, "grok-4", &scan)
+            .err()
+            .expect("a changed file is refused");
+        assert!(refused.to_string().contains("changed"), "{refused}");
+    }
+
+    #[test]
+    fn the_check_names_a_repeated_id_with_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let text = "{\"id\":\"a\",\"question\":\"x\"}\n{\"id\":\"b\",\"question\":\"y\"}\n{\"id\":\"a\",\"question\":\"z\"}\n";
+        std::fs::write(&path, text).unwrap();
+        let scan = scan_file(&path, "grok-4").unwrap();
+        assert_eq!(scan.valid, 2);
+        assert_eq!(scan.errors.len(), 1);
+        assert_eq!(scan.errors[0].line, 3);
+        assert!(
+            scan.errors[0].message.contains("first used on line 1"),
+            "{}",
+            scan.errors[0]
+        );
+        let ids: Vec<String> = items(&path, "grok-4", &scan)
+            .unwrap()
+            .map(|i| i.unwrap().custom_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"], "the repeat is skipped in the second pass");
+    }
+
     fn parse(text: &str) -> ParsedInput {
         read(text.as_bytes(), "in.jsonl", "grok-4").unwrap()
     }

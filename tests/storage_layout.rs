@@ -1,0 +1,64 @@
+//! What a batch writes, and how often: each payload once, each response body once (shared by
+//! the job and its cache row), per-batch totals `status` reads without a scan, and the line
+//! index the export walks. Read back from the file a real batch wrote.
+
+mod support;
+
+use reasonq::sim::SimConfig;
+use reasonq::store::tables;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use support::{questions, stderr, stdout, Env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stores_each_payload_and_body_once_and_keeps_totals_for_status() {
+    let env = Env::start(SimConfig::default()).await;
+    env.write_input("in.jsonl", &questions(6));
+    let out = env.run(&["batch", "in.jsonl", "-o", "out.jsonl"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = env.run(&["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+
+    let db = redb::Database::open(env.db()).unwrap();
+    let txn = db.begin_read().unwrap();
+    let len = |t: redb::TableDefinition<u64, &[u8]>| txn.open_table(t).unwrap().len().unwrap();
+    assert_eq!(len(tables::JOBS), 6);
+    assert_eq!(len(tables::JOB_PAYLOADS), 6, "one payload per job");
+    // Six distinct answers, each stored once and referred to by its job and its cache row.
+    let bodies = txn.open_table(tables::BODIES).unwrap();
+    assert_eq!(bodies.len().unwrap(), 6);
+    let refs = txn.open_table(tables::BODY_REFS).unwrap();
+    for row in refs.iter().unwrap() {
+        assert_eq!(
+            row.unwrap().1.value(),
+            2,
+            "a job and a cache row share a body"
+        );
+    }
+    let results = txn.open_table(tables::JOB_RESULTS).unwrap();
+    for row in results.iter().unwrap() {
+        let (_, body) = row.unwrap().1.value();
+        let body = body.expect("a completed job refers to its body");
+        assert!(bodies.get(&body).unwrap().is_some());
+    }
+    // The job record holds its state only: no copy of the prompt or the answer.
+    let jobs = txn.open_table(tables::JOBS).unwrap();
+    for row in jobs.iter().unwrap() {
+        let (_, record) = row.unwrap();
+        assert!(record.value().len() < 160, "{} bytes", record.value().len());
+    }
+    // The line index lists the six lines in order; the totals match what status printed.
+    let lines = txn.open_table(tables::BATCH_LINES).unwrap();
+    let batch = status[0]["batch"].as_str().unwrap().to_string();
+    let order: Vec<u64> = lines
+        .range((batch.as_str(), 0)..=(batch.as_str(), u64::MAX))
+        .unwrap()
+        .map(|r| r.unwrap().0.value().1)
+        .collect();
+    assert_eq!(order, (0..6).collect::<Vec<u64>>());
+    let usage = txn.open_table(tables::BATCH_USAGE).unwrap();
+    let (prompt, completion, cached) = usage.get(batch.as_str()).unwrap().unwrap().value();
+    assert!(prompt > 0 && completion > 0);
+    assert_eq!(cached, 0);
+    assert_eq!(status[0]["prompt_tokens"], prompt, "{status}");
+    assert_eq!(status[0]["completion_tokens"], completion, "{status}");
+}
