@@ -94,7 +94,11 @@ async fn every_experience_is_indexed_exactly_once_after_kills() {
     }
     let store = Store::open_async(StoreConfig::new(&path)).await.unwrap();
     let waiting = store.read(index::pending_read).await.unwrap();
-    index::catch_up(&store).await.unwrap();
+    // Bounded: an indexer that never clears its marks would otherwise loop here forever.
+    tokio::time::timeout(Duration::from_secs(60), index::catch_up(&store))
+        .await
+        .expect("the indexer clears what it indexes")
+        .unwrap();
     assert_eq!(store.read(index::pending_read).await.unwrap(), 0);
 
     let exps = store

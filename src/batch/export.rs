@@ -198,12 +198,3 @@ impl Drop for JsonlFile {
         }
     }
 }
-
-/// Writes JSON lines to `path` atomically (see [`JsonlFile`]).
-pub fn write_jsonl(path: &Path, lines: &[String]) -> std::io::Result<()> {
-    let mut file = JsonlFile::create(path)?;
-    for line in lines {
-        file.line(line)?;
-    }
-    file.commit()
-}

@@ -148,18 +148,9 @@ pub struct ParsedInput {
     pub errors: Vec<InputError>,
 }
 
-/// Reads and validates every line of `path`. `default_model` fills requests that name none.
-/// I/O errors (a missing file) are returned as `Err`; bad lines are collected in `errors`.
-pub fn read_file(path: &Path, default_model: &str) -> std::io::Result<ParsedInput> {
-    let file = std::fs::File::open(path)?;
-    read(
-        std::io::BufReader::new(file),
-        &path.display().to_string(),
-        default_model,
-    )
-}
-
-/// [`read_file`] over any reader; `name` is used in error messages.
+/// Reads and checks every line of `reader` into memory (`name` in error messages); for
+/// small inputs and the fuzz target. Batch files go through [`scan_file`] and [`items`],
+/// which stream.
 pub fn read(reader: impl BufRead, name: &str, default_model: &str) -> std::io::Result<ParsedInput> {
     let mut parsed = ParsedInput::default();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -167,16 +158,10 @@ pub fn read(reader: impl BufRead, name: &str, default_model: &str) -> std::io::R
         match entry? {
             Ok(parsed_line) => {
                 let Parsed { item, id_field } = parsed_line;
-                if let Some(first) = seen.get(&item.custom_id) {
-                    parsed.errors.push(InputError {
-                        file: name.to_string(),
-                        line: item.line,
-                        field: Some(id_field.to_string()),
-                        message: format!(
-                            "duplicate id {:?} (first used on line {first})",
-                            item.custom_id
-                        ),
-                    });
+                if let Some(&first) = seen.get(&item.custom_id) {
+                    parsed
+                        .errors
+                        .push(duplicate_id(name, &item, id_field, first));
                     continue;
                 }
                 seen.insert(item.custom_id.clone(), item.line);
@@ -248,15 +233,8 @@ pub fn scan_file(path: &Path, default_model: &str) -> std::io::Result<Scan> {
             match first.get(&item.custom_id) {
                 Some(&line) => {
                     scan.valid -= 1;
-                    scan.errors.push(InputError {
-                        file: name.clone(),
-                        line: item.line,
-                        field: Some(item.id_field.to_string()),
-                        message: format!(
-                            "duplicate id {:?} (first used on line {line})",
-                            item.custom_id
-                        ),
-                    });
+                    scan.errors
+                        .push(duplicate_id(&name, &item, item.id_field, line));
                 }
                 None => {
                     first.insert(item.item.custom_id, item.item.line);
@@ -341,6 +319,19 @@ fn id_hash(id: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     id.hash(&mut h);
     h.finish()
+}
+
+/// The error of a line whose id an earlier line (`first`) already used.
+fn duplicate_id(file: &str, item: &BatchItem, id_field: &str, first: usize) -> InputError {
+    InputError {
+        file: file.to_string(),
+        line: item.line,
+        field: Some(id_field.to_string()),
+        message: format!(
+            "duplicate id {:?} (first used on line {first})",
+            item.custom_id
+        ),
+    }
 }
 
 /// A parsed line with the name of its id field (for duplicate errors).

@@ -298,10 +298,24 @@ impl Cache {
 /// The reader of [`Cache::disk_lookup`]: answers waiting lookups, batch by batch, until none
 /// is left.
 fn read_pending(store: &Store, pending: &std::sync::Mutex<PendingReads>, clock: &Clock) {
+    // A reader that panics must not leave `reading` set: later lookups would wait for it
+    // forever. Its waiting lookups become misses (their senders drop).
+    struct Unwinding<'a>(&'a std::sync::Mutex<PendingReads>);
+    impl Drop for Unwinding<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                p.queue.clear();
+                p.reading = false;
+            }
+        }
+    }
+    let _unwinding = Unwinding(pending);
     loop {
         let batch = {
             let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
             if p.queue.is_empty() {
+                // Under the same lock as the check: a lookup queued after it starts a reader.
                 p.reading = false;
                 return;
             }
