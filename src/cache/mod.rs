@@ -202,6 +202,20 @@ impl Cache {
         Ok((response, Hit::Miss))
     }
 
+    /// The answer for `key` from memory or the store, if either has a fresh one; nothing is
+    /// fetched (a provider batch sends only the misses, later). Counts a hit, not a miss.
+    pub async fn lookup(&self, key: CacheKey) -> Option<(CachedResponse, Hit)> {
+        let now = self.now();
+        if let Some(found) = self.memory.get(&key).filter(|v| !v.is_expired(now)) {
+            Counters::bump(&self.counters.hits_memory);
+            return Some((found, Hit::Memory));
+        }
+        let found = self.disk_lookup(key).await?;
+        Counters::bump(&self.counters.hits_disk);
+        self.memory.insert(key, found.clone());
+        Some((found, Hit::Disk))
+    }
+
     /// Looks `key` up in tier 2. Concurrent misses are gathered: one reader on the blocking
     /// pool takes every lookup waiting and answers them from one read transaction, so a burst
     /// of misses costs one hop to the pool instead of one each. A lookup that fails is a miss

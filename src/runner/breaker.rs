@@ -36,9 +36,23 @@ struct Inner {
     account_class: AtomicU32,
     account: AtomicU32,
     tripped: OnceLock<Trip>,
+    /// Set by a drain past its deadline: no call may start any more.
+    calls_closed: std::sync::atomic::AtomicBool,
 }
 
 impl Breaker {
+    /// Lets no call start any more: the drain is aborting its jobs. A job waiting for a
+    /// request slot would otherwise get the slot of an aborted one and send a call that is
+    /// then abandoned too (and maybe billed).
+    pub fn close_calls(&self) {
+        self.inner.calls_closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Breaker::close_calls`] was called.
+    pub fn calls_closed(&self) -> bool {
+        self.inner.calls_closed.load(Ordering::SeqCst)
+    }
+
     /// Why the batch must stop, once it must.
     pub fn tripped(&self) -> Option<&Trip> {
         self.inner.tripped.get()

@@ -117,6 +117,55 @@ impl Gateway {
         Ok((outcome, hit))
     }
 
+    /// The cached answer to `body`, if the policy lets it be cached and a tier has it; no
+    /// call is made (a provider batch sends only what the cache cannot answer).
+    pub async fn cached(&self, body: &serde_json::Value) -> Result<Option<(ChatOutcome, Hit)>> {
+        if !cacheable(self.settings.cache_policy, body) {
+            return Ok(None);
+        }
+        let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
+        let Some((cached, hit)) = self.cache.lookup(key).await else {
+            return Ok(None);
+        };
+        match ChatOutcome::from_parts(
+            cached.status,
+            cached.request_id.clone(),
+            Bytes::from(cached.body.to_vec()),
+        ) {
+            Ok(outcome) => Ok(Some((outcome, hit))),
+            // A row that no longer parses is a miss: the line is sent again.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// A response to `body` that came back another way (a provider's batch API): parsed
+    /// like a call's, remembered in the memory tier, and returned with its disk-cache write
+    /// for the completion's transaction, so a later live run of the same prompt is free.
+    pub fn adopt(
+        &self,
+        body: &serde_json::Value,
+        status: u16,
+        request_id: Option<String>,
+        bytes: Bytes,
+    ) -> std::result::Result<(ChatOutcome, Option<CacheWrite>), LlmError> {
+        let outcome = ChatOutcome::from_parts(status, request_id.clone(), bytes.clone())?;
+        if !cacheable(self.settings.cache_policy, body) {
+            return Ok((outcome, None));
+        }
+        let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
+        let response = CachedResponse::new(status, request_id, bytes)
+            .stamped(crate::clock::now_ms(), self.cache.config().ttl);
+        if !response.is_success() {
+            return Ok((outcome, None));
+        }
+        self.cache.remember(key, response.clone());
+        let write = self
+            .settings
+            .persist_cache
+            .then_some(CacheWrite { key, response });
+        Ok((outcome, write))
+    }
+
     /// [`Gateway::call`], leaving the disk-cache write to the caller, who puts it in the
     /// transaction that records the result: one commit instead of two per job, and a
     /// response is on disk exactly when its job is complete.
@@ -141,6 +190,13 @@ impl Gateway {
                     .acquire_owned()
                     .await
                     .map_err(|_| CallError::Store(Error::Closed))?;
+                // A drain aborting its jobs freed this slot: the job goes back unsent.
+                if breaker.calls_closed() {
+                    return Err(CallError::Halted(Trip {
+                        code: "shutdown",
+                        message: "the drain deadline passed before this call started".into(),
+                    }));
+                }
                 unanswered.fetch_add(1, Ordering::Relaxed);
                 let sent = client.chat(body).await;
                 // Not reached when the task is aborted mid-call: the count stays up.

@@ -185,6 +185,14 @@ impl Runner {
                 });
             }
         };
+        if end != DrainEnd::Finished {
+            // Calls in flight may finish; jobs still waiting for a request slot go back unsent
+            // (and none takes the slot of an aborted call to start one that is then
+            // abandoned). For the rest of the process: it is stopping.
+            if let Some(breaker) = &self.breaker {
+                breaker.close_calls();
+            }
+        }
         self.finish_in_flight(tasks, in_flight, &mut shutdown)
             .await?;
         Ok(end)
