@@ -18,8 +18,8 @@
 //! | step | OpenAI | xAI | Anthropic |
 //! | --- | --- | --- | --- |
 //! | [`BatchApi::stage`] | `POST /files` multipart, `purpose=batch`, file `{tag}.jsonl` → file id | `POST /batches {"name": tag}` → batch id | nothing (`None`); checks and translates the requests |
-//! | [`BatchApi::start`] | `POST /batches {input_file_id, endpoint: "/v1/chat/completions", completion_window: "24h", metadata: {reasonq_tag}}` | `GET /batches/{id}/requests` (paged), then `POST /batches/{id}/requests` with the missing ones in chunks of ≤ 24 MB, at most 100 calls per 30 s | `POST /messages/batches {"requests": [{custom_id, params}]}` |
-//! | [`BatchApi::find`] | batches whose `metadata.reasonq_tag` is the tag; else files named `{tag}.jsonl` | batches named `tag` | batches created since `since_unix` with the expected request count (no tag is stored) |
+//! | [`BatchApi::start`] | `POST /batches {input_file_id, endpoint: "/v1/chat/completions", completion_window: "24h", metadata: {reasonq_tag}}` | `GET /batches/{id}/requests` (paged), then `POST /batches/{id}/requests` with the missing ones in chunks of ≤ 24 MB, at most 100 calls per 30 s `GET /messages/batches?limit=1` (the newest batch before ours, for reconciling a lost answer), then `POST /messages/batches {"requests": [{custom_id, params}]}` |
+//! | [`BatchApi::find`] | batches whose `metadata.reasonq_tag` is the tag; else files named `{tag}.jsonl` | batches named `tag` (the fullest, then the newest); `batch` only once it holds every expected request, else `staged` alone | batches created since `since_unix` with the expected request count (no tag is stored) |
 //! | [`BatchApi::get`] / [`BatchApi::cancel`] | `GET /batches/{id}` / `POST /batches/{id}/cancel` | `GET /batches/{id}` / `POST /batches/{id}:cancel` | `GET /messages/batches/{id}` / `POST /messages/batches/{id}/cancel` |
 //! | [`BatchApi::results`] | output and error files, `GET /files/{id}/content`, streamed JSONL | `GET /batches/{id}/results?limit=100&pagination_token=…` | `results_url` (JSONL, streamed), once ended |
 //!
@@ -215,11 +215,15 @@ pub struct RemoteRequest {
 /// A remote batch's state, one vocabulary for the three providers (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RemoteState {
+    /// Accepted, not yet running (xAI: no requests yet).
     Validating,
     InProgress,
+    /// OpenAI: writing the output files.
     Finalizing,
     Completed,
+    /// OpenAI: the input failed validation (see [`RemoteBatch::errors`]).
     Failed,
+    /// Ended by the 24-hour window with requests unprocessed.
     Expired,
     Cancelling,
     Cancelled,
