@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
@@ -56,11 +56,98 @@ impl ChatOutcome {
     }
 }
 
-/// A response read in full.
+/// A response: read in full, or (streamed 2xx) its head with the body still to read.
 struct RawResponse {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// The unread body of a streamed 2xx answer.
+    rest: Option<hyper::body::Incoming>,
+}
+
+/// How a request may be repeated after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replay {
+    /// Reads and idempotent writes: every retryable failure is retried per the policy.
+    Always,
+    /// Creates: retried only when the server cannot have acted on the request (no
+    /// connection, or a 429); any other failure goes back to the caller, who checks what the
+    /// server has before sending it again, so a lost answer never creates a thing twice.
+    IfUnsent,
+}
+
+/// Where the API key goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// `Authorization: Bearer KEY` (OpenAI, xAI).
+    Bearer,
+    /// The bare key in this header (Anthropic's `x-api-key`).
+    Header(HeaderName),
+}
+
+/// One request of [`LlmClient::request`]: sent to the client's own host only.
+pub(crate) struct HttpCall<'a> {
+    pub method: Method,
+    /// Path under the base URL, with any query (`batches?limit=100`).
+    pub path: &'a str,
+    /// Extra headers (`anthropic-version`).
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// Body and its content type.
+    pub body: Option<(Bytes, HeaderValue)>,
+    pub auth: Auth,
+    pub replay: Replay,
+}
+
+/// A 2xx answer read in full.
+#[derive(Debug)]
+pub(crate) struct HttpReply {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A 2xx answer whose body is read frame by frame (large JSONL files).
+pub(crate) struct HttpStream {
+    body: hyper::body::Incoming,
+    /// Longest wait for the next frame.
+    idle: Duration,
+    received: usize,
+}
+
+impl HttpStream {
+    /// The next chunk of the body, `None` at its end. A stalled or broken body is a
+    /// retryable error (`Timeout`, `Truncated`).
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, LlmError> {
+        loop {
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(LlmError::Timeout { after: self.idle }),
+                Ok(None) => return Ok(None),
+                Ok(Some(f)) => f.map_err(|e| LlmError::Truncated {
+                    received: self.received,
+                    message: chain(&e),
+                })?,
+            };
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    self.received += data.len();
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+/// Everything one attempt needs, built once per call.
+struct Exchange<'a> {
+    method: Method,
+    uri: &'a Uri,
+    body: Option<Bytes>,
+    headers: HeaderMap,
+    /// Token estimate for the limiter; `None` bypasses the limiter (batch API calls count
+    /// against the provider's batch limits, not the chat RPM/TPM).
+    estimate: Option<u64>,
+    replay: Replay,
+    /// Return after the head of a 2xx answer, leaving the body unread.
+    stream: bool,
 }
 
 struct Inner {
@@ -68,8 +155,12 @@ struct Inner {
     http: HttpClient,
     chat_uri: Uri,
     models_uri: Uri,
-    /// Headers of every request (accept, user agent, authorization), built once.
+    /// Headers of every chat request (accept, user agent, authorization), built once.
     headers: HeaderMap,
+    /// The same without authorization, for requests that carry the key elsewhere.
+    plain_headers: HeaderMap,
+    /// The bare key as a sensitive header value.
+    key: Option<HeaderValue>,
     limiter: Limiter,
     metrics: Arc<Metrics>,
 }
@@ -129,12 +220,18 @@ impl LlmClient {
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let agent = concat!("reasonq/", env!("CARGO_PKG_VERSION"));
         headers.insert(USER_AGENT, HeaderValue::from_static(agent));
-        if let Some(key) = &cfg.api_key {
-            let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+        let plain_headers = headers.clone();
+        let sensitive = |text: String| {
+            let mut v = HeaderValue::try_from(text)
                 .map_err(|_| LlmError::Config("API key holds invalid characters".into()))?;
             // Keeps the value out of hyper's debug output and HPACK tables.
             v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
+            Ok::<_, LlmError>(v)
+        };
+        let mut key = None;
+        if let Some(k) = &cfg.api_key {
+            headers.insert(AUTHORIZATION, sensitive(format!("Bearer {}", k.expose()))?);
+            key = Some(sensitive(k.expose().to_owned())?);
         }
         let metrics = Arc::new(Metrics::default());
         let http = pool::build(
@@ -150,6 +247,8 @@ impl LlmClient {
                 chat_uri,
                 models_uri,
                 headers,
+                plain_headers,
+                key,
                 limiter,
                 metrics,
             }),
@@ -201,8 +300,17 @@ impl LlmClient {
         } else {
             0
         };
+        let ex = Exchange {
+            method: Method::POST,
+            uri: &inner.chat_uri,
+            body: Some(body),
+            headers: self.json_headers(inner.headers.clone()),
+            estimate: Some(estimate),
+            replay: Replay::Always,
+            stream: false,
+        };
         let ((raw, rid, response), attempts) = self
-            .execute(Method::POST, &inner.chat_uri, Some(body), estimate, |raw| {
+            .execute(&ex, |raw| {
                 let rid = request_id(&raw.headers);
                 let key = inner.cfg.api_key.as_ref().map(|k| k.expose());
                 check_json_type(&raw.headers, &raw.body, rid.as_deref(), &inner.chat_uri)
@@ -226,8 +334,17 @@ impl LlmClient {
 
     /// Model names served by the endpoint (`GET {base}/models`).
     pub async fn models(&self) -> Result<Vec<String>, LlmError> {
+        let ex = Exchange {
+            method: Method::GET,
+            uri: &self.inner.models_uri,
+            body: None,
+            headers: self.inner.headers.clone(),
+            estimate: Some(0),
+            replay: Replay::Always,
+            stream: false,
+        };
         let (list, _) = self
-            .execute(Method::GET, &self.inner.models_uri, None, 0, |raw| {
+            .execute(&ex, |raw| {
                 let rid = request_id(&raw.headers);
                 serde_json::from_slice::<ModelList>(&raw.body).map_err(|e| LlmError::Malformed {
                     what: format!(
@@ -262,19 +379,132 @@ impl LlmClient {
         }
     }
 
+    /// Sends `call` to the base URL's host and returns its 2xx answer after `parse`, with the
+    /// chat calls' retries (server advice, 5xx, resets; per `call.replay`), metrics and
+    /// scrubbing, but not their rate limiter. Non-2xx answers are `LlmError::Api`.
+    pub(crate) async fn request<T>(
+        &self,
+        call: HttpCall<'_>,
+        parse: impl Fn(&HttpReply) -> Result<T, LlmError>,
+    ) -> Result<T, LlmError> {
+        let uri = self.uri_for(call.path)?;
+        let ex = self.exchange(call, &uri, false)?;
+        let (value, _) = self
+            .execute(&ex, |raw| {
+                let reply = HttpReply {
+                    headers: raw.headers,
+                    body: raw.body,
+                };
+                parse(&reply).map_err(|e| self.scrub(e))
+            })
+            .await?;
+        Ok(value)
+    }
+
+    /// Like [`LlmClient::request`], returning once the head of a 2xx answer is in, the body
+    /// left to read with [`HttpStream::chunk`], so a large file is never one buffer.
+    pub(crate) async fn request_stream(&self, call: HttpCall<'_>) -> Result<HttpStream, LlmError> {
+        let uri = self.uri_for(call.path)?;
+        let ex = self.exchange(call, &uri, true)?;
+        let idle = self.inner.cfg.pool.request_timeout;
+        let (stream, _) = self
+            .execute(&ex, |raw| {
+                let body = raw.rest.ok_or_else(|| LlmError::Transport {
+                    message: "streamed answer without a body".into(),
+                })?;
+                Ok(HttpStream {
+                    body,
+                    idle,
+                    received: 0,
+                })
+            })
+            .await?;
+        Ok(stream)
+    }
+
+    /// The URL of `path` under the base URL; refuses anything that would leave the base
+    /// URL's scheme and host, since the key goes with every request.
+    fn uri_for(&self, path: &str) -> Result<Uri, LlmError> {
+        let base = &self.inner.chat_uri;
+        let uri = endpoint(&self.inner.cfg.base_url, path.trim_start_matches('/'))?;
+        if uri.scheme() != base.scheme() || uri.authority() != base.authority() {
+            return Err(LlmError::InvalidRequest(format!(
+                "path {path:?} leaves the base URL's host"
+            )));
+        }
+        Ok(uri)
+    }
+
+    fn exchange<'a>(
+        &self,
+        call: HttpCall<'_>,
+        uri: &'a Uri,
+        stream: bool,
+    ) -> Result<Exchange<'a>, LlmError> {
+        let inner = &*self.inner;
+        let mut headers = match &call.auth {
+            Auth::Bearer => inner.headers.clone(),
+            Auth::Header(name) => {
+                let mut h = inner.plain_headers.clone();
+                if let Some(key) = &inner.key {
+                    h.insert(name.clone(), key.clone());
+                }
+                h
+            }
+        };
+        for (name, value) in call.headers {
+            if name == AUTHORIZATION || matches!(&call.auth, Auth::Header(n) if n == name) {
+                return Err(LlmError::InvalidRequest(format!(
+                    "header {name} is the client's to set"
+                )));
+            }
+            headers.insert(name.clone(), value.clone());
+        }
+        let body = call.body.map(|(bytes, content_type)| {
+            headers.insert(CONTENT_TYPE, content_type);
+            bytes
+        });
+        Ok(Exchange {
+            method: call.method,
+            uri,
+            body,
+            headers,
+            estimate: None,
+            replay: call.replay,
+            stream,
+        })
+    }
+
+    /// `headers` with the JSON content type.
+    fn json_headers(&self, mut headers: HeaderMap) -> HeaderMap {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers
+    }
+
+    /// An error whose text may quote a response, with the key replaced.
+    pub(crate) fn scrub(&self, e: LlmError) -> LlmError {
+        scrub_error(e, self.inner.cfg.api_key.as_ref().map(|k| k.expose()))
+    }
+
+    /// A `Malformed` error quoting the start of `body`, scrubbed of the key.
+    pub(crate) fn malformed(&self, what: &str, body: &[u8], headers: &HeaderMap) -> LlmError {
+        self.scrub(LlmError::Malformed {
+            what: format!("{what}; body starts with {}", excerpt(body)),
+            request_id: request_id(headers),
+        })
+    }
+
     /// The retry loop shared by all endpoints: limiter, one attempt, classify,
     /// then back off per the server's advice or the policy.
     async fn execute<T>(
         &self,
-        method: Method,
-        uri: &Uri,
-        body: Option<Bytes>,
-        estimate: u64,
+        ex: &Exchange<'_>,
         parse: impl Fn(RawResponse) -> Result<T, LlmError>,
     ) -> Result<(T, u32), LlmError> {
         let inner = &*self.inner;
         let policy = &inner.cfg.retry;
         let deadline = policy.deadline.and_then(|d| Instant::now().checked_add(d));
+        let estimate = ex.estimate.unwrap_or(0);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -282,11 +512,12 @@ impl LlmClient {
                 inner.metrics.retries.fetch_add(1, Relaxed);
             }
             // Waiting for the rate limiter counts against the call's deadline too.
-            let permit = match deadline {
-                Some(d) => {
+            let permit = match (ex.estimate, deadline) {
+                (None, _) => None,
+                (Some(_), Some(d)) => {
                     let until = tokio::time::Instant::from_std(d);
                     match tokio::time::timeout_at(until, inner.limiter.acquire(estimate)).await {
-                        Ok(permit) => permit,
+                        Ok(permit) => Some(permit),
                         Err(_) => {
                             return Err(LlmError::Timeout {
                                 after: policy.deadline.unwrap_or_default(),
@@ -294,16 +525,13 @@ impl LlmClient {
                         }
                     }
                 }
-                None => inner.limiter.acquire(estimate).await,
+                (Some(_), None) => Some(inner.limiter.acquire(estimate).await),
             };
             let mut timeout = inner.cfg.pool.request_timeout;
             if let Some(d) = deadline {
                 timeout = timeout.min(d.saturating_duration_since(Instant::now()));
             }
-            let result = self
-                .send_once(method.clone(), uri, body.clone(), timeout)
-                .await
-                .and_then(&parse);
+            let result = self.send_once(ex, timeout).await.and_then(&parse);
             drop(permit);
             let err = match result {
                 Ok(value) => {
@@ -313,9 +541,16 @@ impl LlmClient {
                 Err(e) => e,
             };
             inner.metrics.failures.fetch_add(1, Relaxed);
-            // A failed attempt consumed no tokens; the retry reserves afresh.
-            inner.limiter.settle(estimate, 0);
-            let give_up = attempt >= err.attempts_worth(policy.max_attempts.max(1));
+            if ex.estimate.is_some() {
+                // A failed attempt consumed no tokens; the retry reserves afresh.
+                inner.limiter.settle(estimate, 0);
+            }
+            let worth = match ex.replay {
+                Replay::Always => err.attempts_worth(policy.max_attempts.max(1)),
+                Replay::IfUnsent if surely_unsent(&err) => policy.max_attempts.max(1),
+                Replay::IfUnsent => 1,
+            };
+            let give_up = attempt >= worth;
             let delay = policy.delay_after(attempt, &err);
             let past_deadline =
                 deadline.is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|t| t >= d));
@@ -334,23 +569,19 @@ impl LlmClient {
         }
     }
 
-    /// One HTTP exchange, bounded by `timeout`; non-2xx becomes `LlmError::Api`.
+    /// One HTTP exchange, bounded by `timeout` (for a stream: until its head is in);
+    /// non-2xx becomes `LlmError::Api`.
     async fn send_once(
         &self,
-        method: Method,
-        uri: &Uri,
-        body: Option<Bytes>,
+        ex: &Exchange<'_>,
         timeout: Duration,
     ) -> Result<RawResponse, LlmError> {
         let inner = &*self.inner;
-        let mut headers = inner.headers.clone();
-        if body.is_some() {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        let mut req = Request::new(Full::new(body.unwrap_or_default()));
-        *req.method_mut() = method;
+        let uri = ex.uri;
+        let mut req = Request::new(Full::new(ex.body.clone().unwrap_or_default()));
+        *req.method_mut() = ex.method.clone();
         *req.uri_mut() = uri.clone();
-        *req.headers_mut() = headers;
+        *req.headers_mut() = ex.headers.clone();
         inner.metrics.requests_sent.fetch_add(1, Relaxed);
         let _gauge = InFlight::start(&inner.metrics);
         let t0 = Instant::now();
@@ -361,6 +592,14 @@ impl LlmClient {
                 .await
                 .map_err(|e| classify_send(&e, uri))?;
             let (parts, body) = resp.into_parts();
+            if ex.stream && parts.status.is_success() {
+                return Ok(RawResponse {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: Bytes::new(),
+                    rest: Some(body),
+                });
+            }
             let rid = request_id(&parts.headers);
             let body =
                 read_capped(body, &parts.headers, inner.cfg.pool.max_response_bytes, rid).await?;
@@ -368,6 +607,7 @@ impl LlmClient {
                 status: parts.status,
                 headers: parts.headers,
                 body,
+                rest: None,
             })
         };
         let raw = match tokio::time::timeout(timeout, exchange).await {
@@ -387,7 +627,9 @@ impl LlmClient {
             micros = took.as_micros() as u64,
             "LLM response"
         );
-        inner.limiter.observe(&raw.headers);
+        if ex.estimate.is_some() {
+            inner.limiter.observe(&raw.headers);
+        }
         if raw.status.is_success() {
             Ok(raw)
         } else {
@@ -396,6 +638,20 @@ impl LlmClient {
                 inner.cfg.api_key.as_ref().map(|k| k.expose()),
             ))
         }
+    }
+}
+
+/// Whether a failure proves the server never acted on the request: no connection was
+/// made, or it refused with a 429 (a rate limit, not a quota), unless it said not to retry.
+fn surely_unsent(e: &LlmError) -> bool {
+    match e {
+        LlmError::Connect { .. } => true,
+        LlmError::Api(a) => {
+            a.status == 429
+                && a.code.as_deref() != Some("insufficient_quota")
+                && a.should_retry != Some(false)
+        }
+        _ => false,
     }
 }
 

@@ -87,13 +87,15 @@ impl LlmConfig {
 
 /// The environment variables whose key may go to `host`, in order: a provider's own key
 /// goes only to that provider's hosts (`XAI_API_KEY` to x.ai, `OPENAI_API_KEY` to
-/// openai.com); `REASONQ_API_KEY` goes to any host.
+/// openai.com, `ANTHROPIC_API_KEY` to anthropic.com); `REASONQ_API_KEY` goes to any host.
 pub fn key_names(host: &str) -> &'static [&'static str] {
     let is = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
     if is("x.ai") {
         &["XAI_API_KEY", "REASONQ_API_KEY"]
     } else if is("openai.com") {
         &["OPENAI_API_KEY", "REASONQ_API_KEY"]
+    } else if is("anthropic.com") {
+        &["ANTHROPIC_API_KEY", "REASONQ_API_KEY"]
     } else {
         &["REASONQ_API_KEY"]
     }
@@ -203,6 +205,7 @@ mod tests {
         let env = |n: &str| match n {
             "XAI_API_KEY" => Some("xai-secret".to_string()),
             "OPENAI_API_KEY" => Some("openai-secret".to_string()),
+            "ANTHROPIC_API_KEY" => Some("anthropic-secret".to_string()),
             _ => None,
         };
         // Another host never gets the xAI or OpenAI key, and says what to set instead.
@@ -216,6 +219,8 @@ mod tests {
             "https://x.ai.evil.com/v1",
             "https://notx.ai/v1",
             "https://openai.com.evil.io/v1",
+            "https://anthropic.com.evil.io/v1",
+            "https://notanthropic.com/v1",
         ] {
             assert!(key_from_lookup(url, None, env).is_err(), "{url}");
         }
@@ -224,6 +229,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(k.expose(), "xai-secret");
+        let k = key_from_lookup("https://api.anthropic.com/v1", None, env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.expose(), "anthropic-secret");
         // A variable named on the command line is used for any host.
         let k = key_from_lookup("https://gw.example.com/v1", Some("XAI_API_KEY"), env)
             .unwrap()

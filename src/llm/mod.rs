@@ -1,7 +1,9 @@
 //! Client of OpenAI-compatible chat-completions APIs (xAI Grok by default):
 //! a tuned hyper-util connection pool, retries with server advice, client-side
-//! rate limits and metrics.
+//! rate limits and metrics; and, over the same client, the providers' own batch APIs
+//! ([`batch_api`]).
 
+pub mod batch_api;
 mod client;
 mod config;
 mod error;
