@@ -55,6 +55,8 @@ pub struct Config {
     /// Memory in prompts, strategy choice and insights.
     pub memory: MemoryConfig,
     pub blackboard: BlackboardSection,
+    /// Batches run through a provider's batch API (`batch --via provider`).
+    pub provider_batch: ProviderBatchSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +149,27 @@ pub struct BlackboardSection {
     pub max_steps: u32,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderBatchSection {
+    /// Most lines per provider batch (the protocol's own limit applies too).
+    pub max_lines: usize,
+    /// First wait between polls of a running provider batch; doubles up to `poll_max_s`.
+    pub poll_min_ms: u64,
+    pub poll_max_s: u64,
+}
+
+impl Default for ProviderBatchSection {
+    fn default() -> Self {
+        let remote = crate::chat::remote::RemoteSettings::default();
+        ProviderBatchSection {
+            max_lines: remote.max_lines,
+            poll_min_ms: millis(remote.poll_min),
+            poll_max_s: remote.poll_max.as_secs(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -165,6 +188,7 @@ impl Default for Config {
             retention: RetentionSection::default(),
             memory: MemoryConfig::default(),
             blackboard: BlackboardSection::default(),
+            provider_batch: ProviderBatchSection::default(),
         }
     }
 }
@@ -273,6 +297,9 @@ impl Config {
         self.blackboard.max_steps = self.blackboard.max_steps.max(1);
         self.memory.insight_examples = self.memory.insight_examples.max(1);
         self.retention.interval_s = self.retention.interval_s.max(1);
+        self.provider_batch.max_lines = self.provider_batch.max_lines.max(1);
+        self.provider_batch.poll_min_ms = self.provider_batch.poll_min_ms.max(1);
+        self.provider_batch.poll_max_s = self.provider_batch.poll_max_s.max(1);
         self
     }
 }

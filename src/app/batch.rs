@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::retry::{matching_read, RetryFilter};
 use super::runs::{self, RunRecord};
@@ -16,10 +18,12 @@ use crate::batch::input::{items, scan_file, BatchItem, InputError, Scan};
 use crate::batch::output::failure_line;
 use crate::batch::shard::{self, Shard};
 use crate::batch::{lines, with_suffix};
+use crate::chat::remote::{self, RemoteEnd, RemoteRun, RemoteWatch};
 use crate::chat::{self, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::llm::batch_api::{BatchApi, Protocol};
 use crate::memory::Strategy;
 use crate::queue::{enqueue_many_in, find_by_dedup_read, waiting_ids_read, JobState, NewJob};
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
@@ -56,6 +60,40 @@ pub struct BatchOptions {
     pub rerun: bool,
     /// Run only the lines of this shard (`--shard K/N`); every line is still validated.
     pub shard: Option<Shard>,
+    /// One call per line, or the provider's batch API.
+    pub via: Via,
+}
+
+/// How the lines are sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Via {
+    /// One call per line (`--via live`).
+    #[default]
+    Live,
+    /// Through the provider's batch API (`--via provider`): half price, hours of latency.
+    Provider(ProviderOptions),
+}
+
+/// `--via provider` settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderOptions {
+    /// Wire protocol; by default from the base URL's host.
+    pub api: Option<Protocol>,
+    /// Lines the provider did not answer (failed, expired, missing) and lines of strategies
+    /// that take several calls run live afterwards.
+    pub fallback_live: bool,
+}
+
+/// What the provider batches of a run came to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSummary {
+    pub protocol: Protocol,
+    /// Provider batches still running (detached by a signal).
+    pub open: usize,
+    /// Lines not sent through the provider: they need a live run (`--fallback live`).
+    pub left_for_live: u64,
+    /// Whether the live fallback ran.
+    pub fell_back: bool,
 }
 
 /// Where a prepared batch starts from: jobs already finished before this run.
@@ -83,6 +121,8 @@ pub struct Prepared {
     pub cancelled: usize,
     pub baseline: Baseline,
     invalid: Vec<InputError>,
+    via: Via,
+    watch: Arc<RemoteWatch>,
 }
 
 /// How a batch run ended.
@@ -104,6 +144,8 @@ pub struct Report {
     /// bill them; their jobs are back in the queue).
     pub abandoned_calls: u64,
     pub requests_sent: u64,
+    /// Set when the lines went through the provider's batch API.
+    pub remote: Option<RemoteSummary>,
 }
 
 /// Checks the whole file in one streaming pass (`default_model` fills lines that name
@@ -257,6 +299,8 @@ pub async fn prepare(
         },
         batch,
         invalid: scan.errors,
+        via: opts.via.clone(),
+        watch: Arc::default(),
     })
 }
 
@@ -331,7 +375,7 @@ impl Prepared {
     pub async fn run(self, app: &App, connected: &Connected, shutdown: Listener) -> Result<Report> {
         let phase = std::time::Instant::now();
         let started_at = now_ms();
-        let end = connected.runner.drain(&self.batch, shutdown).await?;
+        let (end, remote) = self.send(app, connected, shutdown).await?;
         tracing::info!(elapsed = ?phase.elapsed(), "drained");
 
         let written = self.write_files(app).await?;
@@ -359,7 +403,86 @@ impl Prepared {
             counts,
             abandoned_calls: connected.gateway.unanswered_calls(),
             requests_sent: metrics.requests_sent,
+            remote,
         })
+    }
+}
+
+impl Prepared {
+    /// The provider batches of the run as they are now (for a progress line).
+    pub fn remote_watch(&self) -> Arc<RemoteWatch> {
+        Arc::clone(&self.watch)
+    }
+
+    /// Sends the lines live, or through the provider's batch API and then (if asked) live.
+    async fn send(
+        &self,
+        app: &App,
+        connected: &Connected,
+        mut shutdown: Listener,
+    ) -> Result<(DrainEnd, Option<RemoteSummary>)> {
+        let batch = self.batch.clone();
+        let open = app
+            .store
+            .read(move |txn| remote::records::open_read(txn, Some(&batch)))
+            .await?;
+        let provider = match &self.via {
+            Via::Provider(provider) => provider,
+            Via::Live if open.is_empty() => {
+                return Ok((connected.runner.drain(&self.batch, shutdown).await?, None))
+            }
+            Via::Live => {
+                let lines: u64 = open.iter().map(|r| r.lines).sum();
+                return Err(Error::Invalid(format!(
+                    "batch {} has {lines} lines in {} provider batches that have not been \
+                     collected; run it with --via provider to collect them, or cancel them with \
+                     `reasonq jobs cancel --batch {}`",
+                    self.batch,
+                    open.len(),
+                    self.batch
+                )));
+            }
+        };
+        let protocol = provider
+            .api
+            .unwrap_or_else(|| Protocol::for_base_url(&connected.client().config().base_url));
+        let api = BatchApi::new(connected.client().clone(), protocol);
+        let mut settings = super::remote_settings(&app.config);
+        if connected.sim.is_some() {
+            // The simulated provider finishes a batch in moments: poll it as fast.
+            settings.poll_min = settings.poll_min.min(Duration::from_millis(100));
+            settings.poll_max = settings.poll_max.min(Duration::from_millis(500));
+        }
+        let run = RemoteRun::new(
+            &connected.chat,
+            app.queue.clone(),
+            api,
+            Arc::clone(connected.runner.stats()),
+            settings,
+            Arc::clone(&self.watch),
+            Duration::from_secs(app.config.queue.lease_s),
+        );
+        let mut summary = RemoteSummary {
+            protocol,
+            open: 0,
+            left_for_live: 0,
+            fell_back: false,
+        };
+        match run.run(&self.batch, &mut shutdown).await? {
+            RemoteEnd::Detached(phase) => {
+                summary.open = self.watch.view().open;
+                Ok((DrainEnd::Stopped(phase), Some(summary)))
+            }
+            RemoteEnd::Collected { left_for_live } => {
+                summary.left_for_live = left_for_live;
+                if !provider.fallback_live {
+                    return Ok((DrainEnd::Finished, Some(summary)));
+                }
+                summary.fell_back = true;
+                let end = connected.runner.drain(&self.batch, shutdown).await?;
+                Ok((end, Some(summary)))
+            }
+        }
     }
 }
 

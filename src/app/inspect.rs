@@ -2,6 +2,7 @@
 //! `board`, `stats`, `stats --tables`): what they print is the binary's business, what they
 //! read is here.
 
+use crate::chat::remote::RemoteRecord;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -24,6 +25,8 @@ pub struct BatchStatus {
     pub counts: Counts,
     /// Tokens of its completed jobs (cache hits cost nothing), and answers from the cache.
     pub usage: Usage,
+    /// Its provider batches not yet collected (their lines count as running).
+    pub remote: Vec<RemoteRecord>,
 }
 
 /// Every batch's job counts by state and tokens spent: a few rows per batch, whatever its
@@ -35,10 +38,12 @@ pub async fn status(app: &App) -> Result<Vec<BatchStatus>> {
             for batch in crate::queue::queues_read(txn)? {
                 let counts = crate::queue::counts_read(txn, Some(&batch))?;
                 let usage = usage_read(txn, &batch)?;
+                let remote = crate::chat::remote::records::open_read(txn, Some(&batch))?;
                 rows.push(BatchStatus {
                     batch,
                     counts,
                     usage,
+                    remote,
                 });
             }
             Ok(rows)

@@ -5,6 +5,7 @@
 //! [`inspect`] queries.
 
 pub mod batch;
+pub mod cancel;
 pub mod insights;
 pub mod inspect;
 pub mod merge;
@@ -55,6 +56,8 @@ pub struct Connected {
     /// Cache and client: every LLM call goes through it.
     pub gateway: Gateway,
     pub runner: Runner,
+    /// The chat jobs' handler (registered with the runner), for the provider-batch driver.
+    pub chat: ChatHandler,
     /// The in-process server of `--simulate`, kept alive while the client is used.
     pub sim: Option<SimServer>,
 }
@@ -124,12 +127,14 @@ impl App {
             blackboard_max_steps: self.config.blackboard.max_steps,
         };
         let mut registry = Registry::default();
-        registry.register(chat::KIND, ChatHandler::new(gateway.clone(), settings));
+        let chat = ChatHandler::new(gateway.clone(), settings);
+        registry.register(chat::KIND, chat.clone());
         let runner = Runner::new(self.queue.clone(), registry, runner_config(&self.config))
             .with_breaker(breaker);
         Ok(Connected {
             gateway,
             runner,
+            chat,
             sim,
         })
     }
@@ -167,6 +172,15 @@ fn simulated_api() -> SimConfig {
         }),
         record_requests: false,
         ..SimConfig::default()
+    }
+}
+
+/// How provider batches are sized and polled, from the configuration.
+pub(crate) fn remote_settings(c: &Config) -> crate::chat::remote::RemoteSettings {
+    crate::chat::remote::RemoteSettings {
+        max_lines: c.provider_batch.max_lines,
+        poll_min: Duration::from_millis(c.provider_batch.poll_min_ms),
+        poll_max: Duration::from_secs(c.provider_batch.poll_max_s),
     }
 }
 

@@ -1,10 +1,12 @@
 //! What a strategy's engine runs a job with: the gateway for its calls and the chat
 //! settings. Shared by the handler that dispatches and the engines it dispatches to.
 
+use super::ChatJob;
 use crate::error::Result;
-use crate::memory::MemoryConfig;
+use crate::memory::{bandit, MemoryConfig, Strategy};
 use crate::queue::Failure;
 use crate::runner::{FailureRecord, Gateway, JobCtx};
+use crate::store::Store;
 
 /// What chat jobs need besides the job.
 #[derive(Debug, Clone)]
@@ -19,6 +21,30 @@ pub struct ChatSettings {
 pub struct Engine {
     pub gateway: Gateway,
     pub settings: ChatSettings,
+}
+
+impl Engine {
+    /// The line's own strategy, else the bandit's pick for its domain among the configured
+    /// ones. The inner error names a strategy that does not exist (the line's fault).
+    pub async fn strategy_for(
+        &self,
+        store: &Store,
+        job: &ChatJob,
+    ) -> Result<std::result::Result<Strategy, String>> {
+        if let Some(name) = job.strategy.as_deref() {
+            return Ok(name.parse::<Strategy>());
+        }
+        let arms = self.settings.memory.strategies.clone();
+        // One arm (the default) is its own pick whatever the statistics say: no read.
+        if let [only] = arms.as_slice() {
+            return Ok(Ok(*only));
+        }
+        let domain = job.domain.clone();
+        store
+            .read(move |txn| bandit::choose_read(txn, &domain, &arms))
+            .await
+            .map(Ok)
+    }
 }
 
 /// Discards a job whose payload cannot be used (no retry can help).

@@ -10,6 +10,7 @@ pub mod blackboard;
 mod engine;
 pub mod finish;
 pub mod handler;
+pub mod remote;
 mod single;
 
 use serde::{Deserialize, Serialize};

@@ -14,6 +14,7 @@ use crate::memory::experience::{ExperienceData, NewExperience};
 use crate::memory::prompt::{self, MemorySection};
 use crate::memory::{apply, rules, Strategy};
 use crate::runner::{CacheWrite, CallError, JobCtx};
+use crate::store::Store;
 
 /// Runs `job` with one call shaped by `strategy`.
 pub(super) async fn run(
@@ -22,12 +23,10 @@ pub(super) async fn run(
     job: ChatJob,
     strategy: Strategy,
 ) -> Result<()> {
-    let mut body: serde_json::Value = match serde_json::from_str(&job.body) {
-        Ok(body) => body,
-        Err(e) => return bad_payload(&ctx, format!("request body is not JSON: {e}")).await,
+    let Shaped { body, memory } = match shape(engine, ctx.store(), &job, strategy).await? {
+        Ok(shaped) => shaped,
+        Err(message) => return bad_payload(&ctx, message).await,
     };
-    let memory = memory_for(engine, &ctx, &job).await?;
-    apply::shape(&mut body, strategy, &memory);
     let heartbeat = ctx.heartbeat();
     let started = Instant::now();
     let outcome = engine.gateway.call_deferred(&body).await;
@@ -39,7 +38,7 @@ pub(super) async fn run(
                 memory,
                 hit,
                 cache_write,
-                started,
+                latency: started.elapsed(),
             };
             complete(engine, &ctx, &job, response, reply).await
         }
@@ -49,8 +48,31 @@ pub(super) async fn run(
     }
 }
 
+/// A one-call request shaped by its strategy and memory: the exact body to send.
+pub(crate) struct Shaped {
+    pub body: serde_json::Value,
+    pub memory: MemorySection,
+}
+
+/// Shapes `job`'s request for `strategy`, with its memory section. The inner error is a
+/// payload no call can use (the job's own fault).
+pub(crate) async fn shape(
+    engine: &Engine,
+    store: &Store,
+    job: &ChatJob,
+    strategy: Strategy,
+) -> Result<std::result::Result<Shaped, String>> {
+    let mut body: serde_json::Value = match serde_json::from_str(&job.body) {
+        Ok(body) => body,
+        Err(e) => return Ok(Err(format!("request body is not JSON: {e}"))),
+    };
+    let memory = memory_for(engine, store, job).await?;
+    apply::shape(&mut body, strategy, &memory);
+    Ok(Ok(Shaped { body, memory }))
+}
+
 /// The memory section of a job's prompt (empty when memory is off).
-async fn memory_for(engine: &Engine, ctx: &JobCtx, job: &ChatJob) -> Result<MemorySection> {
+async fn memory_for(engine: &Engine, store: &Store, job: &ChatJob) -> Result<MemorySection> {
     if !job.memory {
         return Ok(MemorySection::default());
     }
@@ -60,25 +82,26 @@ async fn memory_for(engine: &Engine, ctx: &JobCtx, job: &ChatJob) -> Result<Memo
     let (k, budget) = (settings.k, settings.token_budget);
     let now = now_ms();
     // Experiences recorded a moment ago are searched too.
-    crate::memory::index::catch_up(ctx.store()).await?;
-    ctx.store()
+    crate::memory::index::catch_up(store).await?;
+    store
         .read(move |txn| prompt::build_read(txn, &domain, &question, k, budget, now))
         .await
 }
 
 /// What a successful call brings to the completion besides the response.
-struct Reply {
-    strategy: Strategy,
-    memory: MemorySection,
-    hit: Hit,
+pub(crate) struct Reply {
+    pub strategy: Strategy,
+    pub memory: MemorySection,
+    pub hit: Hit,
     /// The fresh response's disk-cache write, committed with the completion.
-    cache_write: Option<CacheWrite>,
-    started: Instant,
+    pub cache_write: Option<CacheWrite>,
+    /// From sending the request to its answer.
+    pub latency: std::time::Duration,
 }
 
 /// Judges the reply and finishes the job, with the rule scores of the memory it used and the
 /// fresh response's cache row in the same transaction.
-async fn complete(
+pub(crate) async fn complete(
     engine: &Engine,
     ctx: &JobCtx,
     job: &ChatJob,
@@ -90,10 +113,10 @@ async fn complete(
         memory,
         hit,
         cache_write,
-        started,
+        latency,
     } = reply;
     let cached = matches!(hit, Hit::Memory | Hit::Disk);
-    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
     let record = ResponseRecord {
         status_code: outcome.status,
         request_id: outcome.request_id.clone(),

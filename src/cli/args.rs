@@ -186,6 +186,19 @@ pub struct BatchArgs {
     /// there (FNV-1a 64 % N, docs/scale-out.md). Give each shard its own --db.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<reasonq::batch::shard::Shard>,
+    /// `live`: one call per line. `provider`: the provider's batch API, at about half the
+    /// price, answers within hours; a signal detaches and the same command picks it up
+    /// (docs/provider-batch.md).
+    #[arg(long, value_enum, default_value_t = Via::Live, value_name = "HOW")]
+    pub via: Via,
+    /// The provider's batch protocol (openai, xai, anthropic); by default from the base
+    /// URL's host (x.ai: xai, anthropic.com: anthropic, any other: openai).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub batch_api: Option<reasonq::llm::batch_api::Protocol>,
+    /// With --via provider: `live` runs the lines the provider did not answer (failed,
+    /// expired, missing) and multi-call strategies with one call each, afterwards.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub fallback: Option<Fallback>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -275,9 +288,17 @@ pub enum JobsCommand {
         #[arg(long, requires = "batch")]
         code: Option<String>,
     },
-    /// Cancel a job that has not finished.
-    #[command(after_help = "Example:\n  reasonq jobs cancel 42")]
-    Cancel { id: u64 },
+    /// Cancel a job that has not finished, or every unfinished line of a batch (its
+    /// provider batches too: what they answered is kept).
+    #[command(
+        after_help = "Examples:\n  reasonq jobs cancel 42\n  reasonq jobs cancel --batch questions"
+    )]
+    Cancel {
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        id: Option<u64>,
+        #[arg(long, value_name = "NAME")]
+        batch: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,4 +344,17 @@ pub struct InsightsArgs {
     /// Print JSON instead of a list.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How `batch` sends its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    Live,
+    Provider,
+}
+
+/// What runs the lines a provider batch did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fallback {
+    Live,
 }

@@ -7,7 +7,7 @@ use reasonq::config::Config;
 use reasonq::runner::DrainEnd;
 use reasonq::shutdown::{exit_code, Shutdown};
 
-use super::args::BatchArgs;
+use super::args::{BatchArgs, Fallback, Via};
 use super::progress::Progress;
 use super::{fail, CliResult, Outcome};
 
@@ -26,7 +26,17 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         retry_failed: args.retry_failed,
         rerun: args.rerun,
         shard: args.shard,
+        via: match args.via {
+            Via::Live => batch::Via::Live,
+            Via::Provider => batch::Via::Provider(batch::ProviderOptions {
+                api: args.batch_api,
+                fallback_live: args.fallback == Some(Fallback::Live),
+            }),
+        },
     };
+    if args.via == Via::Live && (args.batch_api.is_some() || args.fallback.is_some()) {
+        return Err(fail("--batch-api and --fallback go with --via provider"));
+    }
     // A bad file is refused before the database is opened.
     // Reading a big file is blocking work: off the async runtime.
     let (to_read, model) = (opts.clone(), config.model.clone());
@@ -72,6 +82,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
     let progress = Progress::start(
         prepared.baseline,
         connected.runner.stats().clone(),
+        prepared.remote_watch(),
         args.plain,
     );
     let report = prepared.run(&app, &connected, shutdown.listener()).await;
@@ -92,6 +103,9 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         c.completion_tokens,
         report.requests_sent,
     );
+    if let Some(remote) = &report.remote {
+        describe_remote_end(remote, &report);
+    }
     if let Some(peak) = peak_resident_bytes() {
         eprintln!("peak RSS: {:.1} MB", peak as f64 / 1e6);
     }
@@ -113,6 +127,13 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
             );
             Ok(Outcome::Exit(EXIT_HALTED))
         }
+        DrainEnd::Stopped(phase) if report.remote.is_some() => {
+            eprintln!(
+                "detached by signal: the provider batches keep running; run the same command \
+                 again to collect them"
+            );
+            Ok(Outcome::Exit(exit_code(phase.signal())))
+        }
         DrainEnd::Stopped(phase) => {
             eprintln!(
                 "stopped by signal: {} jobs returned to the queue; run the same command again to finish",
@@ -127,5 +148,20 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
             }
             Ok(Outcome::Exit(exit_code(phase.signal())))
         }
+    }
+}
+
+/// What the provider batches came to, after the usual summary.
+fn describe_remote_end(remote: &batch::RemoteSummary, report: &batch::Report) {
+    eprintln!("sent through the {} batch API", remote.protocol.as_str());
+    if remote.open > 0 {
+        eprintln!("{} provider batches are still running", remote.open);
+    }
+    if !remote.fell_back && report.pending > 0 && remote.open == 0 {
+        eprintln!(
+            "{} lines were not answered by the provider (or take several calls); run the same \
+             command again to send them again, or add --fallback live to run them live",
+            report.pending
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use reasonq::app::cancel;
 use reasonq::app::inspect::{self, job_detail};
 use reasonq::app::retry::{retry_failed, RetryFilter};
 use reasonq::app::submit::{self, Question, Submitted};
@@ -62,8 +63,18 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
                 for s in JobState::ALL {
                     states.insert(s.as_str().into(), json!(r.counts.get(s)));
                 }
+                let remote: Vec<Value> = r
+                    .remote
+                    .iter()
+                    .map(|b| {
+                        json!({"protocol": b.protocol, "phase": b.phase.as_str(), "id": b.remote_id,
+                               "state": b.remote_state, "lines": b.lines, "succeeded": b.counts.0,
+                               "failed": b.counts.1, "cancel_requested": b.cancel_requested})
+                    })
+                    .collect();
                 json!({"batch": r.batch, "states": states, "total": r.counts.total(),
-                       "prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens, "cached": r.usage.cached})
+                       "prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens, "cached": r.usage.cached,
+                       "provider_batches": remote})
             })
             .collect();
         return print_json(&Value::Array(list));
@@ -89,6 +100,26 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
         })
         .collect();
     table(&header, &body)?;
+    for r in rows.iter().filter(|r| !r.remote.is_empty()) {
+        let lines: u64 = r.remote.iter().map(|b| b.lines).sum();
+        let states: Vec<String> = r
+            .remote
+            .iter()
+            .map(|b| {
+                let state = b.remote_state.as_deref().unwrap_or(b.phase.as_str());
+                match &b.remote_id {
+                    Some(id) => format!("{id} {state} {}/{}", b.counts.0, b.lines),
+                    None => format!("({state}) {} lines", b.lines),
+                }
+            })
+            .collect();
+        emit!(
+            "{}: {} provider batches running with {lines} lines: {}",
+            r.batch,
+            r.remote.len(),
+            states.join("; ")
+        )?;
+    }
     Ok(Outcome::Done)
 }
 
@@ -130,9 +161,14 @@ pub async fn results(config: Config, args: ResultsArgs) -> CliResult {
 }
 
 /// `reasonq jobs ...`.
-pub async fn jobs(config: Config, cmd: JobsCommand) -> CliResult {
+pub async fn jobs(config: Config, cmd: JobsCommand, endpoint: &Endpoint) -> CliResult {
     let app = App::open(config).await.map_err(fail)?;
-    let result = jobs_inner(&app, cmd).await;
+    let result = match cmd {
+        JobsCommand::Cancel {
+            batch: Some(batch), ..
+        } => cancel_batch(&app, &batch, endpoint).await,
+        cmd => jobs_inner(&app, cmd).await,
+    };
     app.close().await.map_err(fail)?;
     result
 }
@@ -213,12 +249,41 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
             emit!("{n} jobs of {batch} will run again at the next `reasonq batch` of its file")?;
             Ok(Outcome::Done)
         }
-        JobsCommand::Cancel { id } => {
+        JobsCommand::Cancel { id: Some(id), .. } => {
             app.queue.cancel(id).await.map_err(fail)?;
             emit!("job {id} cancelled")?;
             Ok(Outcome::Done)
         }
+        JobsCommand::Cancel { .. } => Err(fail("name a job id or --batch")),
     }
+}
+
+/// `jobs cancel --batch B`: the waiting lines here, the provider batches at the provider.
+async fn cancel_batch(app: &App, batch: &str, endpoint: &Endpoint) -> CliResult {
+    let connected = if cancel::open_remote(app, batch).await.map_err(fail)? > 0 {
+        Some(app.connect(endpoint).await.map_err(fail)?)
+    } else {
+        None
+    };
+    let shutdown = Shutdown::new();
+    let _signals = shutdown
+        .listen_for_signals()
+        .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
+    if connected.is_some() {
+        eprintln!("asking the provider to cancel the batch's provider batches; waiting for them to end (partial results are kept)");
+    }
+    let done = cancel::cancel_batch(app, connected.as_ref(), batch, shutdown.listener())
+        .await
+        .map_err(fail)?;
+    emit!(
+        "{} waiting lines of {batch} cancelled; {} provider batches cancelled",
+        done.waiting,
+        done.remote
+    )?;
+    if !done.collected {
+        eprintln!("stopped waiting: run the command again to collect what the provider finished");
+    }
+    Ok(Outcome::Done)
 }
 
 fn experience_json(e: &Experience) -> Value {

@@ -155,7 +155,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Submit(args) => commands::submit(config, args, &endpoint).await,
         Command::Status(f) => commands::status(config, f.json).await,
         Command::Results(args) => commands::results(config, args).await,
-        Command::Jobs(cmd) => commands::jobs(config, cmd).await,
+        Command::Jobs(cmd) => commands::jobs(config, cmd, &endpoint).await,
         Command::Experiences(cmd) => commands::experiences(config, cmd).await,
         Command::Patterns(f) => commands::patterns(config, f.json).await,
         Command::Insights(args) => memory::insights(config, args, &endpoint).await,

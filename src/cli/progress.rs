@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use reasonq::app::batch::Baseline;
+use reasonq::chat::remote::{RemoteView, RemoteWatch};
 use reasonq::runner::{RunCounts, RunStats};
 
 /// Reports progress until dropped or [`Progress::finish`]ed.
@@ -42,9 +43,31 @@ pub fn describe(base: Baseline, now: RunCounts, server_waits: u64, elapsed: Dura
     )
 }
 
+/// The provider batches' part of the progress line (empty when there are none).
+pub fn describe_remote(view: &RemoteView, elapsed: Duration) -> String {
+    if view.open == 0 {
+        return String::new();
+    }
+    format!(
+        "; provider: {open} batches ({states}), {done}/{lines} lines answered there, {failed}          failed, {secs}s",
+        open = view.open,
+        states = view.states,
+        done = view.succeeded,
+        lines = view.lines,
+        failed = view.failed,
+        secs = elapsed.as_secs(),
+    )
+}
+
 impl Progress {
-    /// Starts reporting `stats` against `base`. `plain` forces lines even on a terminal.
-    pub fn start(base: Baseline, stats: Arc<RunStats>, plain: bool) -> Progress {
+    /// Starts reporting `stats` (and the provider batches of `remote`) against `base`.
+    /// `plain` forces lines even on a terminal.
+    pub fn start(
+        base: Baseline,
+        stats: Arc<RunStats>,
+        remote: Arc<RemoteWatch>,
+        plain: bool,
+    ) -> Progress {
         let started = Instant::now();
         let fancy = !plain && std::io::stderr().is_terminal();
         let bar = fancy.then(|| {
@@ -69,7 +92,8 @@ impl Progress {
                 let waits = stats
                     .server_waits
                     .load(std::sync::atomic::Ordering::Relaxed);
-                let text = describe(base, now, waits, started.elapsed());
+                let mut text = describe(base, now, waits, started.elapsed());
+                text.push_str(&describe_remote(&remote.view(), started.elapsed()));
                 match &task_bar {
                     Some(bar) => {
                         bar.set_position(base.completed + base.failed + now.completed + now.failed);

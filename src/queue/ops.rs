@@ -186,6 +186,44 @@ pub fn lease_in(
     Ok(leases)
 }
 
+/// The lease expiry of a job handed to a provider's batch API: it never expires and is not
+/// rescued at open (the remote batch holds the job across restarts); it ends when the remote
+/// result is recorded, or when the job is released, failed or cancelled.
+pub const REMOTE_LEASE: u64 = u64::MAX;
+
+/// Leases the jobs of `ids` that are still waiting (whatever their run_at) to `owner` until
+/// `expires_at` ([`REMOTE_LEASE`] for a provider batch), in the order of `ids`. Ids that are
+/// no longer waiting are skipped. Each lease starts an attempt and gets a new fencing token.
+pub fn lease_ids_in(
+    txn: &WriteTransaction,
+    ids: &[u64],
+    owner: &str,
+    expires_at: u64,
+) -> Result<Vec<Lease>> {
+    let mut t = JobTables::open(txn)?;
+    let mut leases = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let Some(job) = t.load(id)? else { continue };
+        if !job.state.is_waiting() {
+            continue;
+        }
+        let before = Placed::of(&job);
+        let mut job = job;
+        job.state = JobState::Running;
+        job.attempt = job.attempt.saturating_add(1);
+        job.lease_token += 1;
+        job.lease_expires_at = Some(expires_at);
+        job.lease_owner = Some(owner.to_owned());
+        t.save(Some(before), &job)?;
+        leases.push(Lease {
+            token: job.lease_token,
+            job,
+        });
+    }
+    t.finish()?;
+    Ok(leases)
+}
+
 /// Ids of up to `max` due jobs of `queue`, best first.
 fn due_ids(t: &JobTables<'_>, queue: &str, max: usize, now: u64) -> Result<Vec<u64>> {
     let mut picked = Vec::with_capacity(max.min(1024));
@@ -470,9 +508,11 @@ fn rescue(
     mark: impl Fn(&mut Job),
 ) -> Result<usize> {
     let mut t = JobTables::open(txn)?;
+    // Remote leases are held by a provider's batch, not by a process: never rescued here.
+    let until = until.unwrap_or(u64::MAX).min(REMOTE_LEASE - 1);
     let ids = t
         .leased
-        .range((0u64, 0u64)..=(until.unwrap_or(u64::MAX), u64::MAX))?
+        .range((0u64, 0u64)..=(until, u64::MAX))?
         .map(|entry| entry.map(|(key, _)| key.value().1))
         .collect::<Result<Vec<u64>, _>>()?;
     let mut rescued = 0;

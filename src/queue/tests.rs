@@ -453,3 +453,53 @@ fn invalid_jobs_are_refused() {
         .write(move |txn| enqueue_many_in(txn, &config, &zero, 0))
         .is_err());
 }
+
+#[test]
+fn a_remote_lease_outlives_restarts_and_expiry_but_ends_like_any_lease() {
+    let f = fixture();
+    let a = f.enqueue(job(0, None), 1_000).id;
+    let b = f.enqueue(job(0, Some(99_000)), 1_000).id;
+    let done = f.enqueue(job(0, None), 1_000).id;
+    let leased = f.lease(1, 2_000);
+    assert_eq!(leased[0].job.id, a);
+    f.write(move |txn| {
+        fail_in(
+            txn,
+            &QueueConfig::default(),
+            &leased[0],
+            "x",
+            Failure::Retryable,
+            2_000,
+        )
+    })
+    .unwrap();
+    // Waiting in any way (retryable, scheduled for later) counts; a finished job does not.
+    let lease = f.lease(1, 2_000).pop().unwrap();
+    assert_eq!(lease.job.id, done);
+    f.write(move |txn| complete_in(txn, &lease, b"r", 2_000))
+        .unwrap();
+    let remote = f
+        .write(move |txn| lease_ids_in(txn, &[b, a, done, 999], "remote-1", REMOTE_LEASE))
+        .unwrap();
+    assert_eq!(remote.iter().map(|l| l.job.id).collect::<Vec<_>>(), [b, a]);
+    assert_eq!(f.job(a).attempt, 2);
+    assert_eq!(f.counts().running, 2);
+    // Neither the expiry sweep nor the rescue at open takes them from the provider batch.
+    assert_eq!(
+        f.write(|txn| rescue_expired_in(txn, u64::MAX - 1)).unwrap(),
+        0
+    );
+    f.write(rescue_at_open).unwrap();
+    assert_eq!(f.job(b).state, JobState::Running);
+    assert_eq!(f.job(b).lease_owner.as_deref(), Some("remote-1"));
+    // Its result completes it through the same fencing as a worker's.
+    let first = remote[0].clone();
+    f.write(move |txn| complete_in(txn, &first, b"answer", 3_000))
+        .unwrap();
+    assert_eq!(f.job(b).state, JobState::Completed);
+    let stale = remote[0].clone();
+    assert!(matches!(
+        f.write(move |txn| complete_in(txn, &stale, b"again", 3_000)),
+        Err(Error::LeaseLost { .. })
+    ));
+}

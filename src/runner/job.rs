@@ -38,12 +38,9 @@ impl Drop for Heartbeat {
 }
 
 impl JobCtx {
-    pub(super) fn new(
-        lease: Lease,
-        queue: Queue,
-        stats: Arc<RunStats>,
-        lease_len: Duration,
-    ) -> Self {
+    /// A running job: leased by the runner, or held by a provider's batch (whose results
+    /// end their jobs through the same calls).
+    pub fn new(lease: Lease, queue: Queue, stats: Arc<RunStats>, lease_len: Duration) -> Self {
         JobCtx {
             lease,
             queue,

@@ -14,6 +14,7 @@ pub const NEXT_EXPERIENCE_ID: &str = "next_experience_id";
 pub const NEXT_JOB_ID: &str = "next_job_id";
 pub const NEXT_RUN_ID: &str = "next_run_id";
 pub const NEXT_RULE_ID: &str = "next_rule_id";
+pub const NEXT_REMOTE_ID: &str = "next_remote_id";
 /// Layout of the job tables (2: payloads and results out of the job records).
 pub const JOB_LAYOUT: &str = "job_layout";
 /// Set once `BATCH_LINES` and `BATCH_USAGE` have been built for the batches of older files.
@@ -122,6 +123,15 @@ pub const BATCH_SIZES: TableDefinition<&str, u64> = TableDefinition::new("batch_
 /// completion, so `status` reads one row per batch.
 pub const BATCH_USAGE: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("batch_usage");
 
+// ---- provider batches (chat/remote/) ----
+
+/// Remote key -> encoded `chat::remote::RemoteRecord`: one batch handed to a provider's
+/// batch API, with the ids the provider gave it and where it is in its life.
+pub const REMOTE_BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("remote_batches");
+/// (remote key, job id) -> the request body exactly as sent: written before the upload, so
+/// an interrupted upload sends the same lines again and a result finds its request.
+pub const REMOTE_LINES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("remote_lines");
+
 // ---- run records (runs.rs) ----
 
 /// Run id -> encoded `RunRecord`: the figures of each batch run, for `reasonq stats`.
@@ -172,6 +182,8 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(BATCH_USAGE)?;
     txn.open_table(BOARD_SESSIONS)?;
     txn.open_table(BOARD_ENTRIES)?;
+    txn.open_table(REMOTE_BATCHES)?;
+    txn.open_table(REMOTE_LINES)?;
     Ok(())
 }
 

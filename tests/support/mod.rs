@@ -38,12 +38,17 @@ impl Env {
 
     /// [`Env::command`] against the database at `db`.
     pub fn command_on(&self, db: &Path, args: &[&str]) -> Command {
+        self.command_at(db, &self.server.base_url(), args)
+    }
+
+    /// [`Env::command_on`] against another base URL (a protocol's mount of the server).
+    pub fn command_at(&self, db: &Path, base_url: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_reasonq"));
         cmd.current_dir(self.dir.path())
             .arg("--db")
             .arg(db)
             .arg("--base-url")
-            .arg(self.server.base_url())
+            .arg(base_url)
             .args(args)
             .stdin(Stdio::null());
         for (key, _) in std::env::vars() {

@@ -230,6 +230,20 @@ pub enum RemoteState {
 }
 
 impl RemoteState {
+    /// OpenAI's name of the state (`in_progress`, ...), used for every protocol in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteState::Validating => "validating",
+            RemoteState::InProgress => "in_progress",
+            RemoteState::Finalizing => "finalizing",
+            RemoteState::Completed => "completed",
+            RemoteState::Failed => "failed",
+            RemoteState::Expired => "expired",
+            RemoteState::Cancelling => "cancelling",
+            RemoteState::Cancelled => "cancelled",
+        }
+    }
+
     /// Whether the provider will process nothing more (its results are final).
     pub fn is_ended(self) -> bool {
         matches!(
