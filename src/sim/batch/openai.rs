@@ -648,7 +648,7 @@ pub(super) fn object(b: &Batch) -> Value {
     let c = b.counts();
     let secs = |ms: Option<u64>| ms.map(|m| m / 1000);
     // The total is known once validation has passed.
-    let known = b.times.in_progress.is_some();
+    let known = !matches!(b.state, BatchState::Validating | BatchState::Failed);
     let (total, completed, failed) = if known {
         (
             b.lines.len(),

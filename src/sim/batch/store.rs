@@ -635,7 +635,12 @@ impl Inner {
         }
         let t = Some(now);
         match state {
-            BatchState::Completed => b.times.completed = t,
+            BatchState::Completed => {
+                // A batch completed from an earlier state still went through these.
+                b.times.in_progress.get_or_insert(now);
+                b.times.finalizing.get_or_insert(now);
+                b.times.completed = t;
+            }
             BatchState::Failed => b.times.failed = t,
             BatchState::Expired => {
                 b.times.expired = t;
