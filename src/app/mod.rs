@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::llm::{LlmClient, LlmConfig, PoolConfig, RateLimits, RetryPolicy};
 use crate::queue::{Queue, QueueConfig, Retention};
 use crate::runner::{Breaker, Gateway, GatewaySettings, Registry, Runner, RunnerConfig};
-use crate::sim::{RandomFaults, SimConfig, SimServer};
+use crate::sim::{BatchConfig, BatchMode, RandomFaults, SimConfig, SimServer};
 use crate::store::{Store, StoreConfig};
 use upkeep::{cleanup_pass, CleanupReport, ExperienceRetention, Upkeep};
 
@@ -159,7 +159,8 @@ impl App {
 }
 
 /// The `--simulate` server: realistic latency (0.2 to 1.5 s), a 429 with `retry-after-ms` on
-/// about 3% of requests and a 503 on about 1%, reproducible from a fixed seed.
+/// about 3% of requests and a 503 on about 1%, reproducible from a fixed seed. Provider batches
+/// advance by themselves, one state a second.
 fn simulated_api() -> SimConfig {
     SimConfig {
         random: Some(RandomFaults {
@@ -171,6 +172,12 @@ fn simulated_api() -> SimConfig {
             p_server_error: 0.01,
         }),
         record_requests: false,
+        batch: BatchConfig {
+            mode: BatchMode::Auto {
+                step: Duration::from_secs(1),
+            },
+            ..BatchConfig::default()
+        },
         ..SimConfig::default()
     }
 }

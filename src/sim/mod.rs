@@ -1,7 +1,12 @@
 //! A real hyper HTTP server on 127.0.0.1 that speaks the OpenAI
 //! chat-completions wire format, with scripted faults. Used by the tests, the
 //! benchmarks and the CLI's `--simulate` mode.
+//!
+//! [`batch`] adds the providers' batch APIs (OpenAI Files + Batch, xAI Batch, Anthropic
+//! Message Batches), answering every batched request with the same [`decide`] as a live
+//! `/chat/completions` call.
 
+pub mod batch;
 mod fault;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
+pub use batch::{BatchConfig, BatchControl, BatchMode, Protocol};
 pub use fault::{Fault, Reply, SimBody};
 
 /// Scripts answers from the request body.
@@ -77,6 +83,8 @@ pub struct SimConfig {
     /// Benchmark mode: every chat request gets one canned answer without
     /// parsing the body, counting prompts or consulting faults/responder.
     pub fast: bool,
+    /// The batch APIs: lifecycle mode and the providers' limits.
+    pub batch: BatchConfig,
 }
 
 impl Default for SimConfig {
@@ -90,6 +98,7 @@ impl Default for SimConfig {
             random: None,
             record_requests: true,
             fast: false,
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -138,7 +147,7 @@ pub struct SimStats {
     pub faults_pending: usize,
 }
 
-struct State {
+pub(crate) struct State {
     cfg: SimConfig,
     faults: Mutex<VecDeque<Fault>>,
     responder: RwLock<Option<Responder>>,
@@ -149,6 +158,9 @@ struct State {
     log: Mutex<Vec<RequestRecord>>,
     by_prompt: Mutex<HashMap<String, u64>>,
     canned: Bytes,
+    /// `http` or `https`, for absolute URLs such as Anthropic's `results_url`.
+    scheme: &'static str,
+    batches: batch::Store,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -198,6 +210,8 @@ impl SimServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seed = cfg.random.as_ref().map_or(0, |r| r.seed);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let batches = batch::Store::new(&cfg.batch);
         let state = Arc::new(State {
             cfg,
             faults: Mutex::new(VecDeque::new()),
@@ -209,8 +223,9 @@ impl SimServer {
             log: Mutex::new(Vec::new()),
             by_prompt: Mutex::new(HashMap::new()),
             canned: completion(0, "sim", "[simulated] fast answer", 8),
+            scheme,
+            batches,
         });
-        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), tls));
         Ok(SimServer {
             addr,
@@ -228,6 +243,23 @@ impl SimServer {
     /// API root for the client, e.g. `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("{}://{}{}", self.scheme, self.addr, self.state.cfg.prefix)
+    }
+
+    /// API root under which `protocol` owns `/batches` and `/files`, e.g.
+    /// `http://127.0.0.1:PORT/xai/v1` (see [`batch`] for why the mounts exist).
+    pub fn base_url_for(&self, protocol: Protocol) -> String {
+        format!(
+            "{}://{}{}{}",
+            self.scheme,
+            self.addr,
+            protocol.mount(),
+            self.state.cfg.prefix
+        )
+    }
+
+    /// The control handle of the batch APIs (cheap to clone).
+    pub fn batches(&self) -> BatchControl {
+        BatchControl::new(Arc::clone(&self.state))
     }
 
     /// Queues faults, used one per chat request in order.
@@ -374,7 +406,12 @@ async fn route(
     n: u64,
 ) -> io::Result<Response<SimBody>> {
     let prefix = state.cfg.prefix.trim_end_matches('/');
-    let path = parts.uri.path().strip_prefix(prefix).unwrap_or("");
+    let (mount, full) = batch::split_mount(parts.uri.path());
+    let path = full.strip_prefix(prefix).unwrap_or("");
+    if batch::is_anthropic(path) {
+        // Anthropic authenticates with `x-api-key`, not a bearer token.
+        return batch::route(state, mount, parts, body, path).await;
+    }
     if let Some(key) = &state.cfg.api_key {
         let expected = format!("Bearer {key}");
         let given = parts.headers.get(http::header::AUTHORIZATION);
@@ -400,6 +437,7 @@ async fn route(
             json_response(200, state.canned.clone())
         }
         (&Method::POST, "/chat/completions") => chat(state, &body, n).await,
+        _ if batch::is_batch(path) => batch::route(state, mount, parts, body, path).await,
         _ => {
             let msg = format!("no route for {} {}", parts.method, parts.uri.path());
             json_response(404, fault::error_body(404, Some("not_found"), &msg))
@@ -447,25 +485,51 @@ async fn chat(state: &State, body: &[u8], n: u64) -> io::Result<Response<SimBody
             return json_response(400, fault::error_body(400, None, &msg));
         }
     };
-    let prompt = last_user_text(&req);
-    *lock(&state.by_prompt).entry(prompt.clone()).or_default() += 1;
     let scripted = lock(&state.faults).pop_front();
+    let d = decide(state, &req);
+    let fault = match (scripted, d.fault) {
+        (Some(f), _) | (None, Some(f)) => f,
+        (None, None) => random_fault(state),
+    };
+    let answer = completion(n, &d.model, &d.content, d.prompt_chars);
+    fault::render(fault, answer).await
+}
+
+/// What one chat request is answered with, live or batched: the responder's text (or the
+/// default echo) and the fault it scripted, if any. Counts the prompt in `by_prompt`.
+struct Decision {
+    content: String,
+    model: String,
+    prompt_chars: usize,
+    fault: Option<Fault>,
+}
+
+/// The one answer logic that `/chat/completions` and every batch protocol share, so a
+/// batch run and a live run give the same answers. Scripted and random faults are the live
+/// route's own (they model the HTTP exchange) and are not consulted here.
+fn decide(state: &State, req: &Value) -> Decision {
+    let prompt = last_user_text(req);
+    *lock(&state.by_prompt).entry(prompt.clone()).or_default() += 1;
     let reply = state
         .responder
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .as_ref()
-        .map(|r| r(&req));
-    let (fault, content) = match (scripted, reply) {
-        (Some(f), _) | (None, Some(Reply::Fault(f))) => (f, None),
-        (None, Some(Reply::Text(t))) => (random_fault(state), Some(t)),
-        (None, None) => (random_fault(state), None),
+        .map(|r| r(req));
+    let (fault, text) = match reply {
+        Some(Reply::Fault(f)) => (Some(f), None),
+        Some(Reply::Text(t)) => (None, Some(t)),
+        None => (None, None),
     };
     let content =
-        content.unwrap_or_else(|| format!("[simulated] answer to: {}", truncate(&prompt, 80)));
+        text.unwrap_or_else(|| format!("[simulated] answer to: {}", truncate(&prompt, 80)));
     let model = req.get("model").and_then(Value::as_str).unwrap_or("sim");
-    let answer = completion(n, model, &content, prompt_chars(&req));
-    fault::render(fault, answer).await
+    Decision {
+        content,
+        model: model.to_owned(),
+        prompt_chars: prompt_chars(req),
+        fault,
+    }
 }
 
 /// A completion body with usage derived from text lengths (~4 chars a token).
