@@ -141,8 +141,10 @@ pub struct SimStats {
     pub requests: u64,
     /// Every request, when `record_requests` is on.
     pub log: Vec<RequestRecord>,
-    /// Chat requests per prompt (text of the last user message).
+    /// Chat requests per prompt (text of the last user message), live and batched.
     pub by_prompt: HashMap<String, u64>,
+    /// Live `/chat/completions` requests (not the requests of batches).
+    pub live_chats: u64,
     /// Scripted faults not yet used.
     pub faults_pending: usize,
 }
@@ -157,6 +159,7 @@ pub(crate) struct State {
     requests: AtomicU64,
     log: Mutex<Vec<RequestRecord>>,
     by_prompt: Mutex<HashMap<String, u64>>,
+    live_chats: AtomicU64,
     canned: Bytes,
     /// `http` or `https`, for absolute URLs such as Anthropic's `results_url`.
     scheme: &'static str,
@@ -222,6 +225,7 @@ impl SimServer {
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             by_prompt: Mutex::new(HashMap::new()),
+            live_chats: AtomicU64::new(0),
             canned: completion(0, "sim", "[simulated] fast answer", 8),
             scheme,
             batches,
@@ -285,6 +289,7 @@ impl SimServer {
             requests: s.requests.load(Relaxed),
             log: lock(&s.log).clone(),
             by_prompt: lock(&s.by_prompt).clone(),
+            live_chats: s.live_chats.load(Relaxed),
             faults_pending: lock(&s.faults).len(),
         }
     }
@@ -478,6 +483,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 async fn chat(state: &State, body: &[u8], n: u64) -> io::Result<Response<SimBody>> {
+    state.live_chats.fetch_add(1, Relaxed);
     let req: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
