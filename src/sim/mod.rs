@@ -411,8 +411,15 @@ async fn route(
     n: u64,
 ) -> io::Result<Response<SimBody>> {
     let prefix = state.cfg.prefix.trim_end_matches('/');
-    let (mount, full) = batch::split_mount(parts.uri.path());
-    let path = full.strip_prefix(prefix).unwrap_or("");
+    // A protocol mount (`/xai/v1`, see `batch`) only when the path is not already under the
+    // prefix, so a prefix such as `/openai/v1` keeps working.
+    let (mount, path) = match parts.uri.path().strip_prefix(prefix) {
+        Some(p) => (None, p),
+        None => {
+            let (mount, full) = batch::split_mount(parts.uri.path());
+            (mount, full.strip_prefix(prefix).unwrap_or(""))
+        }
+    };
     if batch::is_anthropic(path) {
         // Anthropic authenticates with `x-api-key`, not a bearer token.
         return batch::route(state, mount, parts, body, path).await;

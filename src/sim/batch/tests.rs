@@ -1405,3 +1405,20 @@ fn mounts_and_queries_parse() {
     assert_eq!(q.get("flag").map(String::as_str), Some(""));
     assert_eq!(percent_decode("100%"), "100%");
 }
+
+#[tokio::test]
+async fn a_prefix_that_looks_like_a_mount_still_serves_every_protocol() {
+    let srv = SimServer::start(SimConfig {
+        prefix: "/openai/v1".into(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let (s, _) = Http::new(srv.base_url()).get("/batches").await;
+    assert_eq!(s, 200);
+    let x = Http::new(srv.base_url_for(Protocol::Xai));
+    let (s, b) = x.get("/batches").await;
+    assert_eq!((s, b.get("batches").is_some()), (200, true), "{b}");
+    let (s, _) = anthropic(&srv).get("/messages/batches").await;
+    assert_eq!(s, 200);
+}
