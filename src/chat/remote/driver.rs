@@ -23,7 +23,7 @@ use crate::llm::{ApiError, ChatOutcome, LlmError};
 use crate::memory::prompt::MemorySection;
 use crate::memory::strategy::Execution;
 use crate::memory::Strategy;
-use crate::queue::{lease_ids_in, waiting_ids_read, Failure, Queue, Whole};
+use crate::queue::{lease_ids_in, waiting_ids_read, Failure, Lease, Queue, Whole};
 use crate::runner::{FailureRecord, JobCtx, RunStats};
 use crate::shutdown::{Listener, Phase as ShutdownPhase};
 use crate::store::tables;
@@ -32,6 +32,8 @@ use crate::store::tables;
 const READ_CHUNK: usize = 500;
 /// Results being completed at once (the writer groups their commits).
 const COMPLETING: usize = 64;
+/// Lines being shaped at once.
+const SHAPING: usize = 32;
 
 /// How a provider run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,8 +241,12 @@ impl RemoteRun {
                 })
                 .await?;
             let mut hits = Vec::new();
-            for (id, payload) in payloads {
-                match self.shape(&payload).await? {
+            // Shaped a few at a time, so their cache lookups share reads; kept in order.
+            let mut shaped = futures_util::stream::iter(payloads)
+                .map(|(id, payload)| async move { (id, self.shape(&payload).await) })
+                .buffered(SHAPING);
+            while let Some((id, shape)) = shaped.next().await {
+                match shape? {
                     // The live handler names what is wrong with it, or runs its steps.
                     Shape::Live => left += 1,
                     Shape::Cached(hit) => hits.push((id, hit)),
@@ -370,7 +376,7 @@ impl RemoteRun {
         Ok(())
     }
 
-    fn ctx(&self, lease: crate::queue::Lease) -> JobCtx {
+    fn ctx(&self, lease: Lease) -> JobCtx {
         JobCtx::new(
             lease,
             self.queue.clone(),
@@ -557,7 +563,19 @@ impl RemoteRun {
             loop {
                 tokio::select! {
                     got = rx.recv() => match got {
-                        Some(result) => running.push(self.finish_one(&record, result)),
+                        Some(first) => {
+                            // What arrived meanwhile is looked up in the same read.
+                            let mut results = vec![first];
+                            while results.len() < READ_CHUNK {
+                                match rx.try_recv() {
+                                    Ok(more) => results.push(more),
+                                    Err(_) => break,
+                                }
+                            }
+                            for (held, outcome) in self.held(&record, results).await? {
+                                running.push(self.finish_one(&record, held, outcome));
+                            }
+                        }
                         None => break,
                     },
                     Some(done) = running.next(), if running.len() >= COMPLETING => done?,
@@ -628,27 +646,43 @@ impl RemoteRun {
         Ok(())
     }
 
-    /// Ends one job from its result.
-    async fn finish_one(&self, record: &RemoteRecord, result: RemoteResult) -> Result<()> {
-        let Some(id) = job_of(&result.custom_id) else {
-            tracing::warn!(custom_id = %result.custom_id, "a result that is not one of ours; ignored");
-            return Ok(());
-        };
+    /// The jobs of `results` the record still holds, each with its line and its outcome, in
+    /// one read. Jobs already ended (an earlier collect, a cancel by hand) are left out.
+    async fn held(
+        &self,
+        record: &RemoteRecord,
+        results: Vec<RemoteResult>,
+    ) -> Result<Vec<((Lease, RemoteLine), Outcome)>> {
         let (key, tag) = (record.key, record.tag.clone());
-        let held = self
-            .queue
+        self.queue
             .store()
             .read(move |txn| {
                 let whole = Whole::open(txn)?;
-                let lease = records::lease_read(&whole, id, &tag)?;
-                let line = records::line_read(txn, key, id)?;
-                Ok(lease.zip(line))
+                let mut out = Vec::with_capacity(results.len());
+                for result in results {
+                    let Some(id) = job_of(&result.custom_id) else {
+                        tracing::warn!(custom_id = %result.custom_id, "a result that is not one of ours; ignored");
+                        continue;
+                    };
+                    let lease = records::lease_read(&whole, id, &tag)?;
+                    let line = records::line_read(txn, key, id)?;
+                    if let Some(held) = lease.zip(line) {
+                        out.push((held, result.outcome));
+                    }
+                }
+                Ok(out)
             })
-            .await?;
-        // Already ended (an earlier collect, or a cancel by hand): nothing to do.
-        let Some((lease, line)) = held else {
-            return Ok(());
-        };
+            .await
+    }
+
+    /// Ends one job from its result.
+    async fn finish_one(
+        &self,
+        record: &RemoteRecord,
+        (lease, line): (Lease, RemoteLine),
+        outcome: Outcome,
+    ) -> Result<()> {
+        let id = lease.job.id;
         let ctx = self.ctx(lease);
         let job = match codec::decode::<ChatJob>(&ctx.job().payload) {
             Ok(job) => job,
@@ -658,7 +692,7 @@ impl RemoteRun {
                 return ctx.fail(&failure, Failure::Fatal).await;
             }
         };
-        match result.outcome {
+        match outcome {
             Outcome::Succeeded { body } => self.answered(record, &ctx, &job, &line, body).await,
             Outcome::HttpError { status, body } => {
                 let err = api_error(status, &body);
