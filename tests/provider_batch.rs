@@ -7,6 +7,7 @@ mod support;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use reasonq::sim::batch::CreateFault;
 use reasonq::sim::{BatchConfig, BatchControl, BatchMode, Fault, Protocol, SimConfig};
 use serde_json::Value;
 use support::{answer, questions, read_jsonl, stderr, Env};
@@ -454,4 +455,145 @@ async fn simulate_runs_a_provider_batch_offline() {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(read_jsonl(&env.path("in.out.jsonl")).len(), 5);
+}
+
+/// `reasonq::sim` with requests logged, so a test sees a create arrive.
+fn logged(mode: BatchMode) -> SimConfig {
+    SimConfig {
+        record_requests: true,
+        ..sim(mode)
+    }
+}
+
+/// Whether a `POST` to a path ending in `tail` has arrived.
+fn posted(env: &Env, tail: &str) -> bool {
+    env.server
+        .stats()
+        .log
+        .iter()
+        .any(|r| r.method == "POST" && r.path.ends_with(tail))
+}
+
+/// Kills the run at the point `at` describes, runs the same command again, completes the
+/// provider batch, and checks that nothing was uploaded, created or submitted twice.
+async fn killed_then_resumed(
+    protocol: Protocol,
+    faults: Vec<CreateFault>,
+    at: &str,
+    ready: impl Fn(&Env, &BatchControl) -> bool,
+) {
+    let env = Env::start(logged(BatchMode::Manual)).await;
+    env.write_input("in.jsonl", &questions(12));
+    let control = env.server.batches();
+    control.push_create_faults(faults);
+    let base = env.server.base_url_for(protocol);
+    let api = match protocol {
+        Protocol::OpenAi => "openai",
+        Protocol::Xai => "xai",
+        Protocol::Anthropic => "anthropic",
+    };
+    let mut child = spawn(&env, &base, &["--batch-api", api]);
+    until(at, || ready(&env, &control)).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let before = control.counters();
+
+    let child = spawn(&env, &base, &["--batch-api", api]);
+    until("a batch holding every line", || {
+        control.list().first().is_some_and(|b| b.total == 12)
+    })
+    .await;
+    let id = only_batch(&control);
+    let polls = control.counters().polls;
+    until("the resumed run to poll", || {
+        control.counters().polls > polls
+    })
+    .await;
+    control.complete(&id).unwrap();
+    let out = wait(child).await;
+    assert!(out.status.success(), "{at}: {}", stderr(&out));
+    let after = control.counters();
+    assert_eq!(after.batches_created, 1, "{at}: {before:?} then {after:?}");
+    let files = u64::from(protocol == Protocol::OpenAi);
+    assert_eq!(after.files_uploaded, files, "{at}: {before:?} then {after:?}");
+    submitted_once(&control, 12);
+    assert_eq!(answers(&env, "in.out.jsonl").len(), 12, "{at}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_the_upload_reaches_the_provider() {
+    killed_then_resumed(
+        Protocol::OpenAi,
+        vec![CreateFault::Before(Duration::from_secs(60))],
+        "the upload to arrive (not applied)",
+        |env, control| posted(env, "/files") && control.counters().files_uploaded == 0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_upload_before_its_id_is_recorded() {
+    killed_then_resumed(
+        Protocol::OpenAi,
+        vec![CreateFault::After(Fault::Latency(Duration::from_secs(60)))],
+        "the upload to be applied",
+        |_, control| control.counters().files_uploaded == 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_batch_is_created_before_its_id_is_recorded() {
+    killed_then_resumed(
+        Protocol::OpenAi,
+        vec![
+            CreateFault::After(Fault::Ok),
+            CreateFault::After(Fault::Latency(Duration::from_secs(60))),
+        ],
+        "the batch to be created",
+        |_, control| control.counters().batches_created == 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_xai_took_the_requests_before_the_answer() {
+    killed_then_resumed(
+        Protocol::Xai,
+        vec![
+            CreateFault::After(Fault::Ok),
+            CreateFault::After(Fault::Latency(Duration::from_secs(60))),
+        ],
+        "the requests to be added",
+        |_, control| control.list().first().is_some_and(|b| b.total == 12),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_anthropic_created_the_batch_before_the_answer() {
+    killed_then_resumed(
+        Protocol::Anthropic,
+        vec![CreateFault::After(Fault::Latency(Duration::from_secs(60)))],
+        "the message batch to be created",
+        |_, control| control.counters().batches_created == 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_is_lost_is_found_again_not_repeated() {
+    // No kill: the provider creates the batch and the connection drops before the answer.
+    let env = Env::start(sim(auto())).await;
+    env.write_input("in.jsonl", &questions(8));
+    let control = env.server.batches();
+    control.push_create_faults([
+        CreateFault::After(Fault::Ok),
+        CreateFault::After(Fault::Reset),
+    ]);
+    let out = run(&env, &env.server.base_url(), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(control.counters().batches_created, 1);
+    submitted_once(&control, 8);
+    assert_eq!(answers(&env, "in.out.jsonl").len(), 8);
 }

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response};
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::{Fault, SimBody, State};
@@ -254,6 +255,17 @@ pub struct BatchCounters {
     pub result_reads: u64,
 }
 
+/// A fault of a create call ([`BatchControl::push_create_faults`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateFault {
+    /// Wait this long before applying the create (a client killed meanwhile created
+    /// nothing).
+    Before(Duration),
+    /// Apply the create, then answer with this fault instead (`Latency`: answer late;
+    /// `Reset`, a status: the client never learns the create happened).
+    After(Fault),
+}
+
 /// Why a control call did nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -383,6 +395,13 @@ impl BatchControl {
         self.with(|_, i| i.poll_faults.extend(faults));
     }
 
+    /// The next creates (`POST` of a file, a batch, Anthropic's message batch, xAI's added
+    /// requests) meet these faults, in order: a crash or a lost answer between a create and
+    /// the client's record of it.
+    pub fn push_create_faults(&self, faults: impl IntoIterator<Item = CreateFault>) {
+        self.with(|_, i| i.create_faults.extend(faults));
+    }
+
     /// The next result downloads answer with these faults, in order.
     pub fn push_download_faults(&self, faults: impl IntoIterator<Item = Fault>) {
         self.with(|_, i| i.download_faults.extend(faults));
@@ -495,7 +514,46 @@ pub(crate) async fn route(
             })
             .unwrap_or_else(|| "127.0.0.1".into()),
     };
-    if is_anthropic(path) {
+    let create = parts.method == Method::POST && is_create(path);
+    let fault = if create {
+        let mut inner = state.batches.lock();
+        inner.create_faults.pop_front()
+    } else {
+        None
+    };
+    match fault {
+        // Nothing is applied until the wait is over: a client gone meanwhile created nothing.
+        Some(CreateFault::Before(wait)) => tokio::time::sleep(wait).await,
+        Some(CreateFault::After(fault)) => {
+            let applied = dispatch(call, mount, parts).await?;
+            if let Fault::Latency(wait) = fault {
+                tokio::time::sleep(wait).await;
+                return Ok(applied);
+            }
+            let answer = applied.into_body().collect().await.map(|b| b.to_bytes())?;
+            return super::fault::render(fault, answer).await;
+        }
+        None => {}
+    }
+    dispatch(call, mount, parts).await
+}
+
+/// Whether a `POST` to `path` creates something at the provider (an upload, a batch, added
+/// requests): the calls a client must never repeat blindly.
+fn is_create(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    path == "/files"
+        || path == "/batches"
+        || path == "/messages/batches"
+        || (path.starts_with("/batches/") && path.ends_with("/requests"))
+}
+
+async fn dispatch(
+    call: Call<'_>,
+    mount: Option<Protocol>,
+    parts: &http::request::Parts,
+) -> io::Result<Response<SimBody>> {
+    if is_anthropic(call.path) {
         return anthropic::handle(call).await;
     }
     match mount {
