@@ -437,24 +437,36 @@ async fn xai_and_anthropic_batches_give_the_same_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulate_runs_a_provider_batch_offline() {
+async fn simulate_runs_a_provider_batch_offline_in_each_protocol() {
     let env = Env::start(SimConfig::default()).await;
     env.write_input("in.jsonl", &questions(5));
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reasonq"));
-    cmd.current_dir(env.dir.path())
-        .args([
-            "--simulate",
-            "--db",
-            "sim.redb",
-            "batch",
-            "in.jsonl",
-            "--via",
-            "provider",
-        ])
-        .stdin(Stdio::null());
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(read_jsonl(&env.path("in.out.jsonl")).len(), 5);
+    for api in ["openai", "xai", "anthropic"] {
+        let db = format!("{api}.redb");
+        let output = format!("{api}.jsonl");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reasonq"));
+        cmd.current_dir(env.dir.path())
+            .args([
+                "--simulate",
+                "--db",
+                &db,
+                "batch",
+                "in.jsonl",
+                "-o",
+                &output,
+            ])
+            .args(["--via", "provider", "--batch-api", api])
+            .stdin(Stdio::null());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{api}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("sent through the {api} batch API")));
+        let lines = read_jsonl(&env.path(&output));
+        assert_eq!(lines.len(), 5, "{api}");
+        assert!(
+            answer(&lines[0]).contains("[simulated]"),
+            "{api}: {}",
+            lines[0]
+        );
+    }
 }
 
 /// `reasonq::sim` with requests logged, so a test sees a create arrive.
@@ -515,7 +527,10 @@ async fn killed_then_resumed(
     let after = control.counters();
     assert_eq!(after.batches_created, 1, "{at}: {before:?} then {after:?}");
     let files = u64::from(protocol == Protocol::OpenAi);
-    assert_eq!(after.files_uploaded, files, "{at}: {before:?} then {after:?}");
+    assert_eq!(
+        after.files_uploaded, files,
+        "{at}: {before:?} then {after:?}"
+    );
     submitted_once(&control, 12);
     assert_eq!(answers(&env, "in.out.jsonl").len(), 12, "{at}");
 }

@@ -446,7 +446,20 @@ impl Prepared {
         let protocol = provider
             .api
             .unwrap_or_else(|| Protocol::for_base_url(&connected.client().config().base_url));
-        let api = BatchApi::new(connected.client().clone(), protocol);
+        let client = match &connected.sim {
+            // The loopback server serves each protocol under its own mount, as each provider
+            // has its own host.
+            Some(server) if protocol != Protocol::OpenAi => {
+                let mut llm = connected.client().config().clone();
+                llm.base_url = server.base_url_for(match protocol {
+                    Protocol::Xai => crate::sim::Protocol::Xai,
+                    _ => crate::sim::Protocol::Anthropic,
+                });
+                crate::llm::LlmClient::new(llm)?
+            }
+            _ => connected.client().clone(),
+        };
+        let api = BatchApi::new(client, protocol);
         let mut settings = super::remote_settings(&app.config);
         if connected.sim.is_some() {
             // The simulated provider finishes a batch in moments: poll it as fast.

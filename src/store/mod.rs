@@ -292,12 +292,14 @@ impl Drop for Inner {
 
 fn open_database(config: &StoreConfig) -> Result<redb::Database> {
     let path_text = config.path.display().to_string();
-    create_private_file(&config.path).map_err(|e| Error::BadDatabase {
-        path: path_text.clone(),
-        message: e.to_string(),
-    })?;
     let mut builder = redb::Builder::new();
     builder.set_cache_size(config.cache_size_bytes);
+    if !config.path.exists() {
+        create_whole(&config.path, &builder).map_err(|e| Error::BadDatabase {
+            path: path_text.clone(),
+            message: format!("cannot create the database: {e}"),
+        })?;
+    }
     // redb may panic on some damaged files; a bad file must be an error, never a crash.
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         builder.create(&config.path)
@@ -331,6 +333,46 @@ fn damaged(path: &Path) -> Error {
     Error::BadDatabase {
         path: path.display().to_string(),
         message: "the file is damaged".into(),
+    }
+}
+
+/// Creates a new database file whole or not at all: it is initialized under a temporary
+/// name and linked into place only then, so a kill during the first open never leaves a
+/// half-written file that no later open can read. Linking (not renaming) never replaces a
+/// file another process created meanwhile.
+fn create_whole(path: &Path, builder: &redb::Builder) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.creating", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    create_private_file(&temp)?;
+    let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create(&temp)));
+    let result = match created {
+        Ok(Ok(db)) => {
+            drop_guarded(db);
+            std::fs::File::open(&temp)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| match std::fs::hard_link(&temp, path) {
+                    // Another process created it first: open theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                    other => other,
+                })
+                .and_then(|()| sync_dir(path))
+        }
+        Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+        Err(_) => Err(std::io::Error::other("redb panicked creating the file")),
+    };
+    let _ = std::fs::remove_file(&temp);
+    result
+}
+
+/// Makes a new directory entry of `path` durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
     }
 }
 
