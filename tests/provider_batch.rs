@@ -121,6 +121,18 @@ async fn a_provider_batch_writes_what_a_live_run_writes_and_fills_the_cache() {
     submitted_once(&control, 30);
     assert_eq!(env.server.stats().live_chats, 0, "no live call");
     let remote = answers(&env, "in.out.jsonl");
+    // Each line says which provider batch answered it.
+    let id = only_batch(&control);
+    let out = env.command(&["results", "b", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let details = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        details
+            .matches(&format!("\"provider_batch\":\"{id}\""))
+            .count(),
+        30,
+        "{details}"
+    );
 
     // The same file live, in another database: the same lines, answers and order.
     let live_db = env.path("live.redb");

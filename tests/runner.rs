@@ -30,6 +30,7 @@ impl Handler for Answers {
                     body: "x".repeat(self.size),
                     cached: false,
                     latency_ms: 1,
+                    provider_batch: None,
                 },
                 experience: NewExperience::new("q", "a"),
                 tokens: Some((1, 1)),

@@ -128,7 +128,7 @@ pub fn job_detail(job: &Job) -> Value {
         "request": chat.as_ref().and_then(|c| serde_json::from_str::<Value>(&c.body).ok()),
         "response": result.as_ref().map(|r| json!({
             "status_code": r.status_code, "request_id": r.request_id, "cached": r.cached,
-            "latency_ms": r.latency_ms,
+            "latency_ms": r.latency_ms, "provider_batch": r.provider_batch,
             "body": serde_json::from_str::<Value>(&r.body).unwrap_or(Value::String(r.body.clone())),
         })),
         "last_error": job.last_error.as_deref().map(FailureRecord::from_last_error),

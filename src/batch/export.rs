@@ -98,6 +98,7 @@ fn entry_of(job: &Job, details: bool) -> Result<Entry> {
                 d["cached"] = json!(response.cached);
                 d["latency_ms"] = json!(response.latency_ms);
                 d["status_code"] = json!(response.status_code);
+                d["provider_batch"] = json!(response.provider_batch);
             }
             (
                 Some(success_line(job.id, &chat.custom_id, &response)),

@@ -131,6 +131,7 @@ mod tests {
                 body: r#"{"choices":[]}"#.into(),
                 cached: true,
                 latency_ms: 3,
+                provider_batch: None,
             },
         );
         assert_eq!(

@@ -116,11 +116,14 @@ pub struct ResponseRecord {
     /// Served from the prompt cache instead of the API.
     pub cached: bool,
     pub latency_ms: u64,
+    /// The provider's batch id, when the answer came through its batch API (priced at its
+    /// batch rate).
+    pub provider_batch: Option<String>,
 }
 
 impl crate::codec::Record for ResponseRecord {
-    /// Layout 2 leaves the body out.
-    const LAYOUT: u8 = 2;
+    /// Layout 2 left the body out; layout 3 adds `provider_batch`.
+    const LAYOUT: u8 = 3;
 
     fn upgrade(layout: u8, payload: &[u8]) -> Result<Self, crate::codec::CodecError> {
         #[derive(Deserialize)]
@@ -128,6 +131,13 @@ impl crate::codec::Record for ResponseRecord {
             status_code: u16,
             request_id: Option<String>,
             body: String,
+            cached: bool,
+            latency_ms: u64,
+        }
+        #[derive(Deserialize)]
+        struct V2 {
+            status_code: u16,
+            request_id: Option<String>,
             cached: bool,
             latency_ms: u64,
         }
@@ -140,6 +150,18 @@ impl crate::codec::Record for ResponseRecord {
                     body: v.body,
                     cached: v.cached,
                     latency_ms: v.latency_ms,
+                    provider_batch: None,
+                })
+            }
+            2 => {
+                let v: V2 = crate::codec::payload_of(payload)?;
+                Ok(ResponseRecord {
+                    status_code: v.status_code,
+                    request_id: v.request_id,
+                    body: String::new(),
+                    cached: v.cached,
+                    latency_ms: v.latency_ms,
+                    provider_batch: None,
                 })
             }
             found => Err(crate::codec::CodecError::UnknownLayout {
@@ -205,4 +227,51 @@ pub fn question_of(body: &str) -> String {
 /// Token counts as stored in an experience.
 pub(crate) fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response record as layout 2 wrote it (no provider batch).
+    #[derive(Serialize)]
+    struct V2 {
+        status_code: u16,
+        request_id: Option<String>,
+        cached: bool,
+        latency_ms: u64,
+    }
+
+    impl crate::codec::Record for V2 {
+        const LAYOUT: u8 = 2;
+    }
+
+    #[test]
+    fn records_of_layout_2_read_as_answers_of_no_provider_batch() {
+        let old = V2 {
+            status_code: 200,
+            request_id: Some("r".into()),
+            cached: true,
+            latency_ms: 9,
+        };
+        let bytes = crate::codec::encode(&old).unwrap();
+        let read: ResponseRecord = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(
+            (
+                read.status_code,
+                read.request_id.as_deref(),
+                read.cached,
+                read.latency_ms
+            ),
+            (200, Some("r"), true, 9)
+        );
+        assert_eq!(read.provider_batch, None);
+        let now = ResponseRecord {
+            provider_batch: Some("batch_1".into()),
+            ..read
+        };
+        let again: ResponseRecord =
+            crate::codec::decode(&crate::codec::encode(&now).unwrap()).unwrap();
+        assert_eq!(again.provider_batch.as_deref(), Some("batch_1"));
+    }
 }

@@ -39,6 +39,7 @@ pub(super) async fn run(
                 hit,
                 cache_write,
                 latency: started.elapsed(),
+                provider_batch: None,
             };
             complete(engine, &ctx, &job, response, reply).await
         }
@@ -97,6 +98,8 @@ pub(crate) struct Reply {
     pub cache_write: Option<CacheWrite>,
     /// From sending the request to its answer.
     pub latency: std::time::Duration,
+    /// The provider's batch the answer came through, if it did.
+    pub provider_batch: Option<String>,
 }
 
 /// Judges the reply and finishes the job, with the rule scores of the memory it used and the
@@ -114,6 +117,7 @@ pub(crate) async fn complete(
         hit,
         cache_write,
         latency,
+        provider_batch,
     } = reply;
     let cached = matches!(hit, Hit::Memory | Hit::Disk);
     let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
@@ -123,6 +127,7 @@ pub(crate) async fn complete(
         body: String::from_utf8_lossy(&outcome.body).into_owned(),
         cached,
         latency_ms,
+        provider_batch,
     };
     let usage = outcome.response.usage.clone().unwrap_or_default();
     let judged = apply::judge_reply(

@@ -49,7 +49,8 @@ pub fn describe_remote(view: &RemoteView, elapsed: Duration) -> String {
         return String::new();
     }
     format!(
-        "; provider: {open} batches ({states}), {done}/{lines} lines answered there, {failed}          failed, {secs}s",
+        "; provider: {open} batches ({states}), {done}/{lines} lines answered there, {failed} \
+         failed, {secs}s",
         open = view.open,
         states = view.states,
         done = view.succeeded,
@@ -150,6 +151,26 @@ mod tests {
         assert_eq!(
             describe(base, waiting, 2, Duration::from_secs(7)),
             "60/100 done, 1 failed, 5 cached, 3 retried (2 told by the server to wait), 3.0/s, ETA 13s"
+        );
+    }
+
+    #[test]
+    fn progress_shows_the_provider_batches_state_and_counts() {
+        assert_eq!(
+            describe_remote(&RemoteView::default(), Duration::from_secs(3)),
+            ""
+        );
+        let view = RemoteView {
+            open: 3,
+            lines: 120_000,
+            succeeded: 41_200,
+            failed: 3,
+            states: "2 in_progress, 1 validating".into(),
+        };
+        assert_eq!(
+            describe_remote(&view, Duration::from_secs(412)),
+            "; provider: 3 batches (2 in_progress, 1 validating), 41200/120000 lines answered \
+             there, 3 failed, 412s"
         );
     }
 }

@@ -190,6 +190,7 @@ async fn complete(ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
         body: response_body(&session, &answer).to_string(),
         cached: all_cached,
         latency_ms,
+        provider_batch: None,
     };
     let reasoning = board
         .entries

@@ -361,6 +361,7 @@ impl RemoteRun {
                     hit,
                     cache_write: None,
                     latency: Duration::ZERO,
+                    provider_batch: None,
                 };
                 single::complete(&self.engine, &ctx, &job, outcome, reply).await
             });
@@ -764,6 +765,7 @@ impl RemoteRun {
             hit: Hit::Miss,
             cache_write,
             latency: Duration::from_millis(now_ms().saturating_sub(record.created_at)),
+            provider_batch: record.remote_id.clone(),
         };
         single::complete(&self.engine, ctx, job, outcome, reply).await
     }
