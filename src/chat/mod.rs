@@ -234,7 +234,7 @@ mod tests {
     use super::*;
 
     /// A response record as layout 2 wrote it (no provider batch).
-    #[derive(Serialize)]
+    #[derive(Serialize, Deserialize)]
     struct V2 {
         status_code: u16,
         request_id: Option<String>,
