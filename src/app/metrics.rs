@@ -231,11 +231,13 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_labels_escaped() {
-        let mut s = Snapshot::default();
-        s.latency = HistogramSnapshot {
-            buckets: vec![(1000, 2), (2000, 3)],
-            sum_us: 6000,
-            count: 5,
+        let mut s = Snapshot {
+            latency: HistogramSnapshot {
+                buckets: vec![(1000, 2), (2000, 3)],
+                sum_us: 6000,
+                count: 5,
+            },
+            ..Snapshot::default()
         };
         s.errors.insert("a\"b".into(), 1);
         let text = render(&s);
