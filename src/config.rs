@@ -304,8 +304,13 @@ impl Config {
     }
 }
 
-/// Environment variables that are not configuration keys.
-const NOT_KEYS: &[&str] = &["REASONQ_API_KEY", "REASONQ_LOG", "REASONQ_CONFIG"];
+/// Environment variables that are not configuration keys (secrets never go in the file).
+const NOT_KEYS: &[&str] = &[
+    "REASONQ_API_KEY",
+    "REASONQ_LOG",
+    "REASONQ_CONFIG",
+    "REASONQ_SERVE_KEY",
+];
 
 impl Config {
     /// Loads `path` (or `./reasonq.toml` when it exists and no path is given), then applies

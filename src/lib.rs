@@ -3,6 +3,8 @@
 //! The layers, from the top down; each imports only from the layers below it (see
 //! `docs/architecture.md`):
 //!
+//! - [`serve`]: `reasonq serve`, an OpenAI-compatible Files, Batch and chat-completions
+//!   service over the use cases, in the process that runs the workers.
 //! - [`app`]: the use cases ([`app::batch`], [`app::submit`], [`app::insights`], the read-only
 //!   [`app::inspect`] queries), the one place a [`config::Config`] becomes the parts
 //!   ([`app::App`]), background [`app::upkeep`] and the [`app::runs`] records.
@@ -35,6 +37,7 @@ pub mod llm;
 pub mod memory;
 pub mod queue;
 pub mod runner;
+pub mod serve;
 pub mod shutdown;
 pub mod sim;
 pub mod store;

@@ -2,13 +2,14 @@
 //! queue, cache, upkeep), and [`App::connect`] the one place it becomes a client, a gateway
 //! and a runner with its job handlers. The use cases the commands run are library functions
 //! here: [`batch`], [`merge`], [`submit`], [`insights`], [`retry`], and the read-only
-//! [`inspect`] queries.
+//! [`inspect`] queries, and the [`metrics`] exposition.
 
 pub mod batch;
 pub mod cancel;
 pub mod insights;
 pub mod inspect;
 pub mod merge;
+pub mod metrics;
 pub mod retry;
 pub mod runs;
 pub mod submit;

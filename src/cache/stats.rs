@@ -32,7 +32,7 @@ impl fmt::Display for Hit {
 }
 
 /// A snapshot of the cache's counters since it was created.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct CacheStats {
     /// Answers from memory.
     pub hits_memory: u64,

@@ -101,6 +101,32 @@ pub enum Command {
         after_help = "Example:\n  reasonq board bb-42\n  reasonq board 42 --json   # by job id, for tools"
     )]
     Board(BoardArgs),
+    /// Serve an OpenAI-compatible Files, Batch and chat-completions API over this database,
+    /// running the batches in this process (docs/serve.md). Off loopback it needs
+    /// REASONQ_SERVE_KEY, the bearer key clients must send.
+    #[command(
+        after_help = "Example:\n  reasonq --simulate serve\n  REASONQ_SERVE_KEY=secret reasonq serve --listen 0.0.0.0:8089"
+    )]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8089", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Largest upload, in MiB.
+    #[arg(long, default_value_t = 200, value_name = "MIB")]
+    pub max_upload_mb: u64,
+    /// Largest JSON request body (batch creation, chat completions), in MiB.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub max_body_mb: u64,
+    /// Requests in flight at once (all batches and chat calls together).
+    #[arg(short, long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Seconds in-flight calls may finish after the first SIGINT/SIGTERM.
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
 }
 
 #[derive(Debug, Args, Clone)]

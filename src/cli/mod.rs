@@ -17,6 +17,7 @@ mod memory;
 mod merge;
 mod print;
 mod progress;
+mod serve;
 
 use std::fmt::Display;
 
@@ -164,5 +165,14 @@ async fn run(cli: Cli) -> CliResult {
         Command::Check(args) => commands::check(config, args).await,
         Command::Models(f) => commands::models(config, f.json, &endpoint).await,
         Command::Board(args) => board::board(config, args.session, args.json).await,
+        Command::Serve(args) => {
+            if let Some(c) = args.concurrency {
+                config.concurrency = c;
+            }
+            if let Some(s) = args.drain_timeout {
+                config.shutdown.drain_timeout_s = s;
+            }
+            serve::run(config, args, &endpoint).await
+        }
     }
 }

@@ -265,6 +265,11 @@ impl LlmClient {
         self.inner.metrics.snapshot()
     }
 
+    /// The per-attempt latency histogram (for `/metrics`).
+    pub fn latency_histogram(&self) -> super::metrics::HistogramSnapshot {
+        self.inner.metrics.latency()
+    }
+
     /// The exact bytes `chat(body)` sends: `body` with the default model
     /// filled in when it names none. Caches key on this.
     pub fn prepare_body(&self, body: &Value) -> Result<Bytes, LlmError> {

@@ -73,6 +73,11 @@ impl Metrics {
         self.latency.record(d);
     }
 
+    /// The per-attempt latency histogram's buckets.
+    pub fn latency(&self) -> HistogramSnapshot {
+        self.latency.snapshot()
+    }
+
     /// Copies the current values.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let sent = self.requests_sent.load(Relaxed);
@@ -103,14 +108,29 @@ impl Metrics {
 #[derive(Debug)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
+    /// Sum of the observations in µs, for the Prometheus `_sum`.
+    sum_us: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
         }
     }
+}
+
+/// A histogram's buckets as they are now, for an exposition format (`/metrics`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound in µs, observations in this bucket alone), the non-empty buckets in
+    /// ascending order.
+    pub buckets: Vec<(u64, u64)>,
+    /// Sum of every observation, µs.
+    pub sum_us: u64,
+    /// Observations.
+    pub count: u64,
 }
 
 impl Histogram {
@@ -139,6 +159,23 @@ impl Histogram {
     pub fn record(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.buckets[Self::index(us)].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The non-empty buckets, their total and the sum.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let buckets: Vec<(u64, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (Self::upper_bound(i), b.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        HistogramSnapshot {
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+            sum_us: self.sum_us.load(Relaxed),
+        }
     }
 
     /// Upper bound (µs) of the bucket holding quantile `q` (0..=1); 0 when empty.

@@ -17,7 +17,7 @@ pub use client::{ChatOutcome, LlmClient};
 pub use config::{key_from_lookup, LlmConfig, Secret};
 pub use error::{ApiError, LlmError};
 pub use limit::RateLimits;
-pub use metrics::{Histogram, MetricsSnapshot};
+pub use metrics::{Histogram, HistogramSnapshot, MetricsSnapshot};
 pub use pool::{tls_config, PoolConfig};
 pub use retry::{parse_advice, parse_duration, parse_retry_after, Advice, RetryPolicy};
 pub use wire::{ChatRequest, ChatResponse, Message, Usage};

@@ -133,6 +133,8 @@ fn counts_of(path: &Path) -> Result<Vec<(String, u64)>> {
         BOARD_SESSIONS,
         BOARD_ENTRIES,
         BATCH_ENDPOINTS,
+        SERVE_FILES,
+        SERVE_BATCHES,
         META,
     );
     Ok(out)

@@ -132,6 +132,15 @@ pub const REMOTE_BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("re
 /// an interrupted upload sends the same lines again and a result finds its request.
 pub const REMOTE_LINES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("remote_lines");
 
+// ---- the OpenAI-compatible service (serve/) ----
+
+/// File id -> encoded `serve::files::FileRecord`: an uploaded or exported file, kept as a
+/// file of its own in the directory beside the database.
+pub const SERVE_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("serve_files");
+/// Batch id -> encoded `serve::batches::BatchRecord`: one OpenAI batch object, so a batch
+/// resumes when the server starts again.
+pub const SERVE_BATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("serve_batches");
+
 // ---- run records (runs.rs) ----
 
 /// Run id -> encoded `RunRecord`: the figures of each batch run, for `reasonq stats`.
@@ -184,6 +193,8 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(BOARD_ENTRIES)?;
     txn.open_table(REMOTE_BATCHES)?;
     txn.open_table(REMOTE_LINES)?;
+    txn.open_table(SERVE_FILES)?;
+    txn.open_table(SERVE_BATCHES)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("queue_ops", queue_ops),
     ("input_line", input_line),
     ("chat_response", chat_response),
+    ("serve_request", serve_request),
 ];
 
 /// Decodes `bytes` as every stored record type; for each that decodes, checks that encoding
@@ -40,7 +41,67 @@ pub fn codec(bytes: &[u8]) -> Result<(), String> {
     round_trips::<CachedResponse>(bytes)?;
     round_trips::<RunRecord>(bytes)?;
     round_trips::<Session>(bytes)?;
+    round_trips::<crate::serve::files::FileRecord>(bytes)?;
+    round_trips::<crate::serve::batches::BatchRecord>(bytes)?;
     round_trips::<Entry>(bytes)
+}
+
+/// Runs `bytes` through every request parser of `reasonq serve` (batch creation, chat
+/// request, list query, multipart boundary, id check): a refusal must be a 4xx with a
+/// message, an accepted batch request must name a file and the one endpoint, a list limit
+/// must be in 1..=100. The `serve_request` fuzz target.
+pub fn serve_request(bytes: &[u8]) -> Result<(), String> {
+    use crate::serve::parse;
+    let refusal = |e: &parse::ApiError| {
+        if (400..500).contains(&e.status) && !e.message.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "a refusal that is not a client error with a message: {e:?}"
+            ))
+        }
+    };
+    match parse::create_batch(bytes) {
+        Ok(c) if c.input_file_id.is_empty() || c.endpoint != parse::CHAT_ENDPOINT => {
+            return Err(format!("accepted a bad batch request: {c:?}"))
+        }
+        Ok(_) => {}
+        Err(e) => refusal(&e)?,
+    }
+    match parse::chat_request(bytes) {
+        Ok(v) if !v.is_object() => return Err(format!("accepted a non-object chat: {v}")),
+        Ok(_) => {}
+        Err(e) => refusal(&e)?,
+    }
+    let text = String::from_utf8_lossy(bytes);
+    match parse::list_query(Some(&text)) {
+        Ok(q) if !(1..=100).contains(&q.limit) => {
+            return Err(format!("list limit out of range: {q:?}"))
+        }
+        Ok(_) => {}
+        Err(e) => refusal(&e)?,
+    }
+    if let Err(e) = parse::boundary(&text) {
+        refusal(&e)?;
+    }
+    if parse::plausible_id(&text) && (text.contains('/') || text.contains('.')) {
+        return Err(format!(
+            "an id that could leave the files directory: {text:?}"
+        ));
+    }
+    e_body_renders(bytes)
+}
+
+/// An error body always renders as JSON with the four fields.
+fn e_body_renders(bytes: &[u8]) -> Result<(), String> {
+    let e = crate::serve::parse::ApiError::invalid(String::from_utf8_lossy(bytes), None);
+    let body = e.body();
+    let fields = ["message", "type", "param", "code"];
+    if fields.iter().all(|f| body["error"].get(f).is_some()) {
+        Ok(())
+    } else {
+        Err(format!("error body without its fields: {body}"))
+    }
 }
 
 fn round_trips<T: codec::Record>(bytes: &[u8]) -> Result<(), String> {

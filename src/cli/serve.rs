@@ -1,0 +1,48 @@
+//! `reasonq serve`: the service with its address printed, stopped by SIGINT or SIGTERM.
+
+use reasonq::app::Endpoint;
+use reasonq::config::Config;
+use reasonq::serve::{self, ServeOptions, KEY_ENV};
+use reasonq::shutdown::{exit_code, Shutdown};
+
+use super::args::ServeArgs;
+use super::{fail, CliResult, Outcome};
+
+const MIB: u64 = 1024 * 1024;
+
+pub async fn run(config: Config, args: ServeArgs, endpoint: &Endpoint) -> CliResult {
+    let mut opts = ServeOptions::new(args.listen);
+    // The key is read here and only compared: never printed or logged.
+    opts.key = std::env::var(KEY_ENV).ok();
+    opts.max_upload_bytes = args.max_upload_mb.saturating_mul(MIB);
+    opts.max_body_bytes = args.max_body_mb.saturating_mul(MIB);
+    serve::check_options(&opts).map_err(fail)?;
+    let shutdown = Shutdown::new();
+    let _signals = shutdown
+        .listen_for_signals()
+        .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
+    let label = if endpoint.simulate {
+        " (simulated API)"
+    } else {
+        ""
+    };
+    let served = serve::run(
+        config,
+        endpoint,
+        opts,
+        shutdown.listener(),
+        |addr, resumed| {
+            eprintln!("listening on http://{addr}/v1{label}");
+            if resumed > 0 {
+                eprintln!("{resumed} unfinished batches resumed");
+            }
+        },
+    )
+    .await
+    .map_err(fail)?;
+    eprintln!("stopped: unfinished batches resume at the next start");
+    Ok(match served.phase.signal() {
+        Some(signal) => Outcome::Exit(exit_code(Some(signal))),
+        None => Outcome::Done,
+    })
+}

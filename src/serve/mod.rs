@@ -1,0 +1,216 @@
+//! `reasonq serve`: an OpenAI-compatible batch service in the process that holds the
+//! database and runs the workers. Files ([`files`]) and batches ([`batches`]) are OpenAI's
+//! objects over reasonq's own batches; chat completions go through the gateway (cache,
+//! retries, rate limits); `/metrics` is [`crate::app::metrics`]. The request parsers are
+//! pure ([`parse`]) so they can be fuzzed.
+
+pub mod batches;
+pub mod files;
+pub mod parse;
+mod routes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::app::{App, Connected, Endpoint};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::shutdown::{Listener, Phase};
+
+/// The environment variable of the service's own bearer key (the binary reads it).
+pub const KEY_ENV: &str = "REASONQ_SERVE_KEY";
+
+/// How the service listens and what it accepts.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// The bearer key every request must carry; required off loopback.
+    pub key: Option<String>,
+    /// Largest upload (`POST /v1/files`).
+    pub max_upload_bytes: u64,
+    /// Largest JSON body (batch creation, chat completions).
+    pub max_body_bytes: u64,
+}
+
+impl ServeOptions {
+    /// 127.0.0.1:8089, no key, OpenAI's 200 MB upload limit, 16 MiB JSON bodies.
+    pub fn new(listen: SocketAddr) -> ServeOptions {
+        ServeOptions {
+            listen,
+            key: None,
+            max_upload_bytes: 200 * 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// How the service ended.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The phase the shutdown was in (its signal gives the exit code).
+    pub phase: Phase,
+    /// Batches resumed at the start.
+    pub resumed: usize,
+}
+
+/// What every request handler shares.
+pub struct Service {
+    app: App,
+    connected: Connected,
+    files_dir: PathBuf,
+    opts: ServeOptions,
+    shutdown: Listener,
+    /// One drive task per running batch.
+    drives: Mutex<JoinSet<()>>,
+    /// Error answers by code, for `/metrics`.
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Service {
+    /// Runs `id` in the background.
+    fn spawn_drive(self: &Arc<Self>, id: String) {
+        let me = Arc::clone(self);
+        self.drives
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spawn(batches::drive(me, id));
+    }
+
+    fn count_error(&self, code: String) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    fn error_counts(&self) -> BTreeMap<String, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Refuses a listen address off loopback without a key: the service spends the upstream
+/// account's money for whoever reaches it.
+pub fn check_options(opts: &ServeOptions) -> Result<()> {
+    if opts.key.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::Invalid(format!("{KEY_ENV} is set but empty")));
+    }
+    if !opts.listen.ip().is_loopback() && opts.key.is_none() {
+        return Err(Error::Invalid(format!(
+            "--listen {} is not a loopback address: set {KEY_ENV} to the bearer key clients \
+             must send",
+            opts.listen
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the database, connects, resumes unfinished batches and serves until `shutdown`
+/// drains: then it stops accepting, lets the batches' drains return their jobs within the
+/// drain timeout, and closes the database. `ready` gets the bound address and the number
+/// of batches resumed.
+pub async fn run(
+    config: Config,
+    endpoint: &Endpoint,
+    opts: ServeOptions,
+    shutdown: Listener,
+    ready: impl FnOnce(SocketAddr, usize),
+) -> Result<Served> {
+    check_options(&opts)?;
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let app = App::open(config).await?;
+    let connected = match app.connect(endpoint).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = app.close().await;
+            return Err(e);
+        }
+    };
+    let files_dir = files::dir_of(&app.config.db);
+    if let Err(e) = tokio::fs::create_dir_all(&files_dir).await {
+        let _ = app.close().await;
+        return Err(Error::Write {
+            path: files_dir.display().to_string(),
+            message: e.to_string(),
+        });
+    }
+    let svc = Arc::new(Service {
+        app,
+        connected,
+        files_dir,
+        opts,
+        shutdown: shutdown.clone(),
+        drives: Mutex::new(JoinSet::new()),
+        errors: Mutex::new(BTreeMap::new()),
+    });
+    let mut resumed = 0;
+    for record in batches::list(&svc).await? {
+        if !record.status.is_terminal() {
+            svc.spawn_drive(record.id);
+            resumed += 1;
+        }
+    }
+    ready(addr, resumed);
+    let mut stop = shutdown.clone();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let svc = Arc::clone(&svc);
+                    conns.spawn(serve_connection(stream, svc));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.stopping() => break,
+        }
+    }
+    drop(listener);
+    // The drains see the same shutdown: they return their jobs within the drain timeout.
+    let mut drives =
+        std::mem::take(&mut *svc.drives.lock().unwrap_or_else(PoisonError::into_inner));
+    while drives.join_next().await.is_some() {}
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+    svc.app.close().await?;
+    Ok(Served {
+        phase: shutdown.phase(),
+        resumed,
+    })
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, svc: Arc<Service>) {
+    let handler = service_fn(move |req| {
+        let svc = Arc::clone(&svc);
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(svc, req).await) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), handler)
+        .await
+    {
+        tracing::debug!("connection ended: {e}");
+    }
+}
