@@ -214,7 +214,7 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let seed = cfg.random.as_ref().map_or(0, |r| r.seed);
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let batches = batch::Store::new(&cfg.batch);
+        let batches = batch::new_store(&cfg.batch);
         let state = Arc::new(State {
             cfg,
             faults: Mutex::new(VecDeque::new()),

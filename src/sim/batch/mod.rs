@@ -433,6 +433,11 @@ impl BatchControl {
     }
 }
 
+/// The batch state of a new server.
+pub(crate) fn new_store(cfg: &BatchConfig) -> Store {
+    Store::new(cfg, openai::render_line)
+}
+
 /// Strips a leading protocol mount (`/openai`, `/xai`, `/anthropic`) off a path.
 pub(crate) fn split_mount(path: &str) -> (Option<Protocol>, &str) {
     for p in [Protocol::OpenAi, Protocol::Xai, Protocol::Anthropic] {

@@ -32,9 +32,12 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(cfg: &BatchConfig) -> Store {
+    /// A store whose OpenAI output and error files are rendered line by line with
+    /// `render_line` (given by the protocol module, which depends on the store).
+    pub(crate) fn new(cfg: &BatchConfig, render_line: RenderLine) -> Store {
         Store {
             inner: Mutex::new(Inner {
+                render_line,
                 mode: cfg.mode,
                 limits: cfg.limits.clone(),
                 files: HashMap::new(),
@@ -239,7 +242,12 @@ pub(crate) enum Outcome {
     Cancelled,
 }
 
+/// Renders one line of an OpenAI output (`false`) or error (`true`) file, `None` when the
+/// line belongs to the other file.
+pub(crate) type RenderLine = fn(&Line, bool) -> Option<String>;
+
 pub(crate) struct Inner {
+    render_line: RenderLine,
     pub mode: BatchMode,
     pub limits: BatchLimits,
     pub files: HashMap<String, FileObj>,
@@ -706,7 +714,7 @@ impl Inner {
                     .iter()
                     .map(|i| &b.lines[*i as usize])
                     .filter(|l| !l.dropped)
-                    .filter_map(|l| super::openai::render_line(l, errors))
+                    .filter_map(|l| (self.render_line)(l, errors))
                     .map(|s| s.len() as u64 + 1)
                     .sum();
             }
