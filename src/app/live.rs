@@ -115,7 +115,7 @@ impl WireJob {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Line {
-    Ok(Reply),
+    Ok(Box<Reply>),
     Error(String),
     Lines(Vec<String>),
     End(Tally),
@@ -254,7 +254,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: S, source: &Source) -
             .map(|job| Reply::Job(job.map(WireJob::of))),
     };
     let line = match reply {
-        Ok(reply) => Line::Ok(reply),
+        Ok(reply) => Line::Ok(Box::new(reply)),
         Err(e) => Line::Error(e.to_string()),
     };
     send(&mut write, &line).await
@@ -436,7 +436,7 @@ pub async fn ask(db: &Path, request: &Request) -> Result<Option<Reply>> {
         return Ok(None);
     };
     match answers.next().await? {
-        Line::Ok(reply) => Ok(Some(reply)),
+        Line::Ok(reply) => Ok(Some(*reply)),
         Line::Error(message) => Err(Error::Invalid(message)),
         Line::Lines(_) | Line::End(_) => Err(lost("an answer of the wrong kind")),
     }
@@ -486,7 +486,7 @@ mod tests {
         assert!(err.starts_with("unknown command \"cancel\""), "{err}");
         let err = parse_request(br#"{"ask":"jobs_show","id":"x"}"#).unwrap_err();
         assert!(err.starts_with("bad request:"), "{err}");
-        let err = parse_request(br#"{"ask":"status","extra":1}"#).unwrap_err();
+        let err = parse_request(br#"{"ask":"jobs_show","id":1,"extra":1}"#).unwrap_err();
         assert!(err.starts_with("bad request:"), "{err}");
         let err = parse_request(br#"[1]"#).unwrap_err();
         assert_eq!(err, "bad request: no \"ask\" field");
