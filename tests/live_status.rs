@@ -282,3 +282,37 @@ async fn a_socket_path_too_long_leaves_the_batch_running_with_a_warning() {
     assert!(err.contains("warning: other commands cannot ask"), "{err}");
     assert!(err.contains("3 of 3 requests answered"), "{err}");
 }
+
+/// A process that holds the database without serving it (`reasonq submit`): the read-only
+/// commands say so instead of promising an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_serves_nothing_is_named_as_such() {
+    let env = Env::start(with_latency(6_000)).await;
+    let child = env
+        .command(&["submit", "what is 2 + 2?"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nothing opens the file before submit has it (that would keep submit from starting).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.db().exists() {
+        assert!(
+            Instant::now() < deadline,
+            "submit never created the database"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = loop {
+        assert!(Instant::now() < deadline, "submit never held the database");
+        let out = env.run(&["status"]).await;
+        if !out.status.success() {
+            break stderr(&out);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(err.contains("answers no queries"), "{err}");
+    let out = finish(child).await;
+    assert!(out.status.success());
+}

@@ -69,8 +69,18 @@ async fn ask_holder(
 ) -> Result<Reply, CliError> {
     match live::ask(db, &request).await {
         Ok(Some(reply)) => Ok(reply),
-        Ok(None) => Err(fail(locked)),
+        Ok(None) => Err(not_served(locked)),
         Err(e) => Err(fail(e)),
+    }
+}
+
+/// The holder serves no socket: it is no batch (or its socket could not be made).
+fn not_served(locked: reasonq::Error) -> CliError {
+    match locked {
+        reasonq::Error::Locked { path } => fail(format!(
+            "database {path} is already open in another process that answers no queries (a running `reasonq batch` does); try again when it ends"
+        )),
+        other => fail(other),
     }
 }
 
@@ -211,7 +221,7 @@ async fn results_live(
     };
     match served.map_err(fail)? {
         Some(_) => Ok(Outcome::Done),
-        None => Err(fail(locked)),
+        None => Err(not_served(locked)),
     }
 }
 
