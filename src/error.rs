@@ -31,8 +31,9 @@ pub enum Error {
     /// The file is not a reasonq database, or it is damaged.
     #[error("cannot open database {path}: {message}")]
     BadDatabase { path: String, message: String },
-    /// Another process holds the database.
-    #[error("database {path} is already open in another process")]
+    /// Another process holds the database. While a batch runs, its process answers the
+    /// read-only commands (`app::live`), so the message names them.
+    #[error("database {path} is already open in another process; while it runs, `reasonq status`, `stats`, `jobs list`, `jobs show` and `results` still work (they ask that process)")]
     Locked { path: String },
     /// A record that was asked for does not exist.
     #[error("{what} not found")]

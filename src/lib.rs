@@ -6,7 +6,8 @@
 //! - [`serve`]: `reasonq serve`, an OpenAI-compatible Files, Batch and chat-completions
 //!   service over the use cases, in the process that runs the workers.
 //! - [`app`]: the use cases ([`app::batch`], [`app::submit`], [`app::insights`], the read-only
-//!   [`app::inspect`] queries), the one place a [`config::Config`] becomes the parts
+//!   [`app::inspect`] queries, which [`app::live`] serves to other processes during a batch),
+//!   the one place a [`config::Config`] becomes the parts
 //!   ([`app::App`]), background [`app::upkeep`] and the [`app::runs`] records.
 //! - [`config`]: `reasonq.toml`, `REASONQ_*` and flags as one typed configuration.
 //! - [`batch`]: the batch files only: input lines, output lines, export in input order.

@@ -3,7 +3,7 @@
 //! read is here.
 
 use crate::chat::remote::RemoteRecord;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::runs::{self, Summary};
@@ -17,9 +17,11 @@ use crate::error::{Error, Result};
 use crate::queue::{usage_read, Counts, Job, Usage};
 use crate::runner::FailureRecord;
 use crate::store::sizes::{table_sizes_read, TableSize};
+use crate::store::Store;
 
-/// One batch in `status`.
-#[derive(Debug, Clone)]
+/// One batch in `status` (serialized for [`super::live`], which answers `status` during a
+/// batch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchStatus {
     pub batch: String,
     pub counts: Counts,
@@ -32,7 +34,12 @@ pub struct BatchStatus {
 /// Every batch's job counts by state and tokens spent: a few rows per batch, whatever its
 /// size (the queue's counters and the batch's usage totals, in one read transaction).
 pub async fn status(app: &App) -> Result<Vec<BatchStatus>> {
-    app.store
+    status_of(&app.store).await
+}
+
+/// [`status`] from the store alone (what [`super::live`] serves).
+pub async fn status_of(store: &Store) -> Result<Vec<BatchStatus>> {
+    store
         .read(|txn| {
             let mut rows = Vec::new();
             for batch in crate::queue::queues_read(txn)? {
@@ -53,12 +60,20 @@ pub async fn status(app: &App) -> Result<Vec<BatchStatus>> {
 
 /// A batch's results again, in the order of its current file, each finished line handed to
 /// `sink` as it is read (our details instead with `details`): nothing is collected.
-pub async fn results<F>(app: &App, batch: &str, details: bool, mut sink: F) -> Result<Tally>
+pub async fn results<F>(app: &App, batch: &str, details: bool, sink: F) -> Result<Tally>
+where
+    F: FnMut(&str) -> Result<()> + Send + 'static,
+{
+    results_of(&app.store, batch, details, sink).await
+}
+
+/// [`results`] from the store alone (what [`super::live`] serves).
+pub async fn results_of<F>(store: &Store, batch: &str, details: bool, mut sink: F) -> Result<Tally>
 where
     F: FnMut(&str) -> Result<()> + Send + 'static,
 {
     let batch = batch.to_string();
-    app.store
+    store
         .read(move |txn| {
             if lines::size_read(txn, &batch)? == 0 {
                 return Err(Error::Invalid(format!(

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod cancel;
 pub mod insights;
 pub mod inspect;
+pub mod live;
 pub mod merge;
 pub mod metrics;
 pub mod retry;

@@ -76,7 +76,7 @@ pub async fn record(store: &Store, run: RunRecord) -> Result<()> {
 }
 
 /// What `reasonq stats` shows.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub runs: u64,
     pub totals: RunRecord,

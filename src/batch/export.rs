@@ -28,7 +28,7 @@ pub struct Entry {
 }
 
 /// How many requests of each kind an export saw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
     pub answered: usize,
     pub failed: usize,

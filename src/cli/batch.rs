@@ -1,6 +1,7 @@
 //! `reasonq batch`: the batch use case with a progress line and a summary.
 
 use reasonq::app::batch::{self, BatchOptions};
+use reasonq::app::live;
 use reasonq::app::upkeep::peak_resident_bytes;
 use reasonq::app::{App, Endpoint};
 use reasonq::config::Config;
@@ -46,6 +47,14 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         .map_err(fail)?;
     let lines = parsed.valid;
     let app = App::open(config).await.map_err(fail)?;
+    // Other terminals' `status`, `results`, ... ask this process while it holds the file.
+    let live = match live::serve(&app).await {
+        Ok(server) => Some(server),
+        Err(e) => {
+            eprintln!("warning: other commands cannot ask this batch for its progress ({e}); the batch runs anyway");
+            None
+        }
+    };
     let connected = app.connect(endpoint).await.map_err(fail)?;
     let prepared = batch::prepare(&app, &connected, &opts, parsed)
         .await
@@ -87,6 +96,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
     );
     let report = prepared.run(&app, &connected, shutdown.listener()).await;
     progress.finish();
+    drop(live);
     let report = report.map_err(fail)?;
     app.close().await.map_err(fail)?;
 

@@ -4,18 +4,20 @@ use serde_json::{json, Value};
 
 use reasonq::app::cancel;
 use reasonq::app::inspect::{self, job_detail};
+use reasonq::app::live::{self, Reply, Request};
 use reasonq::app::retry::{retry_failed, RetryFilter};
 use reasonq::app::submit::{self, Question, Submitted};
 use reasonq::app::{App, Endpoint};
+use reasonq::batch::export::JsonlFile;
 use reasonq::config::Config;
 use reasonq::memory::experience::{Experience, Order};
-use reasonq::queue::JobState;
+use reasonq::queue::{Job, JobState};
 use reasonq::runner::FailureRecord;
 use reasonq::shutdown::{exit_code, Shutdown};
 
 use super::args::{CheckArgs, ExperiencesCommand, JobsCommand, ResultsArgs, StatsArgs, SubmitArgs};
 use super::print::{experience_row, print_json, short, table, EXPERIENCE_COLUMNS};
-use super::{fail, CliResult, Outcome};
+use super::{fail, CliError, CliResult, Outcome};
 
 /// `reasonq submit`: one question through the same durable path as a batch.
 pub async fn submit(config: Config, args: SubmitArgs, endpoint: &Endpoint) -> CliResult {
@@ -49,12 +51,58 @@ pub async fn submit(config: Config, args: SubmitArgs, endpoint: &Endpoint) -> Cl
     }
 }
 
-/// `reasonq status`: counts by state per batch, and tokens spent.
+/// The database for a read-only command, or the error saying another process holds it
+/// (that process answers the command over its socket: [`ask_holder`]).
+async fn open_or_held(config: Config) -> Result<Result<App, reasonq::Error>, CliError> {
+    match App::open(config).await {
+        Ok(app) => Ok(Ok(app)),
+        Err(locked @ reasonq::Error::Locked { .. }) => Ok(Err(locked)),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// Asks the process holding the database; when it serves no socket, `locked` is the error.
+async fn ask_holder(
+    db: &std::path::Path,
+    locked: reasonq::Error,
+    request: Request,
+) -> Result<Reply, CliError> {
+    match live::ask(db, &request).await {
+        Ok(Some(reply)) => Ok(reply),
+        Ok(None) => Err(not_served(locked)),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// The holder serves no socket: it is no batch (or its socket could not be made).
+fn not_served(locked: reasonq::Error) -> CliError {
+    match locked {
+        reasonq::Error::Locked { path } => fail(format!(
+            "database {path} is already open in another process that answers no queries (a running `reasonq batch` does); try again when it ends"
+        )),
+        other => fail(other),
+    }
+}
+
+fn wrong_answer() -> CliError {
+    fail("the process holding the database gave an answer of the wrong kind")
+}
+
+/// `reasonq status`: counts by state per batch, and tokens spent; during a batch, from the
+/// process running it.
 pub async fn status(config: Config, as_json: bool) -> CliResult {
-    let app = App::open(config).await.map_err(fail)?;
-    let rows = inspect::status(&app).await;
-    app.close().await.map_err(fail)?;
-    let rows = rows.map_err(fail)?;
+    let db = config.db.clone();
+    let rows = match open_or_held(config).await? {
+        Ok(app) => {
+            let rows = inspect::status(&app).await;
+            app.close().await.map_err(fail)?;
+            rows.map_err(fail)?
+        }
+        Err(locked) => match ask_holder(&db, locked, Request::Status).await? {
+            Reply::Status(rows) => rows,
+            _ => return Err(wrong_answer()),
+        },
+    };
     if as_json {
         let list: Vec<Value> = rows
             .iter()
@@ -123,46 +171,90 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
     Ok(Outcome::Done)
 }
 
-/// `reasonq results BATCH`: export again, streamed to the file or to stdout.
+/// `reasonq results BATCH`: export again, streamed to the file or to stdout; during a batch,
+/// from the process running it.
 pub async fn results(config: Config, args: ResultsArgs) -> CliResult {
-    let app = App::open(config).await.map_err(fail)?;
+    let db = config.db.clone();
+    let app = match open_or_held(config).await? {
+        Ok(app) => app,
+        Err(locked) => return results_live(&db, locked, &args).await,
+    };
     let out = match &args.output {
         Some(path) => inspect::results_to_file(&app, &args.batch, args.json, path)
             .await
             .map(|n| eprintln!("{n} lines written to {}", path.display())),
-        None => {
-            let mut stdout = std::io::BufWriter::new(std::io::stdout());
-            let mut closed = false;
-            inspect::results(&app, &args.batch, args.json, move |line| {
-                use std::io::Write;
-                if closed {
-                    return Ok(());
-                }
-                let wrote = writeln!(stdout, "{line}");
-                match wrote {
-                    // A reader that stopped (`| head`) is not an error.
-                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                        closed = true;
-                        Ok(())
-                    }
-                    other => other.map_err(|e| reasonq::Error::Write {
-                        path: "stdout".into(),
-                        message: e.to_string(),
-                    }),
-                }
-            })
+        None => inspect::results(&app, &args.batch, args.json, stdout_lines())
             .await
-            .map(drop)
-        }
+            .map(drop),
     };
     app.close().await.map_err(fail)?;
     out.map_err(fail)?;
     Ok(Outcome::Done)
 }
 
+/// [`results`] from the process holding the database, chunk by chunk.
+async fn results_live(
+    db: &std::path::Path,
+    locked: reasonq::Error,
+    args: &ResultsArgs,
+) -> CliResult {
+    let served = match &args.output {
+        None => live::results(db, &args.batch, args.json, stdout_lines()).await,
+        Some(path) => {
+            let shown = path.display().to_string();
+            let failed = |e: std::io::Error| reasonq::Error::Write {
+                path: shown.clone(),
+                message: e.to_string(),
+            };
+            let mut file = JsonlFile::create(path).map_err(|e| fail(failed(e)))?;
+            let served = live::results(db, &args.batch, args.json, |line| {
+                file.line(line).map_err(failed)
+            })
+            .await;
+            if let Ok(Some(_)) = served {
+                let n = file.len();
+                file.commit().map_err(|e| fail(failed(e)))?;
+                eprintln!("{n} lines written to {}", path.display());
+            }
+            served
+        }
+    };
+    match served.map_err(fail)? {
+        Some(_) => Ok(Outcome::Done),
+        None => Err(not_served(locked)),
+    }
+}
+
+/// Writes each line to stdout; a reader that stopped (`| head`) is not an error.
+fn stdout_lines() -> impl FnMut(&str) -> reasonq::Result<()> + Send + 'static {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout());
+    let mut closed = false;
+    move |line| {
+        use std::io::Write;
+        if closed {
+            return Ok(());
+        }
+        let wrote = writeln!(stdout, "{line}");
+        match wrote {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                closed = true;
+                Ok(())
+            }
+            other => other.map_err(|e| reasonq::Error::Write {
+                path: "stdout".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
 /// `reasonq jobs ...`.
 pub async fn jobs(config: Config, cmd: JobsCommand, endpoint: &Endpoint) -> CliResult {
-    let app = App::open(config).await.map_err(fail)?;
+    let db = config.db.clone();
+    let app = match open_or_held(config).await? {
+        Ok(app) => app,
+        Err(locked) => return jobs_live(&db, locked, cmd).await,
+    };
     let result = match cmd {
         JobsCommand::Cancel {
             batch: Some(batch), ..
@@ -190,46 +282,11 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
                 .list(batch.as_deref(), state, limit)
                 .await
                 .map_err(fail)?;
-            if as_json {
-                return print_json(&Value::Array(jobs.iter().map(job_detail).collect()));
-            }
-            let rows: Vec<Vec<String>> = jobs
-                .iter()
-                .map(|j| {
-                    vec![
-                        j.id.to_string(),
-                        j.queue.clone(),
-                        inspect::custom_id(j).unwrap_or_default(),
-                        j.state.as_str().to_string(),
-                        format!("{}/{}", j.attempt, j.max_attempts),
-                        j.last_error
-                            .as_deref()
-                            .map(|e| short(&FailureRecord::from_last_error(e).message, 60))
-                            .unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "id",
-                    "batch",
-                    "custom_id",
-                    "state",
-                    "attempts",
-                    "last error",
-                ],
-                &rows,
-            )?;
-            Ok(Outcome::Done)
+            print_jobs(&jobs, as_json)
         }
         JobsCommand::Show { id, json: _ } => {
-            let job = app
-                .queue
-                .get(id)
-                .await
-                .map_err(fail)?
-                .ok_or_else(|| fail(format!("no job {id}")))?;
-            print_json(&job_detail(&job))
+            let job = app.queue.get(id).await.map_err(fail)?;
+            print_job(job, id)
         }
         JobsCommand::Retry { id: Some(id), .. } => {
             app.queue.retry(id).await.map_err(fail)?;
@@ -256,6 +313,84 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
         }
         JobsCommand::Cancel { .. } => Err(fail("name a job id or --batch")),
     }
+}
+
+/// `jobs list` and `jobs show` from the process holding the database; the writing ones get
+/// `locked`, which says what works meanwhile.
+async fn jobs_live(db: &std::path::Path, locked: reasonq::Error, cmd: JobsCommand) -> CliResult {
+    match cmd {
+        JobsCommand::List {
+            batch,
+            state,
+            limit,
+            json: as_json,
+        } => {
+            let state = match state {
+                Some(s) => Some(s.parse::<JobState>().map_err(fail)?),
+                None => None,
+            };
+            let request = Request::JobsList {
+                batch,
+                state,
+                limit,
+            };
+            match ask_holder(db, locked, request).await? {
+                Reply::Jobs(jobs) => {
+                    let jobs: Vec<Job> = jobs.into_iter().map(|j| j.into_job()).collect();
+                    print_jobs(&jobs, as_json)
+                }
+                _ => Err(wrong_answer()),
+            }
+        }
+        JobsCommand::Show { id, json: _ } => {
+            match ask_holder(db, locked, Request::JobsShow { id }).await? {
+                Reply::Job(job) => print_job(job.map(|j| j.into_job()), id),
+                _ => Err(wrong_answer()),
+            }
+        }
+        _ => Err(fail(locked)),
+    }
+}
+
+/// `jobs list`: a table, or every job in full with `--json`.
+fn print_jobs(jobs: &[Job], as_json: bool) -> CliResult {
+    if as_json {
+        return print_json(&Value::Array(jobs.iter().map(job_detail).collect()));
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.queue.clone(),
+                inspect::custom_id(j).unwrap_or_default(),
+                j.state.as_str().to_string(),
+                format!("{}/{}", j.attempt, j.max_attempts),
+                j.last_error
+                    .as_deref()
+                    .map(|e| short(&FailureRecord::from_last_error(e).message, 60))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "id",
+            "batch",
+            "custom_id",
+            "state",
+            "attempts",
+            "last error",
+        ],
+        &rows,
+    )?;
+    Ok(Outcome::Done)
+}
+
+/// `jobs show ID`.
+fn print_job(job: Option<Job>, id: u64) -> CliResult {
+    let job = job.ok_or_else(|| fail(format!("no job {id}")))?;
+    print_json(&job_detail(&job))
 }
 
 /// `jobs cancel --batch B`: the waiting lines here, the provider batches at the provider.
@@ -416,10 +551,18 @@ pub async fn stats(config: Config, args: StatsArgs) -> CliResult {
         return table_sizes(config, args.json).await;
     }
     let as_json = args.json;
-    let app = App::open(config).await.map_err(fail)?;
-    let summary = inspect::stats(&app).await;
-    app.close().await.map_err(fail)?;
-    let summary = summary.map_err(fail)?;
+    let db = config.db.clone();
+    let summary = match open_or_held(config).await? {
+        Ok(app) => {
+            let summary = inspect::stats(&app).await;
+            app.close().await.map_err(fail)?;
+            summary.map_err(fail)?
+        }
+        Err(locked) => match ask_holder(&db, locked, Request::Stats).await? {
+            Reply::Stats(summary) => summary,
+            _ => return Err(wrong_answer()),
+        },
+    };
     if as_json {
         return print_json(&serde_json::to_value(&summary).map_err(fail)?);
     }

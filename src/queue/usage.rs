@@ -3,13 +3,13 @@
 //! row per batch instead of every job.
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::store::tables::BATCH_USAGE;
 
 /// Totals of one queue's completed jobs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Prompt tokens the server reported (cache hits cost nothing and add none).
     pub prompt_tokens: u64,
