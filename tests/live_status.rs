@@ -316,3 +316,79 @@ async fn a_holder_that_serves_nothing_is_named_as_such() {
     let out = finish(child).await;
     assert!(out.status.success());
 }
+
+/// `GET` of `path` on `addr`, the body as text (plain HTTP/1.1 over a socket: no client
+/// crate needed for one line).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of a sample named `name` (no labels) in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_serves_prometheus_text_that_moves_during_the_batch() {
+    let env = Env::start(with_latency(300)).await;
+    env.write_input("in.jsonl", &questions(40));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = env
+        .command(&[
+            "batch",
+            "in.jsonl",
+            "--concurrency",
+            "4",
+            "--plain",
+            "--metrics-listen",
+            &addr,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        if let Some(text) = http_get(&addr, "/metrics") {
+            let body = text
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            if let Some(sent) = sample(&body, "reasonq_requests_sent_total") {
+                seen.push(sent);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("metrics: http://{addr}/metrics")));
+    assert!(seen.len() >= 2, "too few scrapes: {seen:?}");
+    assert!(
+        seen.last() > seen.first(),
+        "the request counter did not move: {seen:?}"
+    );
+    // Gone with the batch.
+    assert!(http_get(&addr, "/healthz").is_none());
+}

@@ -225,6 +225,58 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Serves `GET /metrics` (and `/healthz`) on `listener` with the figures of `app` and
+/// `connected`, until the future is dropped: `batch --metrics-listen` runs it beside the
+/// batch. Connections are served inside this future (no task outlives the batch).
+pub async fn serve_during(
+    listener: tokio::net::TcpListener,
+    app: &App,
+    connected: &Connected,
+) -> Result<()> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use hyper_util::rt::TokioIo;
+
+    let mut conns = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
+                        let (status, body) = match req.uri().path() {
+                            "/metrics" => match snapshot(app, connected, BTreeMap::new()).await {
+                                Ok(s) => (200, render(&s)),
+                                Err(e) => (500, format!("cannot read the figures: {e}\n")),
+                            },
+                            "/healthz" => (200, "ok\n".to_string()),
+                            _ => (404, "only /metrics and /healthz\n".to_string()),
+                        };
+                        let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                        *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                        );
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    conns.push(async move {
+                        let served = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        if let Err(e) = served {
+                            tracing::debug!("metrics connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("metrics accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            Some(()) = conns.next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

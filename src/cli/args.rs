@@ -225,6 +225,10 @@ pub struct BatchArgs {
     /// expired, missing) and multi-call strategies with one call each, afterwards.
     #[arg(long, value_enum, value_name = "HOW")]
     pub fallback: Option<Fallback>,
+    /// Serve `GET /metrics` (Prometheus text) and `/healthz` at this address while the
+    /// batch runs, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -1,8 +1,8 @@
 //! `reasonq batch`: the batch use case with a progress line and a summary.
 
 use reasonq::app::batch::{self, BatchOptions};
-use reasonq::app::live;
 use reasonq::app::upkeep::peak_resident_bytes;
+use reasonq::app::{live, metrics};
 use reasonq::app::{App, Endpoint};
 use reasonq::config::Config;
 use reasonq::runner::DrainEnd;
@@ -46,6 +46,15 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         .map_err(fail)?
         .map_err(fail)?;
     let lines = parsed.valid;
+    // Bound before anything is enqueued: a taken port fails the command, not the batch later.
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| fail(format!("cannot listen on {addr} for --metrics-listen: {e}")))?,
+        ),
+        None => None,
+    };
     let app = App::open(config).await.map_err(fail)?;
     // Other terminals' `status`, `results`, ... ask this process while it holds the file.
     let live = match live::serve(&app).await {
@@ -94,7 +103,22 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         prepared.remote_watch(),
         args.plain,
     );
-    let report = prepared.run(&app, &connected, shutdown.listener()).await;
+    let run = prepared.run(&app, &connected, shutdown.listener());
+    let report = match metrics {
+        Some(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                eprintln!("metrics: http://{addr}/metrics");
+            }
+            tokio::select! {
+                report = run => report,
+                served = metrics::serve_during(listener, &app, &connected) => {
+                    served.map_err(fail)?;
+                    return Err(fail("the metrics server stopped"));
+                }
+            }
+        }
+        None => run.await,
+    };
     progress.finish();
     drop(live);
     let report = report.map_err(fail)?;

@@ -168,6 +168,14 @@ pub async fn run(
             resumed += 1;
         }
     }
+    // Other processes' read-only commands (status, jobs, results) are answered meanwhile.
+    let live = match crate::app::live::serve(&svc.app).await {
+        Ok(live) => Some(live),
+        Err(e) => {
+            tracing::warn!("status commands of other processes will not be answered: {e}");
+            None
+        }
+    };
     ready(addr, resumed);
     let mut stop = shutdown.clone();
     let mut conns = JoinSet::new();
@@ -195,6 +203,7 @@ pub async fn run(
     while drives.join_next().await.is_some() {}
     conns.abort_all();
     while conns.join_next().await.is_some() {}
+    drop(live);
     svc.app.close().await?;
     Ok(Served {
         phase: shutdown.phase(),
