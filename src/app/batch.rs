@@ -8,7 +8,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::retry::{matching_read, RetryFilter};
 use super::runs::{self, RunRecord};
@@ -18,12 +17,12 @@ use crate::batch::input::{items, scan_file, BatchItem, InputError, Scan};
 use crate::batch::output::failure_line;
 use crate::batch::shard::{self, Shard};
 use crate::batch::{lines, with_suffix};
-use crate::chat::remote::{self, RemoteEnd, RemoteRun, RemoteWatch};
+use crate::chat::remote::{self, RemoteEnd, RemoteWatch};
 use crate::chat::{self, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::llm::batch_api::{BatchApi, Protocol};
+use crate::llm::batch_api::Protocol;
 use crate::memory::Strategy;
 use crate::queue::{enqueue_many_in, find_by_dedup_read, waiting_ids_read, JobState, NewJob};
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
@@ -446,35 +445,7 @@ impl Prepared {
         let protocol = provider
             .api
             .unwrap_or_else(|| Protocol::for_base_url(&connected.client().config().base_url));
-        let client = match &connected.sim {
-            // The loopback server serves each protocol under its own mount, as each provider
-            // has its own host.
-            Some(server) if protocol != Protocol::OpenAi => {
-                let mut llm = connected.client().config().clone();
-                llm.base_url = server.base_url_for(match protocol {
-                    Protocol::Xai => crate::sim::Protocol::Xai,
-                    _ => crate::sim::Protocol::Anthropic,
-                });
-                crate::llm::LlmClient::new(llm)?
-            }
-            _ => connected.client().clone(),
-        };
-        let api = BatchApi::new(client, protocol);
-        let mut settings = super::remote_settings(&app.config);
-        if connected.sim.is_some() {
-            // The simulated provider finishes a batch in moments: poll it as fast.
-            settings.poll_min = settings.poll_min.min(Duration::from_millis(100));
-            settings.poll_max = settings.poll_max.min(Duration::from_millis(500));
-        }
-        let run = RemoteRun::new(
-            &connected.chat,
-            app.queue.clone(),
-            api,
-            Arc::clone(connected.runner.stats()),
-            settings,
-            Arc::clone(&self.watch),
-            Duration::from_secs(app.config.queue.lease_s),
-        );
+        let run = super::remote_run(app, connected, protocol, Arc::clone(&self.watch))?;
         let mut summary = RemoteSummary {
             protocol,
             open: 0,

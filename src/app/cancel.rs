@@ -1,12 +1,11 @@
 //! `jobs cancel --batch`: stop a whole batch, at the provider too, keeping what it answered.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::{remote_settings, App, Connected};
-use crate::chat::remote::{records, RemoteEnd, RemoteRun, RemoteWatch};
+use super::{remote_run, App, Connected};
+use crate::chat::remote::{records, RemoteEnd};
 use crate::error::{Error, Result};
-use crate::llm::batch_api::{BatchApi, Protocol};
+use crate::llm::batch_api::Protocol;
 use crate::queue::waiting_ids_read;
 use crate::shutdown::Listener;
 
@@ -65,15 +64,7 @@ pub async fn cancel_batch(
             first.key, first.protocol
         ))
     })?;
-    let run = RemoteRun::new(
-        &connected.chat,
-        app.queue.clone(),
-        BatchApi::new(connected.client().clone(), protocol),
-        Arc::clone(connected.runner.stats()),
-        remote_settings(&app.config),
-        Arc::<RemoteWatch>::default(),
-        Duration::from_secs(app.config.queue.lease_s),
-    );
+    let run = remote_run(app, connected, protocol, Arc::default())?;
     let remote = run.cancel(batch).await?;
     let end = run.collect_all(batch, &mut shutdown).await?;
     Ok(Cancelled {

@@ -184,13 +184,48 @@ fn simulated_api() -> SimConfig {
     }
 }
 
-/// How provider batches are sized and polled, from the configuration.
-pub(crate) fn remote_settings(c: &Config) -> crate::chat::remote::RemoteSettings {
-    crate::chat::remote::RemoteSettings {
+/// The driver of `protocol` provider batches over `connected` (its chat handler, runner
+/// counters and client), sized and polled as configured. The one place both `batch --via
+/// provider` and `jobs cancel --batch` get it from.
+pub(crate) fn remote_run(
+    app: &App,
+    connected: &Connected,
+    protocol: crate::llm::batch_api::Protocol,
+    watch: Arc<crate::chat::remote::RemoteWatch>,
+) -> Result<crate::chat::remote::RemoteRun> {
+    use crate::llm::batch_api::{BatchApi, Protocol};
+    let c = &app.config;
+    let mut settings = crate::chat::remote::RemoteSettings {
         max_lines: c.provider_batch.max_lines,
         poll_min: Duration::from_millis(c.provider_batch.poll_min_ms),
         poll_max: Duration::from_secs(c.provider_batch.poll_max_s),
-    }
+    };
+    let client = match &connected.sim {
+        // The loopback server serves each protocol under its own mount, as each provider has
+        // its own host; it finishes a batch in moments, so it is polled as fast.
+        Some(server) => {
+            settings.poll_min = settings.poll_min.min(Duration::from_millis(100));
+            settings.poll_max = settings.poll_max.min(Duration::from_millis(500));
+            let mount = match protocol {
+                Protocol::OpenAi => crate::sim::Protocol::OpenAi,
+                Protocol::Xai => crate::sim::Protocol::Xai,
+                Protocol::Anthropic => crate::sim::Protocol::Anthropic,
+            };
+            let mut llm = connected.client().config().clone();
+            llm.base_url = server.base_url_for(mount);
+            LlmClient::new(llm)?
+        }
+        None => connected.client().clone(),
+    };
+    Ok(crate::chat::remote::RemoteRun::new(
+        &connected.chat,
+        app.queue.clone(),
+        BatchApi::new(client, protocol),
+        Arc::clone(connected.runner.stats()),
+        settings,
+        watch,
+        Duration::from_secs(c.queue.lease_s),
+    ))
 }
 
 fn store_config(c: &Config) -> StoreConfig {

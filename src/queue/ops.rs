@@ -169,21 +169,27 @@ pub fn lease_in(
     let expires = now.saturating_add(lease_for_ms);
     let mut leases = Vec::with_capacity(picked.len());
     for id in picked {
-        let mut job = t.load_with_payload(id)?;
-        let before = Placed::of(&job);
-        job.state = JobState::Running;
-        job.attempt = job.attempt.saturating_add(1);
-        job.lease_token += 1;
-        job.lease_expires_at = Some(expires);
-        job.lease_owner = Some(owner.to_owned());
-        t.save(Some(before), &job)?;
-        leases.push(Lease {
-            token: job.lease_token,
-            job,
-        });
+        let job = t.load_with_payload(id)?;
+        leases.push(start_lease(&mut t, job, owner, expires)?);
     }
     t.finish()?;
     Ok(leases)
+}
+
+/// Moves `job` to running under a new lease of `owner` until `expires`: an attempt starts
+/// and the fencing token moves on.
+fn start_lease(t: &mut JobTables<'_>, mut job: Job, owner: &str, expires: u64) -> Result<Lease> {
+    let before = Placed::of(&job);
+    job.state = JobState::Running;
+    job.attempt = job.attempt.saturating_add(1);
+    job.lease_token += 1;
+    job.lease_expires_at = Some(expires);
+    job.lease_owner = Some(owner.to_owned());
+    t.save(Some(before), &job)?;
+    Ok(Lease {
+        token: job.lease_token,
+        job,
+    })
 }
 
 /// The lease expiry of a job handed to a provider's batch API: it never expires and is not
@@ -194,6 +200,7 @@ pub const REMOTE_LEASE: u64 = u64::MAX;
 /// Leases the jobs of `ids` that are still waiting (whatever their run_at) to `owner` until
 /// `expires_at` ([`REMOTE_LEASE`] for a provider batch), in the order of `ids`. Ids that are
 /// no longer waiting are skipped. Each lease starts an attempt and gets a new fencing token.
+/// The leased jobs come without their payload (their holder has it already).
 pub fn lease_ids_in(
     txn: &WriteTransaction,
     ids: &[u64],
@@ -203,22 +210,12 @@ pub fn lease_ids_in(
     let mut t = JobTables::open(txn)?;
     let mut leases = Vec::with_capacity(ids.len());
     for &id in ids {
-        let Some(job) = t.load(id)? else { continue };
-        if !job.state.is_waiting() {
-            continue;
+        match t.load(id)? {
+            Some(job) if job.state.is_waiting() => {
+                leases.push(start_lease(&mut t, job, owner, expires_at)?);
+            }
+            _ => {}
         }
-        let before = Placed::of(&job);
-        let mut job = job;
-        job.state = JobState::Running;
-        job.attempt = job.attempt.saturating_add(1);
-        job.lease_token += 1;
-        job.lease_expires_at = Some(expires_at);
-        job.lease_owner = Some(owner.to_owned());
-        t.save(Some(before), &job)?;
-        leases.push(Lease {
-            token: job.lease_token,
-            job,
-        });
     }
     t.finish()?;
     Ok(leases)

@@ -605,6 +605,32 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `GET` of one batch object, the same in every protocol: counts the poll, meets the next
+/// queued poll fault, and answers `object` of the batch (rendered under the store's lock) or
+/// `missing` when there is none.
+async fn poll(
+    call: &Call<'_>,
+    object: impl FnOnce(&store::Inner) -> Option<Value>,
+    missing: impl FnOnce() -> io::Result<Response<SimBody>>,
+) -> io::Result<Response<SimBody>> {
+    let st = call.state;
+    let (fault, v) = {
+        let mut inner = st.batches.lock();
+        inner.catch_up(st);
+        inner.counters.polls += 1;
+        let fault = inner.poll_faults.pop_front();
+        (fault, object(&inner))
+    };
+    let body = v.as_ref().map(|v| Bytes::from(v.to_string()));
+    if let Some(r) = take_fault(fault, || body.clone().unwrap_or_default()).await {
+        return r;
+    }
+    match v {
+        Some(v) => json(200, &v),
+        None => missing(),
+    }
+}
+
 /// Applies a queued poll or download fault: `Some` is the response to send instead (a
 /// latency fault only waits and answers normally).
 async fn take_fault(

@@ -745,22 +745,7 @@ fn list(call: &Call<'_>) -> io::Result<Response<SimBody>> {
 }
 
 async fn retrieve(call: &Call<'_>, id: &str) -> io::Result<Response<SimBody>> {
-    let st = call.state;
-    let (fault, v) = {
-        let mut inner = st.batches.lock();
-        inner.catch_up(st);
-        inner.counters.polls += 1;
-        let fault = inner.poll_faults.pop_front();
-        (fault, own(&inner, id).map(object))
-    };
-    let body = v.as_ref().map(|v| Bytes::from(v.to_string()));
-    if let Some(r) = take_fault(fault, || body.clone().unwrap_or_default()).await {
-        return r;
-    }
-    match v {
-        Some(v) => json(200, &v),
-        None => no_batch(id),
-    }
+    super::poll(call, |inner| own(inner, id).map(object), || no_batch(id)).await
 }
 
 fn cancel(call: &Call<'_>, id: &str) -> io::Result<Response<SimBody>> {
