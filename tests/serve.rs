@@ -72,7 +72,15 @@ impl Server {
             Some(k) => req.header("authorization", format!("Bearer {k}")),
             None => req,
         };
-        let resp = req.send().await.unwrap();
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            // The server answered (413) and closed before the client finished writing a body
+            // it refused: status 0, so only the callers that allow it pass.
+            Err(e) if e.is_request() && format!("{e:?}").contains("BodyWrite") => {
+                return (0, Value::String(e.to_string()));
+            }
+            Err(e) => panic!("{e:?}"),
+        };
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap();
         let value = serde_json::from_slice(&bytes)
@@ -405,11 +413,13 @@ async fn bad_requests_get_openai_error_bodies() {
     assert!(!message.contains(".files"), "no server path: {message}");
 
     // Too large: an upload past --max-upload-mb and a JSON body past --max-body-mb.
+    // The server may close before the client has written the whole body (status 0); the
+    // requests after these show it is still up.
     let (status, body) = server.upload("big.jsonl", vec![b'x'; 1_200_000]).await;
-    assert_eq!(status, 413, "{body}");
+    assert!(matches!(status, 413 | 0), "{status}: {body}");
     let big = json!({"messages": [{"role": "user", "content": "x".repeat(1_200_000)}]});
-    let (status, _) = server.post("/v1/chat/completions", &big).await;
-    assert_eq!(status, 413);
+    let (status, body) = server.post("/v1/chat/completions", &big).await;
+    assert!(matches!(status, 413 | 0), "{status}: {body}");
 
     let (status, body) = server.upload("in.jsonl", Vec::new()).await;
     assert_eq!(status, 200, "an empty file is a file: {body}");
