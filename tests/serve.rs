@@ -744,17 +744,54 @@ fn sdk_python() -> Option<PathBuf> {
     venv.is_file().then_some(venv)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_openai_python_sdk_drives_a_batch() {
-    let Some(python) = sdk_python() else {
+/// The SDK's Python, or `None` after saying loudly that the test is skipped (never under
+/// CI, which makes the venv).
+fn sdk_or_skip() -> Option<PathBuf> {
+    let python = sdk_python();
+    if python.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI is set but .venv-sdk is missing: .ci/run makes it"
         );
         eprintln!(
-            "\n!!! SKIPPED the openai SDK test: no .venv-sdk (python3 -m venv .venv-sdk && \
+            "\n!!! SKIPPED an openai SDK test: no .venv-sdk (python3 -m venv .venv-sdk && \
              .venv-sdk/bin/pip install openai==1.109.1) and no REASONQ_SDK_PYTHON\n"
         );
+    }
+    python
+}
+
+/// Runs tests/sdk/drive_batch.py with `args` against `server`; its stdout, after checking
+/// it succeeded and said "SDK OK" (or `until`, for the steps that stop early).
+async fn drive_sdk(
+    python: &Path,
+    env: &Env,
+    server: &Server,
+    args: &[&str],
+    until: &str,
+) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/drive_batch.py");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(script)
+        .args(args)
+        .env("OPENAI_BASE_URL", &server.base)
+        .env("OPENAI_API_KEY", server.key.as_deref().unwrap_or("none"))
+        .env("WORK_DIR", env.dir.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = support::stdout(&out);
+    assert!(
+        out.status.success() && stdout.contains(until),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        support::stderr(&out)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_sdk_drives_a_batch() {
+    let Some(python) = sdk_or_skip() else {
         return;
     };
     let env = Env::start(slow(100)).await;
@@ -763,34 +800,45 @@ async fn the_official_openai_python_sdk_drives_a_batch() {
         &["--concurrency", "2"],
         &[("REASONQ_SERVE_KEY", "sdk-key")],
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/drive_batch.py");
-    let base = server.base.clone();
-    let dir = env.dir.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .env("OPENAI_BASE_URL", base)
-            .env("OPENAI_API_KEY", "sdk-key")
-            .env("WORK_DIR", dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        support::stdout(&out),
-        support::stderr(&out)
-    );
-    assert!(
-        support::stdout(&out).contains("SDK OK"),
-        "{}",
-        support::stdout(&out)
-    );
+    drive_sdk(&python, &env, &server, &[], "SDK OK").await;
     assert_eq!(
         env.server.calls_for("sdk chat"),
         1,
         "the second chat came from the cache"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_sees_a_batch_complete_with_every_line_once_after_the_server_is_killed() {
+    let Some(python) = sdk_or_skip() else {
+        return;
+    };
+    let env = Env::start(slow(150)).await;
+    let key = [("REASONQ_SERVE_KEY", "sdk-key")];
+    let server = Server::start(&env, &["--concurrency", "2"], &key);
+    let started = drive_sdk(&python, &env, &server, &["start", "30"], "BATCH ").await;
+    let id = started
+        .lines()
+        .find_map(|l| l.strip_prefix("BATCH "))
+        .unwrap()
+        .trim()
+        .to_string();
+    server.kill9();
+    let seen = env.server.stats().live_chats;
+    assert!(seen < 30, "the kill came mid-batch ({seen} calls)");
+
+    let server = Server::start(&env, &["--concurrency", "2"], &key);
+    let done = drive_sdk(&python, &env, &server, &["finish", &id, "30"], "SDK OK").await;
+    assert!(done.contains("30 lines once each"), "{done}");
+    let by_prompt = env.server.stats().by_prompt;
+    for i in 0..30 {
+        let calls = by_prompt
+            .get(&format!("sdk killed {i}"))
+            .copied()
+            .unwrap_or(0);
+        // At most the calls in flight at the kill are sent twice.
+        assert!((1..=2).contains(&calls), "line {i}: {calls} calls");
+    }
+    let twice = by_prompt.values().filter(|n| **n > 1).count();
+    assert!(twice <= 2, "{twice} lines sent twice (2 were in flight)");
 }

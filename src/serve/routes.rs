@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -20,7 +21,9 @@ use crate::error::Error;
 use crate::llm::LlmError;
 use crate::runner::CallError;
 
-type Answer = Response<Full<Bytes>>;
+/// An answer's body: most are whole, file contents stream from disk.
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+type Answer = Response<Body>;
 type Handled = std::result::Result<Answer, ApiError>;
 
 /// Answers one request; never fails (a refusal is an error body).
@@ -113,7 +116,14 @@ fn json_answer(status: u16, body: &Value) -> Answer {
 }
 
 fn text(status: u16, content_type: &str, body: Bytes) -> Answer {
-    let mut answer = Response::new(Full::new(body));
+    let body = Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    with_status(status, content_type, body)
+}
+
+fn with_status(status: u16, content_type: &str, body: Body) -> Answer {
+    let mut answer = Response::new(body);
     *answer.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
@@ -317,12 +327,25 @@ fn list_body(data: Vec<Value>, has_more: bool) -> Value {
     json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more})
 }
 
+/// Streams the file from disk in chunks: a million-line output costs no more memory than
+/// a small one.
 async fn content(svc: &Service, id: &str) -> Handled {
+    use futures_util::TryStreamExt;
     let record = file(svc, id).await?;
-    let bytes = tokio::fs::read(files::path_of(&svc.files_dir, &record.id))
+    let opened = tokio::fs::File::open(files::path_of(&svc.files_dir, &record.id)).await;
+    let file = opened.map_err(|e| internal(format!("cannot read file {id}: {e}")))?;
+    let len = file
+        .metadata()
         .await
-        .map_err(|e| internal(format!("cannot read file {id}: {e}")))?;
-    Ok(text(200, "application/octet-stream", Bytes::from(bytes)))
+        .map_err(|e| internal(format!("cannot read file {id}: {e}")))?
+        .len();
+    let chunks = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    let body = StreamBody::new(chunks.map_ok(hyper::body::Frame::data)).boxed_unsync();
+    let mut answer = with_status(200, "application/octet-stream", body);
+    answer
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    Ok(answer)
 }
 
 async fn delete_file(svc: &Service, id: &str) -> Handled {

@@ -2,10 +2,17 @@
 
 OPENAI_BASE_URL and OPENAI_API_KEY name the server and its REASONQ_SERVE_KEY; WORK_DIR is
 a scratch folder. Prints "SDK OK" when every step held.
+
+    drive_batch.py               the whole tour (below)
+    drive_batch.py start N       creates a batch of N lines, waits for 4 answers, prints
+                                 "BATCH <id>" (the test then kills the server)
+    drive_batch.py finish ID N   against the restarted server: waits for ID to complete and
+                                 checks its output holds each of the N lines once
 """
 
 import json
 import os
+import sys
 import time
 
 from openai import OpenAI
@@ -55,13 +62,37 @@ def wait(batch_id, until, limit=60):
         time.sleep(0.2)
 
 
+def lines_of(batch):
+    content = client.files.content(batch.output_file_id)
+    return [json.loads(l) for l in content.text.splitlines()]
+
+
+if len(sys.argv) > 1 and sys.argv[1] == "start":
+    n = int(sys.argv[2])
+    batch = create(write_input("killed.jsonl", n, "sdk killed"))
+    wait(batch.id, lambda b: b.request_counts.completed >= 4)
+    print("BATCH", batch.id, flush=True)
+    sys.exit(0)
+
+if len(sys.argv) > 1 and sys.argv[1] == "finish":
+    batch_id, n = sys.argv[2], int(sys.argv[3])
+    done = wait(batch_id, lambda b: b.status in ("completed", "failed", "cancelled"))
+    assert done.status == "completed", done
+    assert done.request_counts.total == n and done.request_counts.completed == n, done
+    assert done.request_counts.failed == 0, done
+    ids = [l["custom_id"] for l in lines_of(done)]
+    assert ids == [f"sdk killed-{i}" for i in range(n)], ids
+    for line in lines_of(done):
+        ChatCompletion.model_validate(line["response"]["body"])
+    print("SDK OK", len(ids), "lines once each", flush=True)
+    sys.exit(0)
+
 # A batch to completion; its output parsed with the SDK's types.
 small = create(write_input("small.jsonl", 4, "sdk line"))
 done = wait(small.id, lambda b: b.status in ("completed", "failed", "cancelled"))
 assert done.status == "completed", done
 assert done.request_counts.total == 4 and done.request_counts.completed == 4, done
-content = client.files.content(done.output_file_id)
-lines = [json.loads(l) for l in content.text.splitlines()]
+lines = lines_of(done)
 assert [l["custom_id"] for l in lines] == [f"sdk line-{i}" for i in range(4)], lines
 for i, line in enumerate(lines):
     completion = ChatCompletion.model_validate(line["response"]["body"])
