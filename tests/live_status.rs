@@ -392,3 +392,25 @@ async fn metrics_listen_serves_prometheus_text_that_moves_during_the_batch() {
     // Gone with the batch.
     assert!(http_get(&addr, "/healthz").is_none());
 }
+
+/// A read-only command holds a free database for a moment; a batch started in that moment
+/// waits for it instead of failing with "already open".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_started_while_a_command_briefly_holds_the_database_waits_for_it() {
+    use reasonq::store::{Store, StoreConfig};
+    let env = Env::start(SimConfig::default()).await;
+    let input = env.write_input("q.jsonl", &questions(3));
+    let holder = Store::open(StoreConfig::new(env.db())).unwrap();
+    let batch = env
+        .command(&["batch", input.to_str().unwrap(), "--batch", "waited"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    holder.close().unwrap();
+    drop(holder);
+    let out = finish(batch).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.server.stats().live_chats, 3);
+}

@@ -423,6 +423,11 @@ fn lost(why: &str) -> Error {
     ))
 }
 
+/// Whether a process holding the database at `db` answers on its socket.
+pub async fn answering(db: &Path) -> bool {
+    connect(db).await.is_some()
+}
+
 /// Asks the process holding the database at `db`: `Ok(None)` when nobody serves it; an error
 /// the server reports comes back as [`Error::Invalid`] with its message, so it reads as the
 /// same command's error when it opens the database itself.

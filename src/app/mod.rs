@@ -78,11 +78,25 @@ impl Connected {
 }
 
 impl App {
-    /// Opens the database named by `config` and starts the upkeep tasks.
+    /// Opens the database named by `config` and starts the upkeep tasks. When another
+    /// process holds the file, waits a moment for it to let go (a read-only command holds
+    /// it for milliseconds) before failing with [`Error::Locked`].
     pub async fn open(config: Config) -> Result<App> {
+        App::open_waiting(config, crate::store::DEFAULT_LOCK_WAIT).await
+    }
+
+    /// [`App::open`] that fails with [`Error::Locked`] at once: for a read-only command,
+    /// which then asks the holder (`live`) instead.
+    pub async fn open_or_locked(config: Config) -> Result<App> {
+        App::open_waiting(config, Duration::ZERO).await
+    }
+
+    async fn open_waiting(config: Config, lock_wait: Duration) -> Result<App> {
         let config = config.normalized();
+        let mut store = store_config(&config);
+        store.lock_wait = lock_wait;
         // Batches of files written before the line index existed get it at open.
-        let store = store_config(&config).with_open_hook(crate::batch::lines::upgrade_at_open);
+        let store = store.with_open_hook(crate::batch::lines::upgrade_at_open);
         let queue = Queue::open(store, queue_config(&config)).await?;
         let store = queue.store().clone();
         let cache = Arc::new(Cache::new(Some(store.clone()), cache_config(&config)));

@@ -52,9 +52,18 @@ pub async fn submit(config: Config, args: SubmitArgs, endpoint: &Endpoint) -> Cl
 }
 
 /// The database for a read-only command, or the error saying another process holds it
-/// (that process answers the command over its socket: [`ask_holder`]).
+/// (that process answers the command over its socket: [`ask_holder`]). A holder that
+/// answers is asked at once; one that does not may be a command about to let go, so the
+/// open waits a moment for it.
 async fn open_or_held(config: Config) -> Result<Result<App, reasonq::Error>, CliError> {
-    match App::open(config).await {
+    let db = config.db.clone();
+    let opened = match App::open_or_locked(config.clone()).await {
+        Err(reasonq::Error::Locked { .. }) if !live::answering(&db).await => {
+            App::open(config).await
+        }
+        other => other,
+    };
+    match opened {
         Ok(app) => Ok(Ok(app)),
         Err(locked @ reasonq::Error::Locked { .. }) => Ok(Err(locked)),
         Err(e) => Err(fail(e)),

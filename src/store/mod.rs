@@ -56,6 +56,8 @@ pub type OpenHook = fn(&WriteTransaction) -> Result<()>;
 
 /// redb's page cache by default: redb's own default is 1 GiB; 16 MiB keeps RSS small.
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// See [`StoreConfig::lock_wait`].
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// How to open the store.
 #[derive(Debug, Clone)]
@@ -71,6 +73,10 @@ pub struct StoreConfig {
     /// Run at open, in order, in the transaction that checks the schema (the queue's rescue
     /// of jobs a dead process left running is one).
     pub on_open: Vec<OpenHook>,
+    /// How long an open waits for another process to let go of the file before it fails
+    /// with [`Error::Locked`]: a read-only command holds a free database for milliseconds,
+    /// and a batch started in that instant should wait for it, not fail.
+    pub lock_wait: Duration,
 }
 
 impl StoreConfig {
@@ -82,6 +88,7 @@ impl StoreConfig {
             durability: Durability::Immediate,
             max_group: 1024,
             on_open: Vec::new(),
+            lock_wait: DEFAULT_LOCK_WAIT,
         }
     }
 
@@ -300,10 +307,18 @@ fn open_database(config: &StoreConfig) -> Result<redb::Database> {
             message: format!("cannot create the database: {e}"),
         })?;
     }
-    // redb may panic on some damaged files; a bad file must be an error, never a crash.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        builder.create(&config.path)
-    }));
+    let deadline = Instant::now() + config.lock_wait;
+    let opened = loop {
+        // redb may panic on some damaged files; a bad file must be an error, never a crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            builder.create(&config.path)
+        }));
+        let locked = matches!(opened, Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)));
+        if !locked || Instant::now() >= deadline {
+            break opened;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(Error::Locked { path: path_text }),
