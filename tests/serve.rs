@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use reasonq::sim::{RandomFaults, SimConfig};
+use reasonq::sim::{Fault, RandomFaults, SimConfig};
 use serde_json::{json, Value};
 use support::{questions, read_jsonl, Env};
 
@@ -567,6 +567,24 @@ async fn metrics_are_strict_prometheus_text_and_move_with_a_batch() {
     assert!(after
         .get("reasonq_jobs_completed_total")
         .is_some_and(|v| *v >= 5.0));
+
+    // A line the upstream refuses is counted by its code, as failed for good.
+    env.server.push_faults([Fault::Status {
+        status: 400,
+        code: Some("invalid_prompt".into()),
+        message: "refused".into(),
+    }]);
+    let refused = server.create(&questions(6)[5..]).await;
+    server.completed(refused["id"].as_str().unwrap()).await;
+    let text = server.text("/metrics").await;
+    let failed: f64 = parse_prometheus(&text)
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("reasonq_job_errors_total{") && k.contains("outcome=\"failed\"")
+        })
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(failed, 1.0, "{text}");
 }
 
 #[test]

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub run: RunCounts,
     /// Errors by code, counted by the caller (e.g. the service's error answers).
     pub errors: BTreeMap<String, u64>,
+    /// Jobs' failed attempts by (error code, failed for good).
+    pub job_errors: BTreeMap<(String, bool), u64>,
 }
 
 /// Reads the figures of `app` and `connected` now; `errors` is the caller's own count.
@@ -38,6 +40,7 @@ pub async fn snapshot(
         latency: connected.client().latency_histogram(),
         cache: app.cache.stats(),
         run: connected.runner.stats().snapshot(),
+        job_errors: connected.runner.stats().errors(),
         errors,
     })
 }
@@ -164,13 +167,28 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "reasonq_errors_total",
         "counter",
-        "Errors by code.",
+        "Errors answered by the service, by code.",
     );
     for (code, n) in &s.errors {
         sample(
             &mut out,
             "reasonq_errors_total",
             &[("code", code)],
+            *n as f64,
+        );
+    }
+    family(
+        &mut out,
+        "reasonq_job_errors_total",
+        "counter",
+        "Failed attempts of jobs by error code; outcome retried (it goes again) or failed (for good).",
+    );
+    for ((code, last), n) in &s.job_errors {
+        let outcome = if *last { "failed" } else { "retried" };
+        sample(
+            &mut out,
+            "reasonq_job_errors_total",
+            &[("code", code), ("outcome", outcome)],
             *n as f64,
         );
     }
@@ -292,11 +310,18 @@ mod tests {
             ..Snapshot::default()
         };
         s.errors.insert("a\"b".into(), 1);
+        s.job_errors.insert(("rate_limited".into(), false), 3);
+        s.job_errors.insert(("bad_request".into(), true), 1);
         let text = render(&s);
         assert!(text.contains("reasonq_request_duration_seconds_bucket{le=\"0.001\"} 2\n"));
         assert!(text.contains("reasonq_request_duration_seconds_bucket{le=\"0.002\"} 5\n"));
         assert!(text.contains("reasonq_request_duration_seconds_bucket{le=\"+Inf\"} 5\n"));
         assert!(text.contains("reasonq_request_duration_seconds_sum 0.006\n"));
         assert!(text.contains("reasonq_errors_total{code=\"a\\\"b\"} 1\n"));
+        assert!(text
+            .contains("reasonq_job_errors_total{code=\"rate_limited\",outcome=\"retried\"} 3\n"));
+        assert!(
+            text.contains("reasonq_job_errors_total{code=\"bad_request\",outcome=\"failed\"} 1\n")
+        );
     }
 }

@@ -141,9 +141,11 @@ impl JobCtx {
             .fail(&self.lease, &record.to_last_error(), how)
             .await
             .or_else(|e| ignore_lost(e).map(|()| JobState::Running))?;
-        if state == JobState::Discarded {
+        let last = state == JobState::Discarded;
+        if last {
             RunStats::bump(&self.stats.failed);
         }
+        self.stats.count_error(&record.code, last);
         Ok(())
     }
 
@@ -160,6 +162,7 @@ impl JobCtx {
             // At least a floor, so `Retry-After: 0` does not spin a commit per cycle.
             Some(delay) if delay <= SNOOZE_CAP => {
                 RunStats::bump(&self.stats.server_waits);
+                self.stats.count_error(&record.code, false);
                 self.snooze(delay.max(SNOOZE_FLOOR)).await
             }
             // Longer than a batch should sit silent (a daily quota): spend an attempt instead,

@@ -1,6 +1,8 @@
 //! Live counters of a run, read by the progress line and kept in the run record.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +21,8 @@ pub struct RunStats {
     /// Snoozes the server asked for (`Retry-After`), for the progress line; not part of
     /// [`RunCounts`], whose layout is stored in run records.
     pub server_waits: AtomicU64,
+    /// Failed attempts by (error code, whether the job failed for good), for `/metrics`.
+    errors: Mutex<BTreeMap<(String, bool), u64>>,
 }
 
 /// A point-in-time copy of [`RunStats`] (but `server_waits`).
@@ -66,6 +70,24 @@ impl RunStats {
         self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion, Ordering::Relaxed);
+    }
+
+    /// Counts a failed attempt with `code`; `last` when the job failed for good.
+    pub fn count_error(&self, code: &str, last: bool) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((code.to_string(), last))
+            .or_default() += 1;
+    }
+
+    /// Failed attempts by (error code, failed for good).
+    pub fn errors(&self) -> BTreeMap<(String, bool), u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Adds one to `counter`.
