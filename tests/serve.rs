@@ -337,6 +337,50 @@ async fn cancel_mid_run_and_list_pages() {
     assert_eq!(ids, [first["id"].as_str().unwrap()]);
     assert_eq!(rest["has_more"], false);
     server.completed(first["id"].as_str().unwrap()).await;
+    server.completed(second["id"].as_str().unwrap()).await;
+
+    // Files page the same way; `purpose` filters. Three inputs, and outputs of the batches.
+    let inputs = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                assert_eq!(f["purpose"], "batch", "{f}");
+                f["id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let (_, one) = server.get("/v1/files?purpose=batch&limit=2").await;
+    let mut walked = inputs(&one);
+    assert_eq!(one["has_more"], true, "{one}");
+    let (_, two) = server
+        .get(&format!(
+            "/v1/files?purpose=batch&limit=2&after={}",
+            walked[1]
+        ))
+        .await;
+    walked.extend(inputs(&two));
+    assert_eq!(two["has_more"], false, "{two}");
+    let expected: Vec<String> = [&big, &second, &first]
+        .iter()
+        .map(|b| b["input_file_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(walked, expected);
+    let (_, all) = server.get("/v1/files?limit=100").await;
+    let outputs = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["purpose"] == "batch_output")
+        .count();
+    assert!(outputs >= 3, "{all}");
+    let (status, bad) = server.get("/v1/files?after=file-0000000000000000").await;
+    assert_eq!(
+        (status, &bad["error"]["param"]),
+        (400, &json!("after")),
+        "{bad}"
+    );
 }
 
 fn error_of(v: &Value) -> (&str, Option<&str>, Option<&str>) {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::files::{self, FileRecord, PURPOSE_OUTPUT};
+use super::index;
 use super::Service;
 use crate::app::batch::{self, BatchOptions};
 use crate::app::cancel::cancel_batch;
@@ -161,53 +162,102 @@ fn now_s() -> u64 {
     now_ms() / 1000
 }
 
+/// The batch table and its time index.
+const TABLES: (index::Records, index::ByTime) =
+    (tables::SERVE_BATCHES, tables::SERVE_BATCHES_BY_TIME);
+
 /// Writes a new record.
 pub async fn insert(svc: &Service, record: &BatchRecord) -> Result<()> {
-    let bytes = codec::encode(record)?;
-    let id = record.id.clone();
+    let record = record.clone();
     svc.app
         .store
-        .write(move |txn| {
-            txn.open_table(tables::SERVE_BATCHES)?
-                .insert(id.as_str(), bytes.as_slice())?;
-            Ok(())
-        })
+        .write(move |txn| index::insert(txn, TABLES, &record.id, record.created_ms, &record))
         .await
 }
 
 /// The record of `id`.
 pub async fn get(svc: &Service, id: &str) -> Result<Option<BatchRecord>> {
     let id = id.to_string();
+    svc.app.store.read(move |txn| get_in(txn, &id)).await
+}
+
+fn get_in(txn: &redb::ReadTransaction, id: &str) -> Result<Option<BatchRecord>> {
+    let table = txn.open_table(tables::SERVE_BATCHES)?;
+    let found = table.get(id)?;
+    match found {
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// A page of batches newest first, after the batch `after` (`None` when there is no such
+/// batch).
+pub async fn page(
+    svc: &Service,
+    after: Option<String>,
+    limit: usize,
+) -> Result<Option<index::Page<BatchRecord>>> {
     svc.app
         .store
         .read(move |txn| {
-            let table = txn.open_table(tables::SERVE_BATCHES)?;
-            let found = table.get(id.as_str())?;
-            match found {
-                Some(v) => Ok(Some(codec::decode(v.value())?)),
-                None => Ok(None),
-            }
+            let after = match after {
+                None => None,
+                Some(id) => match get_in(txn, &id)? {
+                    Some(b) => Some((b.created_ms, id)),
+                    None => return Ok(None),
+                },
+            };
+            let after = after.as_ref().map(|(ms, id)| (*ms, id.as_str()));
+            index::page(txn, TABLES, after, limit, |_: &BatchRecord| true).map(Some)
         })
         .await
 }
 
-/// Every record, newest first.
-pub async fn list(svc: &Service) -> Result<Vec<BatchRecord>> {
-    let mut all: Vec<BatchRecord> = svc
-        .app
+/// The ids of the batches that have not ended, oldest first (resumed at start).
+pub async fn unfinished(svc: &Service) -> Result<Vec<String>> {
+    svc.app
         .store
         .read(|txn| {
-            let table = txn.open_table(tables::SERVE_BATCHES)?;
+            let records = txn.open_table(tables::SERVE_BATCHES)?;
+            let index = txn.open_table(tables::SERVE_BATCHES_BY_TIME)?;
             let mut out = Vec::new();
-            for row in table.iter()? {
-                let (_, v) = row?;
-                out.push(codec::decode::<BatchRecord>(v.value())?);
+            for row in index.iter()? {
+                let (key, _) = row?;
+                let (_, id) = key.value();
+                if let Some(v) = records.get(id)? {
+                    let record: BatchRecord = codec::decode(v.value())?;
+                    if !record.status.is_terminal() {
+                        out.push(record.id);
+                    }
+                }
             }
             Ok(out)
         })
-        .await?;
-    all.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
-    Ok(all)
+        .await
+}
+
+/// Whether a batch that has not ended reads `file_id` (such a file cannot be deleted).
+pub async fn reads_file(svc: &Service, file_id: &str) -> Result<bool> {
+    let file_id = file_id.to_string();
+    svc.app
+        .store
+        .read(move |txn| {
+            let records = txn.open_table(tables::SERVE_BATCHES)?;
+            for row in records.iter()? {
+                let (_, v) = row?;
+                let record: BatchRecord = codec::decode(v.value())?;
+                if record.input_file_id == file_id && !record.status.is_terminal() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+}
+
+/// The creation time of an encoded record (for the index built at start).
+pub fn created_ms(bytes: &[u8]) -> Result<u64> {
+    Ok(codec::decode::<BatchRecord>(bytes)?.created_ms)
 }
 
 /// Changes the record of `id` in one write transaction (read, `change`, write), so the

@@ -11,6 +11,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::index;
 use super::parse::ApiError;
 use crate::app::App;
 use crate::codec;
@@ -69,49 +70,58 @@ pub fn path_of(dir: &Path, id: &str) -> PathBuf {
     dir.join(id)
 }
 
+/// The file table and its time index.
+const TABLES: (index::Records, index::ByTime) = (tables::SERVE_FILES, tables::SERVE_FILES_BY_TIME);
+
 /// Registers a file already in place.
 pub async fn insert(app: &App, record: FileRecord) -> Result<()> {
-    let bytes = codec::encode(&record)?;
     app.store
-        .write(move |txn| {
-            txn.open_table(tables::SERVE_FILES)?
-                .insert(record.id.as_str(), bytes.as_slice())?;
-            Ok(())
-        })
+        .write(move |txn| index::insert(txn, TABLES, &record.id, record.created_ms, &record))
         .await
 }
 
 /// The index row of `id`.
 pub async fn get(app: &App, id: &str) -> Result<Option<FileRecord>> {
     let id = id.to_string();
+    app.store.read(move |txn| get_in(txn, &id)).await
+}
+
+fn get_in(txn: &redb::ReadTransaction, id: &str) -> Result<Option<FileRecord>> {
+    let table = txn.open_table(tables::SERVE_FILES)?;
+    let found = table.get(id)?;
+    match found {
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// A page of files newest first, after the file `after` (`None` when there is no such
+/// file), of `purpose` when given.
+pub async fn page(
+    app: &App,
+    after: Option<String>,
+    limit: usize,
+    purpose: Option<String>,
+) -> Result<Option<index::Page<FileRecord>>> {
     app.store
         .read(move |txn| {
-            let table = txn.open_table(tables::SERVE_FILES)?;
-            let found = table.get(id.as_str())?;
-            match found {
-                Some(v) => Ok(Some(codec::decode(v.value())?)),
-                None => Ok(None),
-            }
+            let after = match after {
+                None => None,
+                Some(id) => match get_in(txn, &id)? {
+                    Some(f) => Some((f.created_ms, id)),
+                    None => return Ok(None),
+                },
+            };
+            let after = after.as_ref().map(|(ms, id)| (*ms, id.as_str()));
+            let keep = |f: &FileRecord| purpose.as_deref().is_none_or(|p| p == f.purpose);
+            index::page(txn, TABLES, after, limit, keep).map(Some)
         })
         .await
 }
 
-/// Every file, newest first.
-pub async fn list(app: &App) -> Result<Vec<FileRecord>> {
-    let mut all: Vec<FileRecord> = app
-        .store
-        .read(|txn| {
-            let table = txn.open_table(tables::SERVE_FILES)?;
-            let mut out = Vec::new();
-            for row in table.iter()? {
-                let (_, v) = row?;
-                out.push(codec::decode::<FileRecord>(v.value())?);
-            }
-            Ok(out)
-        })
-        .await?;
-    all.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
-    Ok(all)
+/// The creation time of an encoded record (for the index built at start).
+pub fn created_ms(bytes: &[u8]) -> Result<u64> {
+    Ok(codec::decode::<FileRecord>(bytes)?.created_ms)
 }
 
 /// Removes the row of `id` (the caller removes the file).
@@ -119,11 +129,14 @@ pub async fn remove(app: &App, id: &str) -> Result<bool> {
     let id = id.to_string();
     app.store
         .write(move |txn| {
-            let removed = txn
+            let found = txn
                 .open_table(tables::SERVE_FILES)?
-                .remove(id.as_str())?
-                .is_some();
-            Ok(removed)
+                .get(id.as_str())?
+                .map(|v| v.value().to_vec());
+            let Some(bytes) = found else {
+                return Ok(false);
+            };
+            index::remove(txn, TABLES, &id, created_ms(&bytes)?)
         })
         .await
 }

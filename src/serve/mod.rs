@@ -6,6 +6,7 @@
 
 pub mod batches;
 pub mod files;
+mod index;
 pub mod parse;
 mod routes;
 
@@ -25,6 +26,7 @@ use crate::app::{App, Connected, Endpoint};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::shutdown::{Listener, Phase};
+use crate::store::tables;
 
 /// The environment variable of the service's own bearer key (the binary reads it).
 pub const KEY_ENV: &str = "REASONQ_SERVE_KEY";
@@ -161,12 +163,30 @@ pub async fn run(
         drives: Mutex::new(JoinSet::new()),
         errors: Mutex::new(BTreeMap::new()),
     });
-    let mut resumed = 0;
-    for record in batches::list(&svc).await? {
-        if !record.status.is_terminal() {
-            svc.spawn_drive(record.id);
-            resumed += 1;
-        }
+    svc.app
+        .store
+        .write(|txn| {
+            index::build_once(
+                txn,
+                &[
+                    (
+                        tables::SERVE_FILES,
+                        tables::SERVE_FILES_BY_TIME,
+                        files::created_ms,
+                    ),
+                    (
+                        tables::SERVE_BATCHES,
+                        tables::SERVE_BATCHES_BY_TIME,
+                        batches::created_ms,
+                    ),
+                ],
+            )
+        })
+        .await?;
+    let unfinished = batches::unfinished(&svc).await?;
+    let resumed = unfinished.len();
+    for id in unfinished {
+        svc.spawn_drive(id);
     }
     // Other processes' read-only commands (status, jobs, results) are answered meanwhile.
     let live = match crate::app::live::serve(&svc.app).await {

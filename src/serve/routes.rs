@@ -287,38 +287,22 @@ async fn file(svc: &Service, id: &str) -> Result<files::FileRecord, ApiError> {
 
 async fn list_files(svc: &Service, query: Option<&str>) -> Handled {
     let q = parse::list_query(query)?;
-    let all: Vec<files::FileRecord> = files::list(&svc.app)
+    let page = files::page(&svc.app, q.after.clone(), q.limit, q.purpose.clone())
         .await
         .map_err(|e| store_error(&e))?
-        .into_iter()
-        .filter(|f| q.purpose.as_deref().is_none_or(|p| p == f.purpose))
-        .collect();
-    let (page, has_more) = page_after(&all, q.after.as_deref(), q.limit, |f| &f.id)?;
-    let data: Vec<Value> = page.iter().map(|f| f.object()).collect();
-    Ok(json_answer(200, &list_body(data, has_more)))
+        .ok_or_else(|| no_such_after(q.after.as_deref()))?;
+    let data: Vec<Value> = page.items.iter().map(|f| f.object()).collect();
+    Ok(json_answer(200, &list_body(data, page.has_more)))
 }
 
-/// The page of `limit` after the item `after` (from the start without one).
-fn page_after<'a, T>(
-    all: &'a [T],
-    after: Option<&str>,
-    limit: usize,
-    id: impl Fn(&T) -> &str,
-) -> Result<(&'a [T], bool), ApiError> {
-    let start = match after {
-        None => 0,
-        Some(after) => {
-            all.iter().position(|t| id(t) == after).ok_or_else(|| {
-                ApiError::invalid(
-                    format!("No object with id '{after}' to list after."),
-                    Some("after"),
-                )
-            })? + 1
-        }
-    };
-    let rest = &all[start.min(all.len())..];
-    let end = limit.min(rest.len());
-    Ok((&rest[..end], rest.len() > end))
+fn no_such_after(after: Option<&str>) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "No object with id '{}' to list after.",
+            after.unwrap_or_default()
+        ),
+        Some("after"),
+    )
 }
 
 fn list_body(data: Vec<Value>, has_more: bool) -> Value {
@@ -350,11 +334,9 @@ async fn content(svc: &Service, id: &str) -> Handled {
 
 async fn delete_file(svc: &Service, id: &str) -> Handled {
     let record = file(svc, id).await?;
-    let in_use = batches::list(svc)
+    let in_use = batches::reads_file(svc, &record.id)
         .await
-        .map_err(|e| store_error(&e))?
-        .into_iter()
-        .any(|b| b.input_file_id == record.id && !b.status.is_terminal());
+        .map_err(|e| store_error(&e))?;
     if in_use {
         return Err(ApiError::invalid(
             format!("File '{id}' is the input of a batch that has not ended; cancel it first."),
@@ -448,13 +430,15 @@ async fn batch_answer(svc: &Service, record: &BatchRecord) -> Handled {
 
 async fn list_batches(svc: &Service, query: Option<&str>) -> Handled {
     let q = parse::list_query(query)?;
-    let all = batches::list(svc).await.map_err(|e| store_error(&e))?;
-    let (page, has_more) = page_after(&all, q.after.as_deref(), q.limit, |b| &b.id)?;
-    let mut data = Vec::with_capacity(page.len());
-    for record in page {
+    let page = batches::page(svc, q.after.clone(), q.limit)
+        .await
+        .map_err(|e| store_error(&e))?
+        .ok_or_else(|| no_such_after(q.after.as_deref()))?;
+    let mut data = Vec::with_capacity(page.items.len());
+    for record in &page.items {
         data.push(batch_object(svc, record).await?);
     }
-    Ok(json_answer(200, &list_body(data, has_more)))
+    Ok(json_answer(200, &list_body(data, page.has_more)))
 }
 
 async fn cancel(svc: &Service, id: &str) -> Handled {

@@ -135,6 +135,8 @@ fn counts_of(path: &Path) -> Result<Vec<(String, u64)>> {
         BATCH_ENDPOINTS,
         SERVE_FILES,
         SERVE_BATCHES,
+        SERVE_FILES_BY_TIME,
+        SERVE_BATCHES_BY_TIME,
         META,
     );
     Ok(out)

@@ -19,6 +19,9 @@ pub const NEXT_REMOTE_ID: &str = "next_remote_id";
 pub const JOB_LAYOUT: &str = "job_layout";
 /// Set once `BATCH_LINES` and `BATCH_USAGE` have been built for the batches of older files.
 pub const BATCH_LINES_BUILT: &str = "batch_lines_built";
+/// Set once [`SERVE_FILES_BY_TIME`] and [`SERVE_BATCHES_BY_TIME`] hold the rows of records
+/// written before they existed.
+pub const SERVE_INDEX_BUILT: &str = "serve_index_built";
 
 // ---- experiences and patterns (memory/experience.rs, memory/pattern.rs) ----
 
@@ -140,6 +143,13 @@ pub const SERVE_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("serv
 /// Batch id -> encoded `serve::batches::BatchRecord`: one OpenAI batch object, so a batch
 /// resumes when the server starts again.
 pub const SERVE_BATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("serve_batches");
+/// (created_at ms, file id) -> (): files in creation order, so a list page reads only its
+/// own rows.
+pub const SERVE_FILES_BY_TIME: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("serve_files_by_time");
+/// (created_at ms, batch id) -> (): batches in creation order, for list pages.
+pub const SERVE_BATCHES_BY_TIME: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("serve_batches_by_time");
 
 // ---- run records (runs.rs) ----
 
@@ -195,6 +205,8 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(REMOTE_LINES)?;
     txn.open_table(SERVE_FILES)?;
     txn.open_table(SERVE_BATCHES)?;
+    txn.open_table(SERVE_FILES_BY_TIME)?;
+    txn.open_table(SERVE_BATCHES_BY_TIME)?;
     Ok(())
 }
 
