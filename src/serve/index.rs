@@ -85,11 +85,11 @@ pub fn page<T: Record>(
     })
 }
 
+/// A record table, its time index, and how to read a record's creation time.
+pub type Indexed = (Records, ByTime, fn(&[u8]) -> Result<u64>);
+
 /// Fills the time indexes from records written before they existed, once per database.
-pub fn build_once(
-    txn: &WriteTransaction,
-    of: &[(Records, ByTime, fn(&[u8]) -> Result<u64>)],
-) -> Result<()> {
+pub fn build_once(txn: &WriteTransaction, of: &[Indexed]) -> Result<()> {
     let mut meta = txn.open_table(tables::META)?;
     if meta.get(tables::SERVE_INDEX_BUILT)?.is_some() {
         return Ok(());
