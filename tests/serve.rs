@@ -904,3 +904,47 @@ async fn the_sdk_sees_a_batch_complete_with_every_line_once_after_the_server_is_
     let twice = by_prompt.values().filter(|n| **n > 1).count();
     assert!(twice <= 2, "{twice} lines sent twice (2 were in flight)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_its_completion_window_expires_keeping_what_was_answered() {
+    let env = Env::start(slow(300)).await;
+    let server = Server::start(&env, &["--concurrency", "1", "--batch-window", "2"], &[]);
+    let batch = server.create(&questions(30)).await;
+    let id = batch["id"].as_str().unwrap();
+    assert_eq!(
+        batch["expires_at"].as_u64(),
+        batch["created_at"].as_u64().map(|c| c + 2),
+        "{batch}"
+    );
+    let ended = server
+        .poll(id, |b| {
+            ["completed", "failed", "cancelled", "expired"].contains(&b["status"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(ended["status"], "expired", "{ended}");
+    assert!(ended["expired_at"].is_u64(), "{ended}");
+    let answered = ended["request_counts"]["completed"].as_u64().unwrap();
+    assert!((1..30).contains(&answered), "{ended}");
+
+    // The answers are kept; every other line says the window ended.
+    let out = ended["output_file_id"].as_str().unwrap();
+    let lines = jsonl(&server.text(&format!("/v1/files/{out}/content")).await);
+    assert_eq!(lines.len(), 30);
+    let ok = lines
+        .iter()
+        .filter(|l| l["response"]["status_code"] == 200)
+        .count() as u64;
+    assert_eq!(ok, answered);
+    let errors = ended["error_file_id"].as_str().unwrap();
+    let errors = jsonl(&server.text(&format!("/v1/files/{errors}/content")).await);
+    assert_eq!(errors.len() as u64, 30 - answered);
+    for line in &errors {
+        assert_eq!(line["error"]["code"], "batch_expired", "{line}");
+    }
+    // Nothing was sent after the window (but the line running when it ended).
+    assert!(env.server.stats().live_chats <= answered + 1);
+    let (status, refused) = server
+        .post(&format!("/v1/batches/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+}

@@ -7,6 +7,7 @@ use crate::chat::remote::{records, RemoteEnd};
 use crate::error::{Error, Result};
 use crate::llm::batch_api::Protocol;
 use crate::queue::waiting_ids_read;
+use crate::runner::FailureRecord;
 use crate::shutdown::Listener;
 
 /// What [`cancel_batch`] did.
@@ -19,6 +20,21 @@ pub struct Cancelled {
     /// Whether every provider batch was collected (false: a signal stopped the wait; the
     /// next `batch --via provider` or cancel collects them).
     pub collected: bool,
+}
+
+/// Cancels the waiting lines of `batch` because its completion window ended: their lines
+/// in the output say `batch_expired`. Running lines finish; returns how many were cancelled.
+pub async fn expire_waiting(app: &App, batch: &str) -> Result<usize> {
+    let b = batch.to_owned();
+    let waiting = app.store.read(move |txn| waiting_ids_read(txn, &b)).await?;
+    let reason = FailureRecord::new(
+        FailureRecord::BATCH_EXPIRED,
+        "the batch's completion window ended before this line ran",
+    );
+    app.queue
+        .cancel_many_because(&waiting, &reason.to_last_error())
+        .await?;
+    Ok(waiting.len())
 }
 
 /// The provider batches of `batch` not yet collected: a cancel needs the endpoint for them.

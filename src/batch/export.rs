@@ -108,6 +108,14 @@ fn entry_of(job: &Job, details: bool) -> Result<Entry> {
         JobState::Discarded | JobState::Cancelled => {
             let failure = match (&job.last_error, job.state) {
                 (Some(text), JobState::Discarded) => FailureRecord::from_last_error(text),
+                // A cancel that said why (an expired batch); any other last error of a
+                // cancelled job is an older attempt's, not why it ended.
+                (Some(text), _)
+                    if FailureRecord::from_last_error(text).code
+                        == FailureRecord::BATCH_EXPIRED =>
+                {
+                    FailureRecord::from_last_error(text)
+                }
                 _ => FailureRecord::new("cancelled", "the job was cancelled"),
             };
             if let Some(d) = detail.as_mut() {

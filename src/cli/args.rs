@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// Largest JSON request body (batch creation, chat completions), in MiB.
     #[arg(long, default_value_t = 16, value_name = "MIB")]
     pub max_body_mb: u64,
+    /// Seconds a batch may run before it expires: lines not yet run are cancelled as
+    /// `batch_expired`, what was answered is kept (OpenAI's 24 h completion window).
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    pub batch_window: u64,
     /// Requests in flight at once (all batches and chat calls together).
     #[arg(short, long, value_name = "N")]
     pub concurrency: Option<usize>,

@@ -16,6 +16,7 @@ pub async fn run(config: Config, args: ServeArgs, endpoint: &Endpoint) -> CliRes
     opts.key = std::env::var(KEY_ENV).ok();
     opts.max_upload_bytes = args.max_upload_mb.saturating_mul(MIB);
     opts.max_body_bytes = args.max_body_mb.saturating_mul(MIB);
+    opts.batch_window = std::time::Duration::from_secs(args.batch_window.max(1));
     serve::check_options(&opts).map_err(fail)?;
     let shutdown = Shutdown::new();
     let _signals = shutdown

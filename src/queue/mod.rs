@@ -198,6 +198,22 @@ impl Queue {
         self.each_in_chunks(ids, cancel_in).await
     }
 
+    /// [`Queue::cancel_many`] that records `reason` as each job's last error.
+    pub async fn cancel_many_because(&self, ids: &[u64], reason: &str) -> Result<()> {
+        for chunk in ids.chunks(BULK_CHUNK) {
+            let (chunk, reason) = (chunk.to_vec(), reason.to_string());
+            self.store
+                .write(move |txn| {
+                    let now = now_ms();
+                    chunk
+                        .iter()
+                        .try_for_each(|&id| ops::cancel_because_in(txn, id, now, Some(&reason)))
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// [`Queue::retry`] for many jobs, a few thousand per transaction.
     pub async fn retry_many(&self, ids: &[u64]) -> Result<()> {
         self.each_in_chunks(ids, retry_in).await

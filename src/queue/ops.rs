@@ -425,6 +425,17 @@ fn leave_running(job: &mut Job, state: JobState) {
 /// Cancels a job that has not finished. A running job's worker loses its lease. Cancelling
 /// a cancelled job is a no-op; a completed or discarded job cannot be cancelled.
 pub fn cancel_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
+    cancel_because_in(txn, id, now, None)
+}
+
+/// [`cancel_in`], recording `reason` as the job's last error (why it was cancelled, for
+/// the batch output: an expired batch's lines say so).
+pub fn cancel_because_in(
+    txn: &WriteTransaction,
+    id: u64,
+    now: u64,
+    reason: Option<&str>,
+) -> Result<()> {
     let mut t = JobTables::open(txn)?;
     let mut job = t.load_existing(id)?;
     match job.state {
@@ -440,6 +451,9 @@ pub fn cancel_in(txn: &WriteTransaction, id: u64, now: u64) -> Result<()> {
     let before = Placed::of(&job);
     leave_running(&mut job, JobState::Cancelled);
     job.finished_at = Some(now);
+    if let Some(reason) = reason {
+        job.last_error = Some(reason.to_string());
+    }
     t.save(Some(before), &job)?;
     t.finish()
 }

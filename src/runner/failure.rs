@@ -19,6 +19,9 @@ pub struct FailureRecord {
 }
 
 impl FailureRecord {
+    /// The code of lines cancelled because their batch's completion window ended (OpenAI's).
+    pub const BATCH_EXPIRED: &'static str = "batch_expired";
+
     /// A failure of our own (no HTTP answer behind it).
     pub fn new(code: &str, message: impl Into<String>) -> FailureRecord {
         FailureRecord {

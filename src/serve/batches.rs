@@ -4,6 +4,7 @@
 //! start.
 
 use std::path::Path;
+use std::time::Duration;
 
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use super::files::{self, FileRecord, PURPOSE_OUTPUT};
 use super::index;
 use super::Service;
 use crate::app::batch::{self, BatchOptions};
-use crate::app::cancel::cancel_batch;
+use crate::app::cancel::{cancel_batch, expire_waiting};
 use crate::clock::now_ms;
 use crate::codec;
 use crate::error::{Error, Result};
@@ -31,6 +32,8 @@ pub enum Status {
     Failed,
     Cancelling,
     Cancelled,
+    /// Its completion window ended: what was answered is kept, the rest was not run.
+    Expired,
 }
 
 impl Status {
@@ -43,12 +46,16 @@ impl Status {
             Status::Failed => "failed",
             Status::Cancelling => "cancelling",
             Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
         }
     }
 
     /// No more work: a restart leaves it alone.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::Cancelled | Status::Expired
+        )
     }
 }
 
@@ -76,12 +83,72 @@ pub struct BatchRecord {
     pub failed_at: Option<u64>,
     pub cancelling_at: Option<u64>,
     pub cancelled_at: Option<u64>,
+    /// The end of its completion window, in ms (the server's window at creation).
+    pub expires_ms: u64,
+    /// When the window ended with lines left (they were cancelled as `batch_expired`).
+    pub expired_at: Option<u64>,
 }
 
-impl codec::Record for BatchRecord {}
+impl codec::Record for BatchRecord {
+    /// Layout 2 adds the completion window's end and `expired_at`.
+    const LAYOUT: u8 = 2;
 
-/// 24 hours, in seconds.
-const WINDOW_S: u64 = 24 * 3600;
+    fn upgrade(layout: u8, payload: &[u8]) -> std::result::Result<Self, codec::CodecError> {
+        #[derive(Deserialize)]
+        struct V1 {
+            id: String,
+            input_file_id: String,
+            endpoint: String,
+            completion_window: String,
+            status: Status,
+            output_file_id: String,
+            error_file_id: String,
+            has_output: bool,
+            has_errors: bool,
+            errors: Vec<(String, String)>,
+            metadata: Option<String>,
+            created_ms: u64,
+            in_progress_at: Option<u64>,
+            finalizing_at: Option<u64>,
+            completed_at: Option<u64>,
+            failed_at: Option<u64>,
+            cancelling_at: Option<u64>,
+            cancelled_at: Option<u64>,
+        }
+        if layout != 1 {
+            return Err(codec::CodecError::UnknownLayout {
+                found: layout,
+                current: Self::LAYOUT,
+            });
+        }
+        let v: V1 = codec::payload_of(payload)?;
+        Ok(BatchRecord {
+            expires_ms: v.created_ms + DEFAULT_WINDOW.as_millis() as u64,
+            expired_at: None,
+            id: v.id,
+            input_file_id: v.input_file_id,
+            endpoint: v.endpoint,
+            completion_window: v.completion_window,
+            status: v.status,
+            output_file_id: v.output_file_id,
+            error_file_id: v.error_file_id,
+            has_output: v.has_output,
+            has_errors: v.has_errors,
+            errors: v.errors,
+            metadata: v.metadata,
+            created_ms: v.created_ms,
+            in_progress_at: v.in_progress_at,
+            finalizing_at: v.finalizing_at,
+            completed_at: v.completed_at,
+            failed_at: v.failed_at,
+            cancelling_at: v.cancelling_at,
+            cancelled_at: v.cancelled_at,
+        })
+    }
+}
+
+/// OpenAI's completion window: 24 hours.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 impl BatchRecord {
     pub fn new(
@@ -89,7 +156,9 @@ impl BatchRecord {
         endpoint: String,
         completion_window: String,
         metadata: Option<Map<String, Value>>,
+        window: Duration,
     ) -> BatchRecord {
+        let created_ms = now_ms();
         BatchRecord {
             id: format!("batch_{:016x}", rand::random::<u64>()),
             input_file_id,
@@ -102,13 +171,15 @@ impl BatchRecord {
             has_errors: false,
             errors: Vec::new(),
             metadata: metadata.map(|m| Value::Object(m).to_string()),
-            created_ms: now_ms(),
+            created_ms,
             in_progress_at: None,
             finalizing_at: None,
             completed_at: None,
             failed_at: None,
             cancelling_at: None,
             cancelled_at: None,
+            expires_ms: created_ms.saturating_add(window.as_millis() as u64),
+            expired_at: None,
         }
     }
 
@@ -141,11 +212,11 @@ impl BatchRecord {
             "error_file_id": self.has_errors.then_some(&self.error_file_id),
             "created_at": created_at,
             "in_progress_at": self.in_progress_at,
-            "expires_at": created_at + WINDOW_S,
+            "expires_at": self.expires_ms / 1000,
             "finalizing_at": self.finalizing_at,
             "completed_at": self.completed_at,
             "failed_at": self.failed_at,
-            "expired_at": null,
+            "expired_at": self.expired_at,
             "cancelling_at": self.cancelling_at,
             "cancelled_at": self.cancelled_at,
             "request_counts": {
@@ -353,9 +424,36 @@ async fn drive_inner(svc: &Service, id: &str) -> Result<()> {
         // A cancel that came while the lines were being enqueued missed the later ones.
         cancel_batch(&svc.app, Some(&svc.connected), id, svc.shutdown.clone()).await?;
     }
-    let report = prepared
-        .run(&svc.app, &svc.connected, svc.shutdown.clone())
-        .await?;
+    let report = {
+        let run = prepared.run(&svc.app, &svc.connected, svc.shutdown.clone());
+        tokio::pin!(run);
+        let left = record.expires_ms.saturating_sub(now_ms());
+        let window = tokio::time::sleep(Duration::from_millis(left));
+        tokio::pin!(window);
+        let mut expired = record.expired_at.is_some();
+        let mut window_ended = expired;
+        // Once expired, lines that come back to wait (a retry) are cancelled too.
+        let mut sweep = tokio::time::interval(Duration::from_millis(500));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                report = &mut run => break report?,
+                () = &mut window, if !window_ended => {
+                    window_ended = true;
+                    expired = expire(svc, id).await?;
+                }
+                _ = sweep.tick(), if expired => {
+                    let n = expire_waiting(&svc.app, id).await?;
+                    if n > 0 {
+                        tracing::info!(batch = %id, lines = n, "completion window ended: lines not run");
+                    }
+                }
+            }
+        }
+    };
+    // Expired only if the window cut lines off; a batch whose last lines were running
+    // when it ended and then answered is complete.
+    let cut_off = counts(svc, id).await?.cancelled > 0;
     match report.end {
         DrainEnd::Stopped(_) => return Ok(()),
         DrainEnd::Halted(trip) => {
@@ -403,7 +501,11 @@ async fn drive_inner(svc: &Service, id: &str) -> Result<()> {
         if r.status == Status::Cancelling {
             r.status = Status::Cancelled;
             r.cancelled_at = now;
+        } else if r.expired_at.is_some() && cut_off {
+            r.status = Status::Expired;
+            r.finalizing_at = r.finalizing_at.or(now);
         } else {
+            r.expired_at = None;
             r.status = Status::Completed;
             r.finalizing_at = r.finalizing_at.or(now);
             r.completed_at = now;
@@ -411,6 +513,19 @@ async fn drive_inner(svc: &Service, id: &str) -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The completion window of `id` ended: it is marked so (unless a cancel came first) and
+/// from then on its waiting lines are cancelled as `batch_expired` while running ones
+/// finish; true when it expires.
+async fn expire(svc: &Service, id: &str) -> Result<bool> {
+    let record = update(svc, id, |r| {
+        if !r.status.is_terminal() && r.status != Status::Cancelling && r.expired_at.is_none() {
+            r.expired_at = Some(now_s());
+        }
+    })
+    .await?;
+    Ok(record.expired_at.is_some())
 }
 
 /// The batch use case's options for a record: its stored file as input, its output and
@@ -441,4 +556,65 @@ async fn register(svc: &Service, id: &str, path: &Path, name: String) -> Result<
     };
     files::insert(&svc.app, record).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as layout 1 wrote it (before the completion window was kept).
+    #[derive(Serialize, Deserialize)]
+    struct V1 {
+        id: String,
+        input_file_id: String,
+        endpoint: String,
+        completion_window: String,
+        status: Status,
+        output_file_id: String,
+        error_file_id: String,
+        has_output: bool,
+        has_errors: bool,
+        errors: Vec<(String, String)>,
+        metadata: Option<String>,
+        created_ms: u64,
+        in_progress_at: Option<u64>,
+        finalizing_at: Option<u64>,
+        completed_at: Option<u64>,
+        failed_at: Option<u64>,
+        cancelling_at: Option<u64>,
+        cancelled_at: Option<u64>,
+    }
+
+    impl codec::Record for V1 {}
+
+    #[test]
+    fn a_layout_1_record_reads_with_the_24_hour_window() {
+        let old = V1 {
+            id: "batch_1".into(),
+            input_file_id: "file-1".into(),
+            endpoint: "/v1/chat/completions".into(),
+            completion_window: "24h".into(),
+            status: Status::InProgress,
+            output_file_id: "file-2".into(),
+            error_file_id: "file-3".into(),
+            has_output: false,
+            has_errors: false,
+            errors: vec![],
+            metadata: Some("{\"a\":1}".into()),
+            created_ms: 1_000,
+            in_progress_at: Some(1),
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+        };
+        let read: BatchRecord = codec::decode(&codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(read.status, Status::InProgress);
+        assert_eq!(read.metadata.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(read.expires_ms, 1_000 + 86_400_000);
+        assert_eq!(read.expired_at, None);
+        let again: BatchRecord = codec::decode(&codec::encode(&read).unwrap()).unwrap();
+        assert_eq!(again, read);
+    }
 }

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub max_upload_bytes: u64,
     /// Largest JSON body (batch creation, chat completions).
     pub max_body_bytes: u64,
+    /// How long a batch may run before it expires (OpenAI's `24h` completion window).
+    pub batch_window: Duration,
 }
 
 impl ServeOptions {
@@ -51,6 +53,7 @@ impl ServeOptions {
             key: None,
             max_upload_bytes: 200 * 1024 * 1024,
             max_body_bytes: 16 * 1024 * 1024,
+            batch_window: batches::DEFAULT_WINDOW,
         }
     }
 }

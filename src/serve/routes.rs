@@ -399,6 +399,7 @@ async fn create_batch(svc: &Arc<Service>, body: &[u8]) -> Handled {
         request.endpoint,
         request.completion_window,
         request.metadata,
+        svc.opts.batch_window,
     );
     batches::insert(svc, &record)
         .await
