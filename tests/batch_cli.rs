@@ -61,7 +61,7 @@ async fn bad_lines_are_refused_with_line_and_field_and_nothing_is_enqueued() {
     let env = Env::start(SimConfig::default()).await;
     let lines: Vec<String> = vec![
         r#"{"id":"ok","question":"fine"}"#.into(),
-        r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"messages":[]}}"#.into(),
+        r#"{"custom_id":"a","method":"POST","url":"/v1/images/generations","body":{"messages":[]}}"#.into(),
         "{not json".into(),
         r#"{"id":"ok","question":"duplicate"}"#.into(),
         r#"{"custom_id":"b","method":"POST","url":"/v1/chat/completions"}"#.into(),
@@ -72,7 +72,7 @@ async fn bad_lines_are_refused_with_line_and_field_and_nothing_is_enqueued() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     for expected in [
-        "in.jsonl:2: field `url`: unsupported endpoint \"/v1/embeddings\"",
+        "in.jsonl:2: field `url`: unsupported endpoint \"/v1/images/generations\"",
         "in.jsonl:3: malformed JSON",
         "in.jsonl:4: field `id`: duplicate id \"ok\" (first used on line 1)",
         "in.jsonl:5: field `body`: missing",

@@ -9,6 +9,7 @@ use reasonq::cache::{
     cacheable, get_read, len_read, prune_in, put_in, Cache, CacheConfig, CacheKey, CachePolicy,
     CachedResponse, Hit,
 };
+use reasonq::llm::Api;
 use reasonq::store::{tables, Store, StoreConfig};
 use reasonq::Error;
 use redb::ReadableTableMetadata;
@@ -345,7 +346,7 @@ async fn policy_never_bypasses_both_tiers() {
     let (clock, upstream) = (ManualClock::new(), Upstream::default());
     let cache = cache(Some(store.clone()), &clock);
     let body = json!({"model": "m", "temperature": 0, "messages": []});
-    let allowed = cacheable(CachePolicy::Never, &body);
+    let allowed = cacheable(CachePolicy::Never, Api::ChatCompletions, &body);
     for _ in 0..3 {
         let (_, hit) = cache
             .get_or_fetch(key_for("q"), allowed, || upstream.answer("q"))
@@ -381,7 +382,7 @@ async fn deterministic_policy_caches_only_zero_temperature_or_seeded_requests() 
     ];
     for (body, cached) in bodies {
         let key = CacheKey::for_request("http://h/v1", "/chat/completions", &body);
-        let allowed = cacheable(CachePolicy::Deterministic, &body);
+        let allowed = cacheable(CachePolicy::Deterministic, Api::ChatCompletions, &body);
         let before = upstream.calls();
         for _ in 0..2 {
             cache

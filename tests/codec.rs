@@ -154,6 +154,7 @@ fn a_record_over_the_size_limit_is_refused_at_encode() {
         strategy: None,
         expected: None,
         memory: false,
+        api: reasonq::llm::Api::ChatCompletions,
     };
     assert!(matches!(codec::encode(&huge), Err(CodecError::Encode(_))));
 }

@@ -15,6 +15,7 @@ use reasonq::cache::CachePolicy;
 use reasonq::chat::ChatJob;
 use reasonq::codec;
 use reasonq::config::Config;
+use reasonq::llm::Api;
 use reasonq::queue::{Job, JobState, NewJob};
 use reasonq::runner::FailureRecord;
 use reasonq::runner::{DrainEnd, RunCounts, SNOOZE_FLOOR};
@@ -136,20 +137,32 @@ fn config(dir: &std::path::Path, base_url: String, cache: bool) -> Config {
     c
 }
 
-fn enqueue_job(custom_id: &str, prompt: &str) -> NewJob {
-    let job = ChatJob {
-        custom_id: custom_id.into(),
-        line: 1,
-        body: serde_json::json!({
+/// A request of `api` whose prompt text is `prompt` (the server counts calls by it).
+fn body_of(api: Api, prompt: &str) -> serde_json::Value {
+    use serde_json::json;
+    match api {
+        Api::ChatCompletions => json!({
             "model": "grok-4",
             "messages": [{"role": "user", "content": prompt}],
             "temperature": 0
-        })
-        .to_string(),
+        }),
+        Api::Responses => json!({"model": "grok-4", "input": prompt, "temperature": 0}),
+        Api::Embeddings => json!({"model": "text-embedding-3-small", "input": prompt}),
+        Api::Completions => json!({"model": "grok-4", "prompt": prompt, "temperature": 0}),
+        Api::Moderations => json!({"input": prompt}),
+    }
+}
+
+fn enqueue_job(api: Api, custom_id: &str, prompt: &str) -> NewJob {
+    let job = ChatJob {
+        custom_id: custom_id.into(),
+        line: 1,
+        body: body_of(api, prompt).to_string(),
         domain: "general".into(),
         strategy: None,
         expected: None,
         memory: false,
+        api,
     };
     let mut new = NewJob::new(QUEUE, "chat", codec::encode(&job).unwrap());
     new.dedup_key = Some(job.dedup_key("matrix"));
@@ -172,8 +185,8 @@ async fn drain(app: &App) -> RunCounts {
 }
 
 /// Every job is in a final state, counts add up, no lease is held, and exactly the completed
-/// jobs carry a result and an experience.
-async fn assert_consistent(app: &App, row: &str) -> Vec<Job> {
+/// jobs carry a result and (chat only) an experience.
+async fn assert_consistent(app: &App, api: Api, row: &str) -> Vec<Job> {
     let jobs = app.queue.jobs_in_queue(QUEUE).await.unwrap();
     let counts = app.queue.counts(Some(QUEUE)).await.unwrap();
     assert_eq!(counts.total(), jobs.len() as u64, "{row}: counts add up");
@@ -202,15 +215,24 @@ async fn assert_consistent(app: &App, row: &str) -> Vec<Job> {
         );
     }
     let experiences = app.store.experience_counts().await.unwrap().total;
+    let learned = if api == Api::ChatCompletions {
+        counts.completed
+    } else {
+        0
+    };
     assert_eq!(
-        experiences, counts.completed,
-        "{row}: one experience per completed job"
+        experiences, learned,
+        "{row}: one experience per completed chat job"
     );
     jobs
 }
 
-async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
-    let row = format!("{name} (cache {})", if cache { "on" } else { "off" });
+async fn run_row(api: Api, name: &str, fault: Fault, expect: Expect, cache: bool) {
+    let row = format!(
+        "{} {name} (cache {})",
+        api.url(),
+        if cache { "on" } else { "off" }
+    );
     let server = SimServer::start(SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let app = App::open(config(dir.path(), server.base_url(), cache))
@@ -220,11 +242,11 @@ async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
 
     server.push_faults([fault]);
     app.queue
-        .enqueue(enqueue_job("first", &prompt))
+        .enqueue(enqueue_job(api, "first", &prompt))
         .await
         .unwrap();
     let stats = drain(&app).await;
-    let jobs = assert_consistent(&app, &row).await;
+    let jobs = assert_consistent(&app, api, &row).await;
     let job = &jobs[0];
     let failure = job
         .last_error
@@ -254,11 +276,11 @@ async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
     // never is; with the cache off, it always goes upstream.
     let before = server.calls_for(&prompt);
     app.queue
-        .enqueue(enqueue_job("second", &prompt))
+        .enqueue(enqueue_job(api, "second", &prompt))
         .await
         .unwrap();
     let stats = drain(&app).await;
-    let jobs = assert_consistent(&app, &row).await;
+    let jobs = assert_consistent(&app, api, &row).await;
     let second = jobs.iter().find(|j| j.id != job.id).unwrap();
     assert_eq!(second.state, JobState::Completed, "{row}: second job");
     let from_cache = cache && job.state == JobState::Completed;
@@ -275,9 +297,26 @@ async fn run_row(name: &str, fault: Fault, expect: Expect, cache: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_fault_with_the_cache_on_and_off_ends_in_its_documented_outcome() {
     let runs = rows().into_iter().flat_map(|(name, fault, expect)| {
-        [false, true].map(|cache| run_row(name, fault.clone(), expect, cache))
+        [false, true].map(|cache| run_row(Api::ChatCompletions, name, fault.clone(), expect, cache))
     });
     join_all(runs).await;
+}
+
+/// The same rows for every other endpoint of a batch file: the same queue, retries, limits
+/// and cache, and the same outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_fault_ends_the_same_way_on_the_other_endpoints() {
+    for api in [
+        Api::Responses,
+        Api::Embeddings,
+        Api::Completions,
+        Api::Moderations,
+    ] {
+        let runs = rows().into_iter().flat_map(|(name, fault, expect)| {
+            [false, true].map(|cache| run_row(api, name, fault.clone(), expect, cache))
+        });
+        join_all(runs).await;
+    }
 }
 
 /// `Retry-After: 0` snoozes for the floor, not zero: the retry comes no sooner.
@@ -293,7 +332,11 @@ async fn a_zero_retry_after_still_waits_the_snooze_floor() {
         retry_after_ms: None,
     }]);
     app.queue
-        .enqueue(enqueue_job("zero", "prompt of the zero retry-after"))
+        .enqueue(enqueue_job(
+            Api::ChatCompletions,
+            "zero",
+            "prompt of the zero retry-after",
+        ))
         .await
         .unwrap();
     let stats = drain(&app).await;

@@ -591,7 +591,13 @@ async fn models_are_listed_and_typos_fail_fast() {
     let c = client(&server);
     assert_eq!(
         c.models().await.unwrap(),
-        ["grok-4", "grok-3-mini", "gpt-4o-mini"]
+        [
+            "grok-4",
+            "grok-3-mini",
+            "gpt-4o-mini",
+            "text-embedding-3-small",
+            "omni-moderation-latest"
+        ]
     );
     c.check_model("grok-4").await.unwrap();
     let t = Instant::now();

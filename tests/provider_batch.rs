@@ -624,3 +624,36 @@ async fn a_create_whose_answer_is_lost_is_found_again_not_repeated() {
     submitted_once(&control, 8);
     assert_eq!(answers(&env, "in.out.jsonl").len(), 8);
 }
+
+/// A provider batch holds chat completions; the file's other endpoints run live with
+/// `--fallback live`, and wait for a live run without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_endpoints_of_the_file_run_live_beside_the_provider_batch() {
+    let env = Env::start(sim(auto())).await;
+    let mut lines = questions(4);
+    lines.push(
+        serde_json::json!({"custom_id": "emb", "method": "POST", "url": "/v1/embeddings",
+                           "body": {"model": "text-embedding-3-small", "input": "embed me"}})
+        .to_string(),
+    );
+    env.write_input("in.jsonl", &lines);
+    let out = run(&env, &env.server.base_url(), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        env.server.stats().live_other,
+        0,
+        "not without --fallback live"
+    );
+    let out = run(&env, &env.server.base_url(), &["--fallback", "live"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let output = read_jsonl(&env.path("in.out.jsonl"));
+    assert_eq!(output.len(), 5);
+    assert!(
+        output.iter().all(|l| l["response"]["status_code"] == 200),
+        "{output:?}"
+    );
+    assert_eq!(output[4]["response"]["body"]["object"], "list");
+    let stats = env.server.stats();
+    assert_eq!((stats.live_chats, stats.live_other), (0, 1));
+    submitted_once(&env.server.batches(), 4);
+}

@@ -32,7 +32,7 @@ impl Handler for Answers {
                     latency_ms: 1,
                     provider_batch: None,
                 },
-                experience: NewExperience::new("q", "a"),
+                experience: Some(NewExperience::new("q", "a")),
                 tokens: Some((1, 1)),
             };
             finish(&ctx, &job, answer, |_, _| Ok(())).await
@@ -49,6 +49,7 @@ fn job(kind: &str, line: u64) -> NewJob {
         strategy: None,
         expected: None,
         memory: false,
+        api: reasonq::llm::Api::ChatCompletions,
     };
     NewJob::new("q", kind, codec::encode(&chat).unwrap())
 }

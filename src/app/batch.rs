@@ -361,6 +361,10 @@ fn read_chunks(
 /// The chat job of a line: batch options are the defaults of lines that do not say.
 fn chat_job(opts: &BatchOptions, item: &BatchItem) -> ChatJob {
     let mut job = item.to_job();
+    // The run's strategy and memory are about chat; other endpoints' lines go as they are.
+    if job.api != crate::llm::Api::ChatCompletions {
+        return job;
+    }
     job.strategy = job
         .strategy
         .or_else(|| opts.strategy.map(|s| s.name().to_string()));

@@ -60,6 +60,7 @@ pub async fn submit(
         strategy: None,
         expected: None,
         memory: false,
+        api: crate::llm::Api::ChatCompletions,
     };
     let mut new = NewJob::new(SUBMIT_QUEUE, chat::KIND, codec::encode(&job)?);
     new.dedup_key = Some(job.dedup_key(connected.endpoint()));

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::chat::ChatJob;
+use crate::llm::Api;
 use crate::memory::{Expectation, Strategy};
 
 /// The only endpoint a batch line may name.
@@ -50,8 +51,11 @@ pub struct BatchItem {
     pub expected: Option<Expectation>,
     /// Whether memory goes into the prompt, if the line says.
     pub memory: Option<bool>,
-    /// The model the request names (or the default it was given).
+    /// The model the request names (or the default it was given; empty for a moderation
+    /// that names none).
     pub model: String,
+    /// The endpoint the line's `url` names.
+    pub api: Api,
 }
 
 impl BatchItem {
@@ -65,6 +69,7 @@ impl BatchItem {
             strategy: self.strategy.clone(),
             expected: self.expected.clone(),
             memory: self.memory.unwrap_or(false),
+            api: self.api,
         }
     }
 }
@@ -207,7 +212,8 @@ pub fn scan_file(path: &Path, default_model: &str) -> std::io::Result<Scan> {
         match entry? {
             Ok(item) => {
                 ids.push(id_hash(&item.custom_id));
-                if !scan.models.contains(&item.model) {
+                // A moderation that names no model lets the provider pick.
+                if !item.model.is_empty() && !scan.models.contains(&item.model) {
                     scan.models.insert(item.item.model);
                 }
                 scan.valid += 1;
@@ -512,19 +518,99 @@ fn parse_openai(mut obj: Map<String, Value>, default_model: &str) -> Result<Batc
         ));
     }
     let url = required_string(&obj, "url")?;
-    if url != CHAT_COMPLETIONS_URL {
+    let Some(api) = Api::from_url(&url) else {
+        let known: Vec<&str> = Api::ALL.iter().map(|a| a.url()).collect();
         return Err(field_err(
             "url",
-            format!("unsupported endpoint {url:?}; only {CHAT_COMPLETIONS_URL:?} is supported"),
+            format!(
+                "unsupported endpoint {url:?}; supported: {}",
+                known.join(", ")
+            ),
         ));
-    }
+    };
     let body = match obj.remove("body") {
         Some(Value::Object(body)) => body,
         None | Some(Value::Null) => return Err(field_err("body", "missing")),
         Some(_) => return Err(field_err("body", "must be a JSON object")),
     };
+    if api != Api::ChatCompletions {
+        return finish_other(custom_id, body, api, default_model, &obj);
+    }
     let options = line_options(&obj)?;
     finish(custom_id, body, default_model, "body.", options)
+}
+
+/// A line for another endpoint than chat completions: its body's own fields are checked
+/// (model, the endpoint's required input, no streaming) and it is sent as it is. The line
+/// options are about chat and refused here, so no one thinks they applied.
+fn finish_other(
+    custom_id: String,
+    mut body: Map<String, Value>,
+    api: Api,
+    default_model: &str,
+    line: &Map<String, Value>,
+) -> Result<BatchItem, LineError> {
+    if let Some(option) = OPTION_FIELDS
+        .iter()
+        .find(|f| line.get(**f).is_some_and(|v| !v.is_null()))
+    {
+        return Err(field_err(
+            option,
+            format!(
+                "applies to {CHAT_COMPLETIONS_URL} lines only (memory, strategies, the \
+                 blackboard and judging work on chat), not to {}",
+                api.url()
+            ),
+        ));
+    }
+    match body.get("model") {
+        None | Some(Value::Null) if api.needs_model() => {
+            body.insert("model".into(), Value::String(default_model.to_string()));
+        }
+        None | Some(Value::Null) => {
+            body.remove("model");
+        }
+        Some(Value::String(m)) if !m.trim().is_empty() => {}
+        Some(_) => return Err(field_err("body.model", "must be a non-empty string")),
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    for field in api.required() {
+        let at = format!("body.{field}");
+        match body.get(*field) {
+            None | Some(Value::Null) => return Err(field_err(&at, "missing")),
+            Some(Value::String(t)) if t.is_empty() => {
+                return Err(field_err(&at, "must not be empty"))
+            }
+            Some(Value::Array(a)) if a.is_empty() => {
+                return Err(field_err(&at, "must not be empty"))
+            }
+            Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(_) => return Err(field_err(&at, "must be a string or an array")),
+        }
+    }
+    if body.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
+        return Err(field_err(
+            "body.stream",
+            "streaming is not supported in a batch",
+        ));
+    }
+    let body = serde_json::to_string(&Value::Object(body))
+        .map_err(|e| (None, format!("cannot encode body: {e}")))?;
+    Ok(BatchItem {
+        line: 0,
+        custom_id,
+        body,
+        domain: "general".into(),
+        strategy: None,
+        expected: None,
+        memory: None,
+        model,
+        api,
+    })
 }
 
 fn parse_short(mut obj: Map<String, Value>, default_model: &str) -> Result<BatchItem, LineError> {
@@ -639,6 +725,7 @@ fn finish(
         expected: options.expected,
         memory: options.memory,
         model,
+        api: Api::ChatCompletions,
     })
 }
 
@@ -767,9 +854,13 @@ mod tests {
             "in.jsonl:1: field `method`: must be \"POST\", found \"GET\""
         );
         assert!(only_error(
-            r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{}}"#
+            r#"{"custom_id":"a","method":"POST","url":"/v1/images/generations","body":{}}"#
         )
-        .starts_with("in.jsonl:1: field `url`: unsupported endpoint \"/v1/embeddings\""));
+        .starts_with("in.jsonl:1: field `url`: unsupported endpoint \"/v1/images/generations\""));
+        assert_eq!(
+            only_error(r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{}}"#),
+            "in.jsonl:1: field `body.input`: missing"
+        );
         assert_eq!(
             only_error(r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions"}"#),
             "in.jsonl:1: field `body`: missing"

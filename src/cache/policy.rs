@@ -6,6 +6,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::llm::Api;
+
 /// Per-request cache policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,11 +60,13 @@ impl FromStr for CachePolicy {
     }
 }
 
-/// Whether `policy` lets a request with this body be served from and stored in the cache.
-pub fn cacheable(policy: CachePolicy, body: &Value) -> bool {
+/// Whether `policy` lets a request of `api` with this body be served from and stored in the
+/// cache. Embeddings and moderations do not sample: their answers are always reproducible.
+pub fn cacheable(policy: CachePolicy, api: Api, body: &Value) -> bool {
     match policy {
         CachePolicy::Never => false,
         CachePolicy::Always => true,
+        CachePolicy::Deterministic if matches!(api, Api::Embeddings | Api::Moderations) => true,
         CachePolicy::Deterministic => {
             let zero_temperature = body
                 .get("temperature")
@@ -112,13 +116,19 @@ mod tests {
             (json!({"seed": null}), false),
         ];
         for (body, expected) in cases {
-            assert_eq!(
-                cacheable(CachePolicy::Deterministic, &body),
-                expected,
-                "{body}"
-            );
-            assert!(cacheable(CachePolicy::Always, &body));
-            assert!(!cacheable(CachePolicy::Never, &body));
+            for api in [Api::ChatCompletions, Api::Responses, Api::Completions] {
+                assert_eq!(
+                    cacheable(CachePolicy::Deterministic, api, &body),
+                    expected,
+                    "{body}"
+                );
+            }
+            for api in [Api::Embeddings, Api::Moderations] {
+                assert!(cacheable(CachePolicy::Deterministic, api, &body));
+                assert!(!cacheable(CachePolicy::Never, api, &body));
+            }
+            assert!(cacheable(CachePolicy::Always, Api::ChatCompletions, &body));
+            assert!(!cacheable(CachePolicy::Never, Api::ChatCompletions, &body));
         }
     }
 }

@@ -15,8 +15,9 @@ use crate::runner::{FailureRecord, JobCtx, RunStats};
 pub struct Answer {
     /// The job's result, as exported.
     pub record: ResponseRecord,
-    /// What was learned, recorded with the completion.
-    pub experience: NewExperience,
+    /// What was learned, recorded with the completion (none for requests to other
+    /// endpoints than chat completions: memory is about chat).
+    pub experience: Option<NewExperience>,
     /// Tokens this run paid for, counted at completion when the answer was not cached
     /// (`None`: already counted, step by step).
     pub tokens: Option<(u64, u64)>,
@@ -71,7 +72,9 @@ where
     let body = record.body.into_bytes();
     let committed = ctx
         .complete(result, Some(body), move |txn, now| {
-            experience::record_deferred_in(txn, &experience, now)?;
+            if let Some(experience) = &experience {
+                experience::record_deferred_in(txn, experience, now)?;
+            }
             add_usage_in(txn, &queue, usage)?;
             also(txn, now)
         })

@@ -1,14 +1,15 @@
 //! The chat job handler: decode the job, resolve its strategy once, and hand it to that
-//! strategy's engine.
+//! strategy's engine (a request to another endpoint goes out as it is: [`call`]).
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use super::engine::{bad_payload, ChatSettings, Engine};
-use super::{blackboard, single, ChatJob};
+use super::{blackboard, call, single, ChatJob};
 use crate::codec;
 use crate::error::Result;
+use crate::llm::Api;
 use crate::memory::strategy::Execution;
 use crate::runner::{Gateway, Handler, JobCtx};
 
@@ -42,6 +43,9 @@ impl ChatHandler {
             Ok(job) => job,
             Err(e) => return bad_payload(&ctx, format!("cannot read the job: {e}")).await,
         };
+        if job.api != Api::ChatCompletions {
+            return call::run(&self.engine, ctx, job).await;
+        }
         let strategy = match self.engine.strategy_for(ctx.store(), &job).await? {
             Ok(s) => s,
             Err(message) => return bad_payload(&ctx, message).await,

@@ -7,6 +7,7 @@
 //! one definition of completing a chat job.
 
 pub mod blackboard;
+mod call;
 mod engine;
 pub mod finish;
 pub mod handler;
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 pub use engine::ChatSettings;
 pub use handler::ChatHandler;
 
+use crate::llm::Api;
 use crate::memory::Expectation;
 
 /// The job kind chat jobs are enqueued with, and registered under.
@@ -42,9 +44,45 @@ pub struct ChatJob {
     pub expected: Option<Expectation>,
     /// Put memory (worked examples and rules) into the prompt.
     pub memory: bool,
+    /// The endpoint the body goes to. Only chat completions get strategies and memory;
+    /// the others are sent as they are ([`call`]).
+    pub api: Api,
 }
 
-impl crate::codec::Record for ChatJob {}
+impl crate::codec::Record for ChatJob {
+    /// Layout 2 adds the endpoint (layout 1 lines were all chat completions).
+    const LAYOUT: u8 = 2;
+
+    fn upgrade(layout: u8, payload: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        #[derive(Deserialize)]
+        struct V1 {
+            custom_id: String,
+            line: u64,
+            body: String,
+            domain: String,
+            strategy: Option<String>,
+            expected: Option<Expectation>,
+            memory: bool,
+        }
+        if layout != 1 {
+            return Err(crate::codec::CodecError::UnknownLayout {
+                found: layout,
+                current: Self::LAYOUT,
+            });
+        }
+        let v: V1 = crate::codec::payload_of(payload)?;
+        Ok(ChatJob {
+            custom_id: v.custom_id,
+            line: v.line,
+            body: v.body,
+            domain: v.domain,
+            strategy: v.strategy,
+            expected: v.expected,
+            memory: v.memory,
+            api: Api::ChatCompletions,
+        })
+    }
+}
 
 impl ChatJob {
     /// The dedup key that makes enqueueing idempotent: the same id with the same job (request,
@@ -56,6 +94,11 @@ impl ChatJob {
         h.update(endpoint.as_bytes());
         h.update([0]);
         h.update(self.body.as_bytes());
+        // Keys of chat lines stay those of earlier versions.
+        if self.api != Api::ChatCompletions {
+            h.update([1]);
+            h.update(self.api.url().as_bytes());
+        }
         if !self.has_default_options() {
             let options = serde_json::json!({
                 "domain": self.domain,
@@ -191,20 +234,9 @@ impl ResponseRecord {
 
     /// Prompt and completion tokens the server reported (0 when it did not say).
     pub fn usage(&self) -> (u64, u64) {
-        #[derive(Deserialize)]
-        struct Usage {
-            #[serde(default)]
-            prompt_tokens: u64,
-            #[serde(default)]
-            completion_tokens: u64,
-        }
-        #[derive(Deserialize)]
-        struct Body {
-            usage: Option<Usage>,
-        }
-        serde_json::from_str::<Body>(&self.body)
+        serde_json::from_str::<serde_json::Value>(&self.body)
             .ok()
-            .and_then(|b| b.usage)
+            .and_then(|b| crate::llm::api::usage_of(&b))
             .map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens))
     }
 }

@@ -177,7 +177,7 @@ pub(crate) async fn complete(
     };
     let answer = Answer {
         record,
-        experience,
+        experience: Some(experience),
         tokens: Some((usage.prompt_tokens, usage.completion_tokens)),
     };
     let (domain, used_rules, judged_outcome) =

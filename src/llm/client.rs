@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri}
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
+use super::api::Api;
 use super::config::LlmConfig;
 use super::error::{ApiError, LlmError};
 use super::limit::{estimate_tokens, Limiter};
@@ -38,13 +39,23 @@ pub struct ChatOutcome {
 }
 
 impl ChatOutcome {
-    /// Rebuilds an outcome from stored parts (for caches): parses `body`.
+    /// Rebuilds a chat completion's outcome from stored parts (for caches): parses `body`.
     pub fn from_parts(
         status: u16,
         request_id: Option<String>,
         body: Bytes,
     ) -> Result<Self, LlmError> {
-        let response = parse_chat(&body, request_id.as_deref())?;
+        ChatOutcome::from_parts_of(Api::ChatCompletions, status, request_id, body)
+    }
+
+    /// [`ChatOutcome::from_parts`] for an answer of `api`.
+    pub fn from_parts_of(
+        api: Api,
+        status: u16,
+        request_id: Option<String>,
+        body: Bytes,
+    ) -> Result<Self, LlmError> {
+        let response = parse_reply(api, &body, request_id.as_deref())?;
         Ok(ChatOutcome {
             status,
             request_id,
@@ -154,6 +165,8 @@ struct Inner {
     cfg: LlmConfig,
     http: HttpClient,
     chat_uri: Uri,
+    /// The URI of each of [`Api::ALL`], in that order.
+    api_uris: Vec<Uri>,
     models_uri: Uri,
     /// Headers of every chat request (accept, user agent, authorization), built once.
     headers: HeaderMap,
@@ -215,6 +228,10 @@ impl LlmClient {
     /// Builds the client and its pool; fails on a bad URL, key or root CA.
     pub fn new(cfg: LlmConfig) -> Result<Self, LlmError> {
         let chat_uri = endpoint(&cfg.base_url, "chat/completions")?;
+        let api_uris = Api::ALL
+            .iter()
+            .map(|api| endpoint(&cfg.base_url, api.path()))
+            .collect::<Result<Vec<_>, _>>()?;
         let models_uri = endpoint(&cfg.base_url, "models")?;
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
@@ -245,6 +262,7 @@ impl LlmClient {
                 cfg,
                 http,
                 chat_uri,
+                api_uris,
                 models_uri,
                 headers,
                 plain_headers,
@@ -273,10 +291,16 @@ impl LlmClient {
     /// The exact bytes `chat(body)` sends: `body` with the default model
     /// filled in when it names none. Caches key on this.
     pub fn prepare_body(&self, body: &Value) -> Result<Bytes, LlmError> {
+        self.prepare_body_of(Api::ChatCompletions, body)
+    }
+
+    /// [`LlmClient::prepare_body`] for `api` (a moderation without a model is left so: the
+    /// provider picks its own).
+    pub fn prepare_body_of(&self, api: Api, body: &Value) -> Result<Bytes, LlmError> {
         let obj = body
             .as_object()
             .ok_or_else(|| LlmError::InvalidRequest("request body must be a JSON object".into()))?;
-        let bytes = if obj.contains_key("model") {
+        let bytes = if obj.contains_key("model") || !api.needs_model() {
             serde_json::to_vec(body)
         } else {
             let mut with_model = serde_json::Map::with_capacity(obj.len() + 1);
@@ -298,8 +322,24 @@ impl LlmClient {
 
     /// Like [`LlmClient::chat`] for an already serialized, complete body.
     pub async fn chat_bytes(&self, body: Bytes) -> Result<ChatOutcome, LlmError> {
+        self.call_bytes(Api::ChatCompletions, body).await
+    }
+
+    /// Sends `body` to `api` (`POST /embeddings`, ...), retried and rate limited as chat
+    /// requests are; `model` is added when absent (but for moderations).
+    pub async fn call(&self, api: Api, body: &Value) -> Result<ChatOutcome, LlmError> {
+        let bytes = self.prepare_body_of(api, body)?;
+        self.call_bytes(api, bytes).await
+    }
+
+    /// [`LlmClient::call`] for an already serialized, complete body.
+    pub async fn call_bytes(&self, api: Api, body: Bytes) -> Result<ChatOutcome, LlmError> {
         let started = Instant::now();
         let inner = &*self.inner;
+        let uri = match Api::ALL.iter().position(|a| *a == api) {
+            Some(i) => &inner.api_uris[i],
+            None => &inner.chat_uri,
+        };
         let estimate = if inner.limiter.counts_tokens() {
             estimate_tokens(&body)
         } else {
@@ -307,7 +347,7 @@ impl LlmClient {
         };
         let ex = Exchange {
             method: Method::POST,
-            uri: &inner.chat_uri,
+            uri,
             body: Some(body),
             headers: self.json_headers(inner.headers.clone()),
             estimate: Some(estimate),
@@ -318,10 +358,10 @@ impl LlmClient {
             .execute(&ex, |raw| {
                 let rid = request_id(&raw.headers);
                 let key = inner.cfg.api_key.as_ref().map(|k| k.expose());
-                check_json_type(&raw.headers, &raw.body, rid.as_deref(), &inner.chat_uri)
+                check_json_type(&raw.headers, &raw.body, rid.as_deref(), uri)
                     .map_err(|e| scrub_error(e, key))?;
                 let response =
-                    parse_chat(&raw.body, rid.as_deref()).map_err(|e| scrub_error(e, key))?;
+                    parse_reply(api, &raw.body, rid.as_deref()).map_err(|e| scrub_error(e, key))?;
                 Ok((raw, rid, response))
             })
             .await?;
@@ -801,6 +841,45 @@ fn check_json_type(
         }),
         _ => Ok(()),
     }
+}
+
+/// A 2xx body of `api`: a chat completion parsed whole; another endpoint's answer must be a
+/// JSON object, of which its id, model and usage are read (the body itself is kept as is).
+fn parse_reply(api: Api, body: &[u8], rid: Option<&str>) -> Result<ChatResponse, LlmError> {
+    if api == Api::ChatCompletions {
+        return parse_chat(body, rid);
+    }
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return Err(LlmError::Malformed {
+                what: format!(
+                    "{} answer is not a JSON object; body starts with {}",
+                    api.path(),
+                    excerpt(body)
+                ),
+                request_id: rid.map(str::to_owned),
+            })
+        }
+        Err(e) => {
+            return Err(LlmError::Malformed {
+                what: format!(
+                    "{} answer is not valid JSON ({e}); body starts with {}",
+                    api.path(),
+                    excerpt(body)
+                ),
+                request_id: rid.map(str::to_owned),
+            })
+        }
+    };
+    let text = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+    Ok(ChatResponse {
+        id: text("id"),
+        model: text("model"),
+        choices: Vec::new(),
+        usage: super::api::usage_of(&value),
+        extra: serde_json::Map::new(),
+    })
 }
 
 fn parse_chat(body: &[u8], rid: Option<&str>) -> Result<ChatResponse, LlmError> {

@@ -3,6 +3,7 @@
 //! rate limits and metrics; and, over the same client, the providers' own batch APIs
 //! ([`batch_api`]).
 
+pub mod api;
 pub mod batch_api;
 mod client;
 mod config;
@@ -13,6 +14,7 @@ mod pool;
 mod retry;
 pub mod wire;
 
+pub use api::Api;
 pub use client::{ChatOutcome, LlmClient};
 pub use config::{key_from_lookup, LlmConfig, Secret};
 pub use error::{ApiError, LlmError};

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::breaker::{Breaker, Trip};
 use crate::cache::{cacheable, Cache, CacheKey, CachePolicy, CachedResponse, Hit};
 use crate::error::{Error, Result};
-use crate::llm::{ChatOutcome, LlmClient, LlmError};
+use crate::llm::{Api, ChatOutcome, LlmClient, LlmError};
 
 /// Cache and client for one endpoint. Cheap to clone.
 #[derive(Clone)]
@@ -120,7 +120,7 @@ impl Gateway {
     /// The cached answer to `body`, if the policy lets it be cached and a tier has it; no
     /// call is made (a provider batch sends only what the cache cannot answer).
     pub async fn cached(&self, body: &serde_json::Value) -> Result<Option<(ChatOutcome, Hit)>> {
-        if !cacheable(self.settings.cache_policy, body) {
+        if !cacheable(self.settings.cache_policy, Api::ChatCompletions, body) {
             return Ok(None);
         }
         let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
@@ -149,7 +149,7 @@ impl Gateway {
         bytes: Bytes,
     ) -> std::result::Result<(ChatOutcome, Option<CacheWrite>), LlmError> {
         let outcome = ChatOutcome::from_parts(status, request_id.clone(), bytes.clone())?;
-        if !cacheable(self.settings.cache_policy, body) {
+        if !cacheable(self.settings.cache_policy, Api::ChatCompletions, body) {
             return Ok((outcome, None));
         }
         let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
@@ -173,8 +173,19 @@ impl Gateway {
         &self,
         body: &serde_json::Value,
     ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
-        let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
-        let allowed = cacheable(self.settings.cache_policy, body);
+        self.call_api_deferred(Api::ChatCompletions, body).await
+    }
+
+    /// [`Gateway::call_deferred`] to any endpoint: the cache key covers the endpoint and
+    /// the whole body.
+    pub async fn call_api_deferred(
+        &self,
+        api: Api,
+        body: &serde_json::Value,
+    ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
+        let path = format!("/{}", api.path());
+        let key = CacheKey::for_request(&self.settings.endpoint, &path, body);
+        let allowed = cacheable(self.settings.cache_policy, api, body);
         if let Some(trip) = self.breaker.tripped() {
             return Err(CallError::Halted(trip.clone()));
         }
@@ -198,7 +209,7 @@ impl Gateway {
                     }));
                 }
                 unanswered.fetch_add(1, Ordering::Relaxed);
-                let sent = client.chat(body).await;
+                let sent = client.call(api, body).await;
                 // Not reached when the task is aborted mid-call: the count stays up.
                 unanswered.fetch_sub(1, Ordering::Relaxed);
                 let outcome = match sent {
@@ -220,7 +231,8 @@ impl Gateway {
                 ))
             })
             .await?;
-        let outcome = ChatOutcome::from_parts(
+        let outcome = ChatOutcome::from_parts_of(
+            api,
             cached.status,
             cached.request_id.clone(),
             Bytes::from(cached.body.to_vec()),

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-/// The only batch endpoint served.
-pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
+use crate::llm::Api;
+
 /// The only completion window OpenAI offers.
 pub const COMPLETION_WINDOW: &str = "24h";
 /// OpenAI's metadata limits: 16 pairs, keys up to 64 characters, values up to 512.
@@ -133,9 +133,13 @@ pub fn create_batch(body: &[u8]) -> Result<CreateBatch, ApiError> {
     };
     let input_file_id = string("input_file_id")?;
     let endpoint = string("endpoint")?;
-    if endpoint != CHAT_ENDPOINT {
+    if Api::from_url(&endpoint).is_none() {
+        let served: Vec<&str> = Api::ALL.iter().map(|a| a.url()).collect();
         return Err(ApiError::invalid(
-            format!("Unsupported endpoint '{endpoint}': only '{CHAT_ENDPOINT}' is served."),
+            format!(
+                "Unsupported endpoint '{endpoint}': served are {}.",
+                served.join(", ")
+            ),
             Some("endpoint"),
         )
         .with_code("invalid_value"));
@@ -293,8 +297,11 @@ mod tests {
             create_batch(ok).map(|c| c.input_file_id),
             Ok("file-1".into())
         );
-        let wrong =
+        let embeddings =
             br#"{"input_file_id":"file-1","endpoint":"/v1/embeddings","completion_window":"24h"}"#;
+        assert!(create_batch(embeddings).is_ok());
+        let wrong =
+            br#"{"input_file_id":"file-1","endpoint":"/v1/images/edits","completion_window":"24h"}"#;
         assert_eq!(
             create_batch(wrong).map_err(|e| e.param),
             Err(Some("endpoint".into()))

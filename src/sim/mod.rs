@@ -7,6 +7,7 @@
 //! `/chat/completions` call.
 
 pub mod batch;
+mod endpoints;
 mod fault;
 
 use std::collections::{HashMap, VecDeque};
@@ -91,9 +92,15 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             prefix: "/v1".into(),
-            models: ["grok-4", "grok-3-mini", "gpt-4o-mini"]
-                .map(String::from)
-                .to_vec(),
+            models: [
+                "grok-4",
+                "grok-3-mini",
+                "gpt-4o-mini",
+                "text-embedding-3-small",
+                "omni-moderation-latest",
+            ]
+            .map(String::from)
+            .to_vec(),
             api_key: None,
             random: None,
             record_requests: true,
@@ -145,6 +152,9 @@ pub struct SimStats {
     pub by_prompt: HashMap<String, u64>,
     /// Live `/chat/completions` requests (not the requests of batches).
     pub live_chats: u64,
+    /// Live requests to the other endpoints (responses, embeddings, completions,
+    /// moderations).
+    pub live_other: u64,
     /// Scripted faults not yet used.
     pub faults_pending: usize,
 }
@@ -160,6 +170,7 @@ pub(crate) struct State {
     log: Mutex<Vec<RequestRecord>>,
     by_prompt: Mutex<HashMap<String, u64>>,
     live_chats: AtomicU64,
+    live_other: AtomicU64,
     canned: Bytes,
     /// `http` or `https`, for absolute URLs such as Anthropic's `results_url`.
     scheme: &'static str,
@@ -226,6 +237,7 @@ impl SimServer {
             log: Mutex::new(Vec::new()),
             by_prompt: Mutex::new(HashMap::new()),
             live_chats: AtomicU64::new(0),
+            live_other: AtomicU64::new(0),
             canned: completion(0, "sim", "[simulated] fast answer", 8),
             scheme,
             batches,
@@ -290,6 +302,7 @@ impl SimServer {
             log: lock(&s.log).clone(),
             by_prompt: lock(&s.by_prompt).clone(),
             live_chats: s.live_chats.load(Relaxed),
+            live_other: s.live_other.load(Relaxed),
             faults_pending: lock(&s.faults).len(),
         }
     }
@@ -450,6 +463,9 @@ async fn route(
         }
         (&Method::POST, "/chat/completions") => chat(state, &body, n).await,
         _ if batch::is_batch(path) => batch::route(state, mount, parts, body, path).await,
+        (&Method::POST, p) if let Some(api) = endpoints::Endpoint::of_path(p) => {
+            endpoints::answer(state, api, &body, n).await
+        }
         _ => {
             let msg = format!("no route for {} {}", parts.method, parts.uri.path());
             json_response(404, fault::error_body(404, Some("not_found"), &msg))
@@ -457,8 +473,23 @@ async fn route(
     }
 }
 
-/// Text of the last user message (string content or text parts).
+/// Text of the last user message (string content or text parts); for the other endpoints,
+/// their `input` or `prompt` text.
 fn last_user_text(req: &Value) -> String {
+    if req.get("messages").is_none() {
+        return match req.get("input").or_else(|| req.get("prompt")) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        };
+    }
     let messages = req.get("messages").and_then(Value::as_array);
     let Some(msg) = messages.and_then(|m| m.iter().rev().find(|m| m["role"] == "user")) else {
         return String::new();

@@ -62,7 +62,7 @@ pub fn serve_request(bytes: &[u8]) -> Result<(), String> {
         }
     };
     match parse::create_batch(bytes) {
-        Ok(c) if c.input_file_id.is_empty() || c.endpoint != parse::CHAT_ENDPOINT => {
+        Ok(c) if c.input_file_id.is_empty() || crate::llm::Api::from_url(&c.endpoint).is_none() => {
             return Err(format!("accepted a bad batch request: {c:?}"))
         }
         Ok(_) => {}

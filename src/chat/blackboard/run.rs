@@ -231,7 +231,7 @@ async fn complete(ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
     // Tokens were counted step by step.
     let answer = Answer {
         record,
-        experience,
+        experience: Some(experience),
         tokens: None,
     };
     finish(ctx, job, answer, move |txn, _now| {

@@ -277,6 +277,10 @@ impl RemoteRun {
         let Ok(job) = codec::decode::<ChatJob>(payload) else {
             return Ok(Shape::Live);
         };
+        // A provider batch holds one endpoint: other endpoints' lines run live.
+        if job.api != crate::llm::Api::ChatCompletions {
+            return Ok(Shape::Live);
+        }
         let store = self.queue.store();
         let strategy = match self.engine.strategy_for(store, &job).await? {
             Ok(s) if s.execution() == Execution::OneCall => s,
