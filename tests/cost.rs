@@ -332,7 +332,7 @@ async fn max_cost_stops_within_the_cap_and_a_higher_cap_finishes_without_paying_
     // than that call's worst case and those of the calls in flight (two at a time) beside it.
     let largest = *worst.iter().max().unwrap();
     assert!(
-        cap_pico - spent_pico < largest * 3,
+        cap_pico.saturating_sub(spent_pico) < largest * 3,
         "stopped early: {spent_pico} of {cap_pico} spent, largest call {largest}"
     );
     let calls_first = env.server.stats().live_chats;
@@ -342,7 +342,8 @@ async fn max_cost_stops_within_the_cap_and_a_higher_cap_finishes_without_paying_
         "a call per answered line"
     );
 
-    // The same cap again: nothing fits any more, nothing is sent.
+    // The same cap again: at most what the settled answers left room for is sent (their
+    // reservations were above what they cost), and the batch stops again within the cap.
     let out = env
         .run(&[
             "batch",
@@ -355,7 +356,11 @@ async fn max_cost_stops_within_the_cap_and_a_higher_cap_finishes_without_paying_
         ])
         .await;
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert_eq!(env.server.stats().live_chats, calls_first);
+    let spent_usd = batch_status(&status(&env), "b")["cost_usd"]
+        .as_f64()
+        .unwrap();
+    assert!((spent_usd * 1e12).round() as u64 <= cap_pico, "{spent_usd}");
+    assert!(env.server.stats().live_chats < calls_first + 3);
 
     // A higher cap finishes the rest, each line paid once.
     let out = env
@@ -539,4 +544,92 @@ async fn provider_batch_answers_cost_the_batch_rate() {
         .as_f64()
         .unwrap();
     assert!((b - total).abs() < 1e-12, "{b} vs {total}");
+}
+
+#[tokio::test]
+async fn a_provider_batch_is_cut_to_what_fits_under_the_cap() {
+    let env = Env::start(SimConfig {
+        batch: BatchConfig {
+            mode: BatchMode::Auto {
+                step: Duration::from_millis(50),
+            },
+            ..BatchConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 6;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            line(
+                &format!("p{i}"),
+                "gpt-4o-mini",
+                &format!("provider question {i}"),
+                Some(20),
+            )
+        })
+        .collect();
+    env.write_input("in.jsonl", &lines);
+    let prices = Prices::default();
+    let worst: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            let body = &serde_json::from_str::<Value>(l).unwrap()["body"];
+            let t = Tokens {
+                prompt: prompt_tokens(body).0,
+                cached: 0,
+                output: 20,
+            };
+            prices.cost("gpt-4o-mini", &t, false).unwrap().0
+        })
+        .collect();
+    // Room for the worst cases (at the live price) of two lines and a half.
+    let cap_pico = worst[0] + worst[1] + worst[2] / 2;
+    let cap = format!("{:.12}", cap_pico as f64 / 1e12);
+    let run = |cap: String| {
+        let mut cmd = env.command_at(
+            &env.db(),
+            &env.server.base_url_for(Protocol::OpenAi),
+            &[
+                "batch",
+                "in.jsonl",
+                "--batch",
+                "b",
+                "--via",
+                "provider",
+                "--batch-api",
+                "openai",
+                "--max-cost",
+                &cap,
+                "--plain",
+            ],
+        );
+        cmd.envs([
+            ("REASONQ_PROVIDER_BATCH_POLL_MIN_MS", "20"),
+            ("REASONQ_PROVIDER_BATCH_POLL_MAX_S", "1"),
+        ]);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(cap).await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let rows = details(&env, "b");
+    let answered = rows.iter().filter(|r| r["state"] == "completed").count();
+    assert_eq!(answered, 2, "{rows:?}");
+    let sent: u64 = env.server.stats().by_prompt.values().sum();
+    assert_eq!(sent, 2, "only the lines that fit went to the provider");
+    let spent = batch_status(&status(&env), "b")["cost_usd"]
+        .as_f64()
+        .unwrap();
+    assert!(spent * 1e12 <= cap_pico as f64, "{spent}");
+
+    let out = run("1".into()).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats = env.server.stats();
+    assert_eq!(stats.by_prompt.len(), n);
+    assert!(
+        stats.by_prompt.values().all(|&c| c == 1),
+        "{:?}",
+        stats.by_prompt
+    );
+    assert!(details(&env, "b").iter().all(|r| r["cost"] == "batch"));
 }
