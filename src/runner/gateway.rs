@@ -352,3 +352,38 @@ impl Gateway {
         Ok((outcome, hit, write))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(json: serde_json::Value) -> Usage {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn billed_tokens_count_cached_prompts_and_reasoning_beside_the_completion() {
+        // OpenAI: reasoning inside completion_tokens, cached share in the details.
+        let openai = usage(
+            serde_json::json!({"prompt_tokens": 100, "completion_tokens": 50,
+            "total_tokens": 150, "prompt_tokens_details": {"cached_tokens": 64}}),
+        );
+        assert_eq!(
+            billed_tokens(&openai),
+            Tokens {
+                prompt: 100,
+                cached: 64,
+                output: 50
+            }
+        );
+        // xAI: reasoning tokens only in the total.
+        let xai = usage(
+            serde_json::json!({"prompt_tokens": 37, "completion_tokens": 530,
+            "total_tokens": 800, "completion_tokens_details": {"reasoning_tokens": 233}}),
+        );
+        assert_eq!(billed_tokens(&xai).output, 763);
+        // No total: the completion.
+        let bare = usage(serde_json::json!({"prompt_tokens": 5, "completion_tokens": 7}));
+        assert_eq!(billed_tokens(&bare).output, 7);
+    }
+}
