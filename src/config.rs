@@ -57,6 +57,29 @@ pub struct Config {
     pub blackboard: BlackboardSection,
     /// Batches run through a provider's batch API (`batch --via provider`).
     pub provider_batch: ProviderBatchSection,
+    /// Prices per model and what a spending cap reserves (docs/cost.md).
+    pub cost: CostSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CostSection {
+    /// Output tokens a call is assumed to produce at most when its line sets no
+    /// `max_tokens` (what `--max-cost` reserves and `estimate` shows as the high end).
+    pub max_output_tokens: u64,
+    /// Prices of models, USD per million tokens, over the built-in ones:
+    /// `[cost.prices."my-model"] input = 1.0, cached_input = 0.1, output = 4.0,
+    /// batch_discount = 0.5`.
+    pub prices: std::collections::BTreeMap<String, crate::cost::Rates>,
+}
+
+impl Default for CostSection {
+    fn default() -> Self {
+        CostSection {
+            max_output_tokens: 8192,
+            prices: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +212,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             blackboard: BlackboardSection::default(),
             provider_batch: ProviderBatchSection::default(),
+            cost: CostSection::default(),
         }
     }
 }
@@ -373,6 +397,11 @@ impl Config {
                 "http.max_response_mb = {} is more than a job can store; at most {MAX_RESPONSE_MB}",
                 self.http.max_response_mb
             ));
+        }
+        for (model, rates) in &self.cost.prices {
+            rates
+                .check()
+                .map_err(|e| format!("cost.prices.{model:?}: {e}"))?;
         }
         Ok(())
     }

@@ -19,9 +19,10 @@
 //!   ([`runner::JobCtx`]) and the one gateway for LLM calls ([`runner::Gateway`]).
 //! - [`queue`], [`cache`]: the durable job queue and the two-tier prompt cache, on the store.
 //! - [`store`]: the redb file, its typed tables and the group-committing writer thread.
-//! - [`error`], [`codec`], [`llm`], [`sim`], [`shutdown`], [`clock`]: the ground floor: the
-//!   error type, the versioned record codec, the tuned hyper client, the loopback server that
-//!   speaks the providers' wire format, signal handling, time.
+//! - [`error`], [`codec`], [`cost`], [`llm`], [`sim`], [`shutdown`], [`clock`]: the ground
+//!   floor: the error type, the versioned record codec, prices and token estimates, the tuned
+//!   hyper client, the loopback server that speaks the providers' wire format, signal
+//!   handling, time.
 //!
 //! The `reasonq` binary (`src/main.rs`, `src/cli/`) parses, calls a use case and prints.
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod chat;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod llm;
 pub mod memory;

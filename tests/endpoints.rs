@@ -175,6 +175,28 @@ async fn one_file_mixing_every_endpoint_runs_and_each_answer_has_its_documented_
         .sum();
     assert_eq!(row["prompt_tokens"].as_u64(), Some(prompt), "{row}");
 
+    // Embeddings cost their input tokens ($0.02 per million for text-embedding-3-small);
+    // a moderation model has no price: unknown, never zero.
+    let batch = row["batch"].as_str().unwrap();
+    let out = env.run(&["results", batch, "--json"]).await;
+    let details: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let detail = |id: &str| details.iter().find(|d| d["custom_id"] == id).unwrap();
+    let emb_tokens = body(&lines, "emb")["usage"]["prompt_tokens"]
+        .as_f64()
+        .unwrap();
+    let emb_cost = detail("emb")["cost_usd"].as_f64().unwrap();
+    assert!(
+        (emb_cost - emb_tokens * 0.02 / 1e6).abs() < 1e-15,
+        "{}",
+        detail("emb")
+    );
+    assert_eq!(detail("emb")["cost"], "live");
+    assert!(detail("mod")["cost_usd"].is_null(), "{}", detail("mod"));
+    assert_eq!(detail("mod")["cost"], "unknown");
+
     // The same lines as a new batch come from the cache (embeddings and moderations do not
     // sample, so they are cached without a temperature).
     let again = env.write_input("again.jsonl", &mixed_lines());

@@ -31,6 +31,7 @@ impl Handler for Answers {
                     cached: false,
                     latency_ms: 1,
                     provider_batch: None,
+                    cost: None,
                 },
                 experience: Some(NewExperience::new("q", "a")),
                 tokens: Some((1, 1)),

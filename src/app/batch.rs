@@ -21,10 +21,13 @@ use crate::chat::remote::{self, RemoteEnd, RemoteWatch};
 use crate::chat::{self, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
+use crate::cost::Money;
 use crate::error::{Error, Result};
 use crate::llm::batch_api::Protocol;
 use crate::memory::Strategy;
-use crate::queue::{enqueue_many_in, find_by_dedup_read, waiting_ids_read, JobState, NewJob};
+use crate::queue::{
+    enqueue_many_in, find_by_dedup_read, usage_read, waiting_ids_read, JobState, NewJob, Usage,
+};
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
 use crate::shutdown::Listener;
 use crate::store::tables;
@@ -61,6 +64,9 @@ pub struct BatchOptions {
     pub shard: Option<Shard>,
     /// One call per line, or the provider's batch API.
     pub via: Via,
+    /// The most the batch may cost in all (`--max-cost`): earlier runs' spend counts
+    /// (docs/cost.md).
+    pub max_cost: Option<Money>,
 }
 
 /// How the lines are sent.
@@ -101,6 +107,10 @@ pub struct Baseline {
     pub total: u64,
     pub completed: u64,
     pub failed: u64,
+    /// What its answers cost so far.
+    pub cost: Money,
+    /// The cap of this run, if any.
+    pub cap: Option<Money>,
 }
 
 /// A batch enqueued and ready to drain.
@@ -145,6 +155,12 @@ pub struct Report {
     pub requests_sent: u64,
     /// Set when the lines went through the provider's batch API.
     pub remote: Option<RemoteSummary>,
+    /// What this run's answers cost, and how many it could not price.
+    pub cost: (Money, u64),
+    /// The batch's totals after the run (cost of every run, unpriced answers).
+    pub usage: Usage,
+    /// The cap of this run, if any.
+    pub cap: Option<Money>,
 }
 
 /// Checks the whole file in one streaming pass (`default_model` fills lines that name
@@ -201,6 +217,13 @@ pub async fn prepare(
     let phase = std::time::Instant::now();
     if connected.sim.is_none() {
         check_models(connected, &scan.models).await?;
+    }
+    if opts.max_cost.is_some() {
+        check_prices(connected, &scan.models)?;
+        // The encodings load once, here, off the async runtime.
+        tokio::task::spawn_blocking(crate::cost::tokens::warm_up)
+            .await
+            .map_err(|e| Error::Task(format!("loading the token encodings failed: {e}")))?;
     }
     let batch = opts
         .batch
@@ -282,6 +305,11 @@ pub async fn prepare(
     };
     app.queue.retry_many(&again).await?;
     let counts = app.queue.counts(Some(&batch)).await?;
+    let b = batch.clone();
+    let usage = app.store.read(move |txn| usage_read(txn, &b)).await?;
+    if let Some(cap) = opts.max_cost {
+        connected.gateway.budget().limit(cap, usage.cost);
+    }
     let (output, errors) = files(opts);
     Ok(Prepared {
         output,
@@ -295,6 +323,8 @@ pub async fn prepare(
             total: requests,
             completed: counts.get(JobState::Completed),
             failed: counts.get(JobState::Discarded) + counts.get(JobState::Cancelled),
+            cost: usage.cost,
+            cap: opts.max_cost,
         },
         batch,
         invalid: scan.errors,
@@ -394,6 +424,8 @@ impl Prepared {
             &app.cache.stats(),
         );
         runs::record(&app.store, run).await?;
+        let b = self.batch.clone();
+        let usage = app.store.read(move |txn| usage_read(txn, &b)).await?;
         Ok(Report {
             end,
             requests: self.requests,
@@ -407,6 +439,9 @@ impl Prepared {
             abandoned_calls: connected.gateway.unanswered_calls(),
             requests_sent: metrics.requests_sent,
             remote,
+            cost: connected.runner.stats().cost(),
+            usage,
+            cap: self.baseline.cap,
         })
     }
 }
@@ -463,6 +498,10 @@ impl Prepared {
             }
             RemoteEnd::Collected { left_for_live } => {
                 summary.left_for_live = left_for_live;
+                // The cap stopped the submission: the lines not submitted stay waiting.
+                if let Some(trip) = connected.gateway.stopped() {
+                    return Ok((DrainEnd::Halted(trip), Some(summary)));
+                }
                 if !provider.fallback_live {
                     return Ok((DrainEnd::Finished, Some(summary)));
                 }
@@ -620,6 +659,24 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
+}
+
+/// A cap needs a price for every model the lines name: the cost of the others is unknown.
+fn check_prices(connected: &Connected, models: &BTreeSet<String>) -> Result<()> {
+    let prices = connected.gateway.prices();
+    let unpriced: Vec<&str> = models
+        .iter()
+        .map(String::as_str)
+        .filter(|m| prices.get(m).is_none())
+        .collect();
+    if unpriced.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--max-cost cannot bound the cost of {}: no price is known for it; add it under \
+         [cost.prices] in reasonq.toml (docs/cost.md)",
+        unpriced.join(", ")
+    )))
 }
 
 /// Checks every model the lines name with one model list request. Endpoints without a model

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod cancel;
+pub mod estimate;
 pub mod insights;
 pub mod inspect;
 pub mod live;
@@ -135,6 +136,10 @@ impl App {
                 cache_policy: self.config.cache_policy,
                 persist_cache: self.config.cache.persist,
                 max_calls: self.config.concurrency,
+                prices: Arc::new(crate::cost::Prices::with_overrides(
+                    &self.config.cost.prices,
+                )),
+                max_output_tokens: self.config.cost.max_output_tokens,
             },
             breaker.clone(),
         );

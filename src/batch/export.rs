@@ -99,6 +99,19 @@ fn entry_of(job: &Job, details: bool) -> Result<Entry> {
                 d["latency_ms"] = json!(response.latency_ms);
                 d["status_code"] = json!(response.status_code);
                 d["provider_batch"] = json!(response.provider_batch);
+                // What the answer cost, and on what basis: a cache hit paid nothing.
+                let basis = match (response.cached, response.cost, &response.provider_batch) {
+                    (true, _, _) => "cached",
+                    (false, None, _) => "unknown",
+                    (false, Some(_), Some(_)) => "batch",
+                    (false, Some(_), None) => "live",
+                };
+                let cost = match response.cached {
+                    true => Some(0.0),
+                    false => response.cost.map(crate::cost::Money::usd),
+                };
+                d["cost_usd"] = json!(cost);
+                d["cost"] = json!(basis);
             }
             (
                 Some(success_line(job.id, &chat.custom_id, &response)),

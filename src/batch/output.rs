@@ -132,6 +132,7 @@ mod tests {
                 cached: true,
                 latency_ms: 3,
                 provider_batch: None,
+                cost: None,
             },
         );
         assert_eq!(

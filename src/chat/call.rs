@@ -9,6 +9,7 @@ use super::engine::{bad_payload, Engine};
 use super::finish::{finish, Answer};
 use super::{ChatJob, ResponseRecord};
 use crate::cache::Hit;
+use crate::cost::Money;
 use crate::error::Result;
 use crate::runner::{CallError, JobCtx};
 
@@ -30,13 +31,22 @@ pub(super) async fn run(engine: &Engine, ctx: JobCtx, job: ChatJob) -> Result<()
     };
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let usage = response.response.usage.clone().unwrap_or_default();
+    let cached = matches!(hit, Hit::Memory | Hit::Disk);
+    // A cache hit paid nothing; embeddings cost their input tokens.
+    let cost = if cached {
+        Some(Money::ZERO)
+    } else {
+        let asked = super::model_of(&job.body);
+        engine.gateway.cost_of(&asked, &response.response, false)
+    };
     let record = ResponseRecord {
         status_code: response.status,
         request_id: response.request_id.clone(),
         body: String::from_utf8_lossy(&response.body).into_owned(),
-        cached: matches!(hit, Hit::Memory | Hit::Disk),
+        cached,
         latency_ms,
         provider_batch: None,
+        cost,
     };
     let answer = Answer {
         record,

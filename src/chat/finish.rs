@@ -6,6 +6,7 @@ use redb::WriteTransaction;
 
 use super::{ChatJob, ResponseRecord};
 use crate::codec::{self, CodecError};
+use crate::cost::Money;
 use crate::error::{Error, Result};
 use crate::memory::experience::{self, NewExperience};
 use crate::queue::{add_usage_in, Failure, Usage};
@@ -48,7 +49,7 @@ where
         Ok(bytes) => bytes,
         Err(e) => return unstorable(ctx, job, &e).await,
     };
-    let usage = match (cached, tokens) {
+    let mut usage = match (cached, tokens) {
         (true, _) => Usage {
             cached: 1,
             ..Usage::default()
@@ -56,7 +57,7 @@ where
         (false, Some((prompt_tokens, completion_tokens))) => Usage {
             prompt_tokens,
             completion_tokens,
-            cached: 0,
+            ..Usage::default()
         },
         // Counted step by step (blackboard): the record's usage is the session's total.
         (false, None) => {
@@ -64,10 +65,23 @@ where
             Usage {
                 prompt_tokens,
                 completion_tokens,
-                cached: 0,
+                ..Usage::default()
             }
         }
     };
+    // The batch's money, in the same transaction as the answer it pays for.
+    let cost = if cached {
+        Some(Money::ZERO)
+    } else {
+        record.cost
+    };
+    match cost {
+        Some(cost) => {
+            usage.cost = cost;
+            usage.priced = 1;
+        }
+        None => usage.unpriced = 1,
+    }
     let queue = ctx.job().queue.clone();
     let body = record.body.into_bytes();
     let committed = ctx
@@ -92,6 +106,7 @@ where
         } else if let Some((prompt, completion)) = tokens {
             stats.add_tokens(prompt, completion);
         }
+        stats.add_cost(cost);
     }
     Ok(())
 }

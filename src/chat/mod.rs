@@ -162,11 +162,14 @@ pub struct ResponseRecord {
     /// The provider's batch id, when the answer came through its batch API (priced at its
     /// batch rate).
     pub provider_batch: Option<String>,
+    /// What the answer cost, priced at completion (a cache hit: zero); `None`: unknown (a
+    /// model without a price, or answered before reasonq priced answers).
+    pub cost: Option<crate::cost::Money>,
 }
 
 impl crate::codec::Record for ResponseRecord {
-    /// Layout 2 left the body out; layout 3 adds `provider_batch`.
-    const LAYOUT: u8 = 3;
+    /// Layout 2 left the body out; layout 3 adds `provider_batch`; layout 4 `cost`.
+    const LAYOUT: u8 = 4;
 
     fn upgrade(layout: u8, payload: &[u8]) -> Result<Self, crate::codec::CodecError> {
         #[derive(Deserialize)]
@@ -184,6 +187,14 @@ impl crate::codec::Record for ResponseRecord {
             cached: bool,
             latency_ms: u64,
         }
+        #[derive(Deserialize)]
+        struct V3 {
+            status_code: u16,
+            request_id: Option<String>,
+            cached: bool,
+            latency_ms: u64,
+            provider_batch: Option<String>,
+        }
         match layout {
             1 => {
                 let v: V1 = crate::codec::payload_of(payload)?;
@@ -194,6 +205,7 @@ impl crate::codec::Record for ResponseRecord {
                     cached: v.cached,
                     latency_ms: v.latency_ms,
                     provider_batch: None,
+                    cost: None,
                 })
             }
             2 => {
@@ -205,6 +217,19 @@ impl crate::codec::Record for ResponseRecord {
                     cached: v.cached,
                     latency_ms: v.latency_ms,
                     provider_batch: None,
+                    cost: None,
+                })
+            }
+            3 => {
+                let v: V3 = crate::codec::payload_of(payload)?;
+                Ok(ResponseRecord {
+                    status_code: v.status_code,
+                    request_id: v.request_id,
+                    body: String::new(),
+                    cached: v.cached,
+                    latency_ms: v.latency_ms,
+                    provider_batch: v.provider_batch,
+                    cost: None,
                 })
             }
             found => Err(crate::codec::CodecError::UnknownLayout {
@@ -256,6 +281,18 @@ pub fn question_of(body: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The model a request body names (empty when it names none).
+pub fn model_of(body: &str) -> String {
+    #[derive(Deserialize)]
+    struct Named {
+        #[serde(default)]
+        model: String,
+    }
+    serde_json::from_str::<Named>(body)
+        .map(|n| n.model)
+        .unwrap_or_default()
+}
+
 /// Token counts as stored in an experience.
 pub(crate) fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -298,12 +335,46 @@ mod tests {
             (200, Some("r"), true, 9)
         );
         assert_eq!(read.provider_batch, None);
+        assert_eq!(read.cost, None);
         let now = ResponseRecord {
             provider_batch: Some("batch_1".into()),
+            cost: Some(crate::cost::Money(12)),
             ..read
         };
         let again: ResponseRecord =
             crate::codec::decode(&crate::codec::encode(&now).unwrap()).unwrap();
         assert_eq!(again.provider_batch.as_deref(), Some("batch_1"));
+        assert_eq!(again.cost, Some(crate::cost::Money(12)));
+    }
+
+    /// A response record as layout 3 wrote it (no cost).
+    #[derive(Serialize, Deserialize)]
+    struct V3 {
+        status_code: u16,
+        request_id: Option<String>,
+        cached: bool,
+        latency_ms: u64,
+        provider_batch: Option<String>,
+    }
+
+    impl crate::codec::Record for V3 {
+        const LAYOUT: u8 = 3;
+    }
+
+    #[test]
+    fn records_of_layout_3_read_with_an_unknown_cost() {
+        let old = V3 {
+            status_code: 200,
+            request_id: None,
+            cached: false,
+            latency_ms: 1,
+            provider_batch: Some("b".into()),
+        };
+        let read: ResponseRecord =
+            crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(
+            (read.provider_batch.as_deref(), read.cost),
+            (Some("b"), None)
+        );
     }
 }

@@ -59,9 +59,16 @@ pub enum Command {
     /// Ask one question and print the answer.
     #[command(after_help = "Example:\n  reasonq submit \"What is 17 * 23?\" --domain math")]
     Submit(SubmitArgs),
-    /// Job counts by state for every batch, and tokens spent.
+    /// Job counts by state for every batch, and tokens and money spent.
     #[command(after_help = "Example:\n  reasonq status --json")]
     Status(JsonFlag),
+    /// What a batch file would cost: lines, lines already answered or cached, prompt tokens
+    /// (tiktoken for OpenAI models, an approximation otherwise) and the cost range live and
+    /// through the provider's batch API; nothing is sent (docs/cost.md).
+    #[command(
+        after_help = "Example:\n  reasonq estimate questions.jsonl\n  reasonq estimate questions.jsonl --json"
+    )]
+    Estimate(EstimateArgs),
     /// Export a batch's results again (OpenAI batch output format).
     #[command(
         after_help = "Example:\n  reasonq results questions-1a2b3c4d -o answers.jsonl\n  reasonq results questions-1a2b3c4d --json   # with cache, attempts, latency"
@@ -233,6 +240,40 @@ pub struct BatchArgs {
     /// batch runs, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A hard cap on what the batch costs in all, in US dollars (earlier runs count): each
+    /// call's worst case is reserved before it is sent; when the next does not fit, the
+    /// batch stops with exit code 4, resumable with a higher cap (docs/cost.md).
+    #[arg(long, value_name = "USD", value_parser = parse_usd)]
+    pub max_cost: Option<reasonq::cost::Money>,
+    /// Print what `reasonq estimate` prints for the file and stop: nothing is sent.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// A dollar amount of `--max-cost`.
+fn parse_usd(text: &str) -> Result<reasonq::cost::Money, String> {
+    let usd: f64 = text
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| format!("{text:?} is not an amount of US dollars (e.g. 25 or 0.50)"))?;
+    reasonq::cost::Money::from_usd(usd)
+        .ok_or_else(|| format!("{text:?} is not an amount of 0 dollars or more"))
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EstimateArgs {
+    /// Input file, as `reasonq batch` takes it.
+    pub input: PathBuf,
+    /// The batch whose answers count as done (default: the name `batch` gives the file).
+    #[arg(long, value_name = "NAME")]
+    pub batch: Option<String>,
+    /// Strategy of lines that name none, as with `batch --strategy`.
+    #[arg(long, value_name = "NAME")]
+    pub strategy: Option<reasonq::memory::Strategy>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

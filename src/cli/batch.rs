@@ -5,7 +5,7 @@ use reasonq::app::upkeep::peak_resident_bytes;
 use reasonq::app::{live, metrics};
 use reasonq::app::{App, Endpoint};
 use reasonq::config::Config;
-use reasonq::runner::DrainEnd;
+use reasonq::runner::{DrainEnd, BUDGET_REACHED};
 use reasonq::shutdown::{exit_code, Shutdown};
 
 use super::args::{BatchArgs, Fallback, Via};
@@ -14,6 +14,8 @@ use super::{fail, CliResult, Outcome};
 
 /// Exit code when the endpoint or the account stopped the batch (docs/runtime.md).
 const EXIT_HALTED: i32 = 3;
+/// Exit code when `--max-cost` stopped the batch (docs/cost.md).
+const EXIT_BUDGET: i32 = 4;
 
 pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliResult {
     let opts = BatchOptions {
@@ -34,7 +36,17 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
                 fallback_live: args.fallback == Some(Fallback::Live),
             }),
         },
+        max_cost: args.max_cost,
     };
+    if args.dry_run {
+        let estimate = super::args::EstimateArgs {
+            input: opts.input.clone(),
+            batch: opts.batch.clone(),
+            strategy: opts.strategy,
+            json: false,
+        };
+        return super::estimate::run(config, estimate, endpoint).await;
+    }
     if args.via == Via::Live && (args.batch_api.is_some() || args.fallback.is_some()) {
         return Err(fail("--batch-api and --fallback go with --via provider"));
     }
@@ -137,6 +149,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
         c.completion_tokens,
         report.requests_sent,
     );
+    eprintln!("{}", describe_cost(&report));
     if let Some(remote) = &report.remote {
         describe_remote_end(remote, &report);
     }
@@ -153,6 +166,15 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
     }
     match report.end {
         DrainEnd::Finished => Ok(Outcome::Done),
+        DrainEnd::Halted(trip) if trip.code == BUDGET_REACHED => {
+            eprintln!(
+                "stopped ({}): {}\nthe calls in flight finished; every unfinished line is back \
+                 in the queue with no attempt spent; run the same command with a higher \
+                 --max-cost to finish (answered lines are not paid for again)",
+                trip.code, trip.message
+            );
+            Ok(Outcome::Exit(EXIT_BUDGET))
+        }
         DrainEnd::Halted(trip) => {
             eprintln!(
                 "stopped ({}): {}\nevery unfinished line is back in the queue with no attempt \
@@ -183,6 +205,24 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
             Ok(Outcome::Exit(exit_code(phase.signal())))
         }
     }
+}
+
+/// The money line of the summary: this run, the batch, the cap.
+fn describe_cost(report: &batch::Report) -> String {
+    let (run, unpriced_run) = report.cost;
+    let total = &report.usage;
+    let mut text = format!("cost: {run} this run, {} for the batch", total.cost);
+    if let Some(cap) = report.cap {
+        text.push_str(&format!(" (cap {cap})"));
+    }
+    if unpriced_run > 0 || total.unpriced > 0 {
+        text.push_str(&format!(
+            "; {} answers of models without a price are not counted (cost unknown; \
+             [cost.prices] in docs/cost.md)",
+            total.unpriced.max(unpriced_run)
+        ));
+    }
+    text
 }
 
 /// What the provider batches came to, after the usual summary.

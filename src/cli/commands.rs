@@ -131,6 +131,7 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
                     .collect();
                 json!({"batch": r.batch, "states": states, "total": r.counts.total(),
                        "prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens, "cached": r.usage.cached,
+                       "cost_usd": r.usage.cost.usd(), "priced": r.usage.priced, "unpriced": r.usage.unpriced,
                        "provider_batches": remote})
             })
             .collect();
@@ -142,7 +143,7 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
     }
     let mut header = vec!["batch"];
     header.extend(JobState::ALL.iter().map(|s| s.as_str()));
-    header.extend(["total", "tokens (prompt/completion)"]);
+    header.extend(["total", "tokens (prompt/completion)", "cost"]);
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -153,6 +154,10 @@ pub async fn status(config: Config, as_json: bool) -> CliResult {
                 "{}/{}",
                 r.usage.prompt_tokens, r.usage.completion_tokens
             ));
+            row.push(match r.usage.unpriced {
+                0 => r.usage.cost.to_string(),
+                n => format!("{} + {n} unknown", r.usage.cost),
+            });
             row
         })
         .collect();

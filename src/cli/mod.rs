@@ -13,6 +13,7 @@ mod args;
 mod batch;
 mod board;
 mod commands;
+mod estimate;
 mod memory;
 mod merge;
 mod print;
@@ -155,6 +156,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Merge(args) => merge::run(args).await,
         Command::Submit(args) => commands::submit(config, args, &endpoint).await,
         Command::Status(f) => commands::status(config, f.json).await,
+        Command::Estimate(args) => estimate::run(config, args, &endpoint).await,
         Command::Results(args) => commands::results(config, args).await,
         Command::Jobs(cmd) => commands::jobs(config, cmd, &endpoint).await,
         Command::Experiences(cmd) => commands::experiences(config, cmd).await,

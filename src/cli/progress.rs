@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use reasonq::app::batch::Baseline;
 use reasonq::chat::remote::{RemoteView, RemoteWatch};
+use reasonq::cost::Money;
 use reasonq::runner::{RunCounts, RunStats};
 
 /// Reports progress until dropped or [`Progress::finish`]ed.
@@ -41,6 +42,20 @@ pub fn describe(base: Baseline, now: RunCounts, server_waits: u64, elapsed: Dura
         cached = now.cached,
         retried = now.retried,
     )
+}
+
+/// The money part of the progress line: the batch's spend (earlier runs and this one), the
+/// cap, answers whose cost is unknown.
+pub fn describe_cost(base: Baseline, run: (Money, u64)) -> String {
+    let spent = base.cost.saturating_add(run.0);
+    let mut text = format!(", {spent} spent");
+    if let Some(cap) = base.cap {
+        text.push_str(&format!(" of {cap}"));
+    }
+    if run.1 > 0 {
+        text.push_str(&format!(" (+{} answers unpriced)", run.1));
+    }
+    text
 }
 
 /// The provider batches' part of the progress line (empty when there are none).
@@ -94,6 +109,7 @@ impl Progress {
                     .server_waits
                     .load(std::sync::atomic::Ordering::Relaxed);
                 let mut text = describe(base, now, waits, started.elapsed());
+                text.push_str(&describe_cost(base, stats.cost()));
                 text.push_str(&describe_remote(&remote.view(), started.elapsed()));
                 match &task_bar {
                     Some(bar) => {
@@ -136,6 +152,7 @@ mod tests {
             total: 100,
             completed: 40,
             failed: 0,
+            ..Baseline::default()
         };
         let now = RunCounts {
             completed: 20,
@@ -151,6 +168,23 @@ mod tests {
         assert_eq!(
             describe(base, waiting, 2, Duration::from_secs(7)),
             "60/100 done, 1 failed, 5 cached, 3 retried (2 told by the server to wait), 3.0/s, ETA 13s"
+        );
+    }
+
+    #[test]
+    fn progress_shows_the_batch_spend_against_its_cap() {
+        let base = Baseline {
+            cost: Money(1_500_000_000_000),
+            cap: Some(Money(2_000_000_000_000)),
+            ..Baseline::default()
+        };
+        assert_eq!(
+            describe_cost(base, (Money(250_000_000_000), 0)),
+            ", $1.75 spent of $2.00"
+        );
+        assert_eq!(
+            describe_cost(Baseline::default(), (Money(0), 2)),
+            ", $0 spent (+2 answers unpriced)"
         );
     }
 

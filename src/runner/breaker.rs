@@ -58,6 +58,13 @@ impl Breaker {
         self.inner.tripped.get()
     }
 
+    /// Opens the breaker with `trip` (a stop no call caused, such as the spending cap);
+    /// returns the trip in force (an earlier one wins).
+    pub fn stop(&self, trip: Trip) -> Trip {
+        let _ = self.inner.tripped.set(trip.clone());
+        self.tripped().cloned().unwrap_or(trip)
+    }
+
     /// A call came back with an answer.
     pub fn succeeded(&self) {
         self.inner.connect.store(0, Ordering::Relaxed);

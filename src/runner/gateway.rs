@@ -8,9 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::breaker::{Breaker, Trip};
+use super::budget::{Budget, Reservation, BUDGET_REACHED};
 use crate::cache::{cacheable, Cache, CacheKey, CachePolicy, CachedResponse, Hit};
+use crate::cost::{tokens, Money, Prices, Tokens};
 use crate::error::{Error, Result};
-use crate::llm::{Api, ChatOutcome, LlmClient, LlmError};
+use crate::llm::{Api, ChatOutcome, ChatResponse, LlmClient, LlmError, Usage};
 
 /// Cache and client for one endpoint. Cheap to clone.
 #[derive(Clone)]
@@ -27,6 +29,8 @@ pub struct Gateway {
     /// Calls in flight at once: the runner holds more jobs than this, so jobs waiting for
     /// their commit never leave the endpoint idle.
     slots: Arc<tokio::sync::Semaphore>,
+    /// The spending cap every call reserves against (none unless `--max-cost`).
+    budget: Budget,
 }
 
 /// How the gateway uses the cache.
@@ -40,6 +44,28 @@ pub struct GatewaySettings {
     pub persist_cache: bool,
     /// Calls in flight at once (at least 1).
     pub max_calls: usize,
+    /// What answers cost.
+    pub prices: Arc<Prices>,
+    /// The output a call is assumed to reach when its request sets no `max_tokens`.
+    pub max_output_tokens: u64,
+}
+
+/// The tokens an answer is billed for: prompt tokens with the provider's cached share
+/// (`prompt_tokens_details.cached_tokens`), and output with reasoning (xAI reports reasoning
+/// tokens beside `completion_tokens`, in `total_tokens`; OpenAI inside it).
+pub fn billed_tokens(usage: &Usage) -> Tokens {
+    let cached = usage
+        .extra
+        .get("prompt_tokens_details")
+        .and_then(|d| d.get("cached_tokens"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let beyond_prompt = usage.total_tokens.saturating_sub(usage.prompt_tokens);
+    Tokens {
+        prompt: usage.prompt_tokens,
+        cached: cached.min(usage.prompt_tokens),
+        output: usage.completion_tokens.max(beyond_prompt),
+    }
 }
 
 /// Why a call produced no response: the API's error, the breaker (the endpoint or the
@@ -88,7 +114,86 @@ impl Gateway {
             settings: Arc::new(settings),
             unanswered: Arc::default(),
             breaker,
+            budget: Budget::default(),
         }
+    }
+
+    /// The spending cap of the calls (set by a batch run with `--max-cost`).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Why calls stopped (the cap, the endpoint, the account), once they did.
+    pub fn stopped(&self) -> Option<Trip> {
+        self.breaker.tripped().cloned()
+    }
+
+    /// The price table.
+    pub fn prices(&self) -> &Prices {
+        &self.settings.prices
+    }
+
+    /// What `response` to a request for `asked` cost, by the usage it reports: priced as
+    /// the model that answered (a snapshot name), else as the one asked for; `None` for a
+    /// model without a price.
+    pub fn cost_of(&self, asked: &str, response: &ChatResponse, via_batch: bool) -> Option<Money> {
+        let prices = &self.settings.prices;
+        let rates = response
+            .model
+            .as_deref()
+            .and_then(|m| prices.get(m))
+            .or_else(|| prices.get(asked))?;
+        let usage = response.usage.clone().unwrap_or_default();
+        Some(rates.cost(&billed_tokens(&usage), via_batch))
+    }
+
+    /// The most `body` can cost live (a provider batch costs less): its prompt estimated,
+    /// plus `max_tokens` (or the configured ceiling) of output. The error is a model with no
+    /// price, whose cost no cap can bound.
+    pub fn worst_case(&self, body: &serde_json::Value) -> std::result::Result<Money, String> {
+        let model = body
+            .get("model")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let (prompt, _) = tokens::prompt_tokens(body);
+        let output = tokens::max_output_tokens(body).unwrap_or(self.settings.max_output_tokens);
+        let worst = Tokens {
+            prompt,
+            cached: 0,
+            output,
+        };
+        self.settings.prices.cost(model, &worst, false).ok_or_else(|| {
+            format!("model {model:?} has no price, so no cap can bound its cost; add it under [cost.prices] (docs/cost.md)")
+        })
+    }
+
+    /// Reserves `body`'s worst case; when it does not fit (or cannot be priced) the breaker
+    /// opens with [`BUDGET_REACHED`] and no call may start any more.
+    pub fn reserve(&self, body: &serde_json::Value) -> std::result::Result<Reservation, Trip> {
+        // Without a cap nothing need be estimated: a zero reservation always fits.
+        let worst = if self.budget.capped() {
+            self.worst_case(body).map_err(|message| {
+                self.breaker.stop(Trip {
+                    code: BUDGET_REACHED,
+                    message,
+                })
+            })?
+        } else {
+            Money::ZERO
+        };
+        self.budget.reserve(worst).ok_or_else(|| {
+            let s = self.budget.standing();
+            self.breaker.stop(Trip {
+                code: BUDGET_REACHED,
+                message: format!(
+                    "the next call may cost up to {worst} and {} of the {} cap is left ({} spent, {} held by calls in flight)",
+                    s.left().unwrap_or(Money::ZERO),
+                    s.cap.unwrap_or(Money::ZERO),
+                    s.spent,
+                    s.reserved
+                ),
+            })
+        })
     }
 
     /// Calls sent and not answered: after a drain, the calls abandoned in flight.
@@ -208,6 +313,12 @@ impl Gateway {
                         message: "the drain deadline passed before this call started".into(),
                     }));
                 }
+                // Stopped (the cap among others) while this job waited for its slot.
+                if let Some(trip) = breaker.tripped() {
+                    return Err(CallError::Halted(trip.clone()));
+                }
+                // Reserved only now, so jobs waiting for a slot hold none of the budget.
+                let reservation = self.reserve(body).map_err(CallError::Halted)?;
                 unanswered.fetch_add(1, Ordering::Relaxed);
                 let sent = client.call(api, body).await;
                 // Not reached when the task is aborted mid-call: the count stays up.
@@ -215,6 +326,13 @@ impl Gateway {
                 let outcome = match sent {
                     Ok(outcome) => {
                         breaker.succeeded();
+                        // A model without a price has no cap either (refused before).
+                        let asked = body
+                            .get("model")
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or("");
+                        let cost = self.cost_of(asked, &outcome.response, false);
+                        reservation.settle(cost.unwrap_or(Money::ZERO));
                         outcome
                     }
                     Err(e) => {
@@ -244,5 +362,40 @@ impl Gateway {
             response: cached,
         });
         Ok((outcome, hit, write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(json: serde_json::Value) -> Usage {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn billed_tokens_count_cached_prompts_and_reasoning_beside_the_completion() {
+        // OpenAI: reasoning inside completion_tokens, cached share in the details.
+        let openai = usage(
+            serde_json::json!({"prompt_tokens": 100, "completion_tokens": 50,
+            "total_tokens": 150, "prompt_tokens_details": {"cached_tokens": 64}}),
+        );
+        assert_eq!(
+            billed_tokens(&openai),
+            Tokens {
+                prompt: 100,
+                cached: 64,
+                output: 50
+            }
+        );
+        // xAI: reasoning tokens only in the total.
+        let xai = usage(
+            serde_json::json!({"prompt_tokens": 37, "completion_tokens": 530,
+            "total_tokens": 800, "completion_tokens_details": {"reasoning_tokens": 233}}),
+        );
+        assert_eq!(billed_tokens(&xai).output, 763);
+        // No total: the completion.
+        let bare = usage(serde_json::json!({"prompt_tokens": 5, "completion_tokens": 7}));
+        assert_eq!(billed_tokens(&bare).output, 7);
     }
 }

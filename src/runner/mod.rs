@@ -10,6 +10,7 @@
 //! deadline, then aborts the rest and returns their jobs to the queue at once.
 
 mod breaker;
+mod budget;
 mod failure;
 mod gateway;
 mod job;
@@ -24,8 +25,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use breaker::{Breaker, Trip, ACCOUNT_ERRORS, CONNECT_FAILURES};
+pub use budget::{Budget, Reservation, Standing, BUDGET_REACHED};
 pub use failure::FailureRecord;
-pub use gateway::{CacheWrite, CallError, Gateway, GatewaySettings};
+pub use gateway::{billed_tokens, CacheWrite, CallError, Gateway, GatewaySettings};
 pub use job::{ignore_lost, Heartbeat, JobCtx, SNOOZE_CAP, SNOOZE_FLOOR};
 pub use stats::{RunCounts, RunStats};
 

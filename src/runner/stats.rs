@@ -23,6 +23,10 @@ pub struct RunStats {
     pub server_waits: AtomicU64,
     /// Failed attempts by (error code, whether the job failed for good), for `/metrics`.
     errors: Mutex<BTreeMap<(String, bool), u64>>,
+    /// Picodollars of this run's priced answers, and answers of models without a price
+    /// (for the progress line and the summary; not in [`RunCounts`] either).
+    pub cost_pico: AtomicU64,
+    pub unpriced: AtomicU64,
 }
 
 /// A point-in-time copy of [`RunStats`] (but `server_waits`).
@@ -88,6 +92,26 @@ impl RunStats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Counts one answer's cost (`None`: a model without a price).
+    pub fn add_cost(&self, cost: Option<crate::cost::Money>) {
+        match cost {
+            Some(cost) => {
+                self.cost_pico.fetch_add(cost.0, Ordering::Relaxed);
+            }
+            None => {
+                self.unpriced.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// This run's spend so far, and how many answers it could not price.
+    pub fn cost(&self) -> (crate::cost::Money, u64) {
+        (
+            crate::cost::Money(self.cost_pico.load(Ordering::Relaxed)),
+            self.unpriced.load(Ordering::Relaxed),
+        )
     }
 
     /// Adds one to `counter`.

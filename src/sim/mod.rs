@@ -567,6 +567,24 @@ fn decide(state: &State, req: &Value) -> Decision {
     };
     let content =
         text.unwrap_or_else(|| format!("[simulated] answer to: {}", truncate(&prompt, 80)));
+    // A provider stops at the request's output limit: at ~4 chars a token, the answer is cut
+    // so its reported completion tokens stay within `max_tokens`.
+    let limit = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| req.get(*k).and_then(Value::as_u64));
+    let content = match limit {
+        Some(max) => {
+            let room = usize::try_from(max.saturating_mul(4))
+                .unwrap_or(usize::MAX)
+                .saturating_sub(1);
+            let mut end = room.min(content.len());
+            while !content.is_char_boundary(end) {
+                end -= 1;
+            }
+            content[..end].to_string()
+        }
+        None => content,
+    };
     let model = req.get("model").and_then(Value::as_str).unwrap_or("sim");
     Decision {
         content,

@@ -125,6 +125,9 @@ pub const BATCH_SIZES: TableDefinition<&str, u64> = TableDefinition::new("batch_
 /// Batch -> (prompt tokens, completion tokens, answers from the cache), added at each
 /// completion, so `status` reads one row per batch.
 pub const BATCH_USAGE: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("batch_usage");
+/// Batch -> (picodollars spent, answers priced, answers of models without a price), added
+/// in the same transactions as [`BATCH_USAGE`].
+pub const BATCH_COST: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("batch_cost");
 
 // ---- provider batches (chat/remote/) ----
 
@@ -199,6 +202,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(JOB_LINES)?;
     txn.open_table(BATCH_SIZES)?;
     txn.open_table(BATCH_USAGE)?;
+    txn.open_table(BATCH_COST)?;
     txn.open_table(BOARD_SESSIONS)?;
     txn.open_table(BOARD_ENTRIES)?;
     txn.open_table(REMOTE_BATCHES)?;

@@ -49,7 +49,7 @@ pub(crate) async fn run(engine: &Engine, ctx: JobCtx, job: ChatJob) -> Result<()
         let first_new = u32::try_from(board.entries.len()).unwrap_or(u32::MAX);
         // A fresh response goes to the disk cache in its step's transaction.
         let cache_write = match action {
-            Action::Done => return complete(&ctx, &job, board).await,
+            Action::Done => return complete(engine, &ctx, &job, board).await,
             Action::FinalFromBest => {
                 sources::final_from_best(&mut board, now_ms());
                 None
@@ -174,7 +174,7 @@ fn response_body(session: &Session, answer: &str) -> Value {
 }
 
 /// Completes the job with the final answer and records the experience, in one transaction.
-async fn complete(ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
+async fn complete(engine: &Engine, ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
     let answer = board
         .final_answer()
         .map(|e| e.text.clone())
@@ -184,6 +184,13 @@ async fn complete(ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
     session.final_answer = Some(answer.clone());
     let latency_ms = now_ms().saturating_sub(session.created_at);
     let all_cached = session.steps_done > 0 && session.cached_steps == session.steps_done;
+    // The steps' billed tokens at the session model's prices (one model, linear prices).
+    let spent = crate::cost::Tokens {
+        prompt: session.prompt_tokens,
+        cached: 0,
+        output: session.completion_tokens,
+    };
+    let cost = engine.gateway.prices().cost(&session.model, &spent, false);
     let record = ResponseRecord {
         status_code: 200,
         request_id: None,
@@ -191,6 +198,7 @@ async fn complete(ctx: &JobCtx, job: &ChatJob, board: Board) -> Result<()> {
         cached: all_cached,
         latency_ms,
         provider_batch: None,
+        cost,
     };
     let reasoning = board
         .entries

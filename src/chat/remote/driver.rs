@@ -16,6 +16,7 @@ use crate::chat::single::{self, Reply, Shaped};
 use crate::chat::{ChatHandler, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
+use crate::cost::Money;
 use crate::error::{Error, Result};
 use crate::llm::batch_api::{BatchApi, Match, Outcome, RemoteBatch, RemoteRequest, RemoteResult};
 use crate::llm::wire::ApiErrorBody;
@@ -24,7 +25,7 @@ use crate::memory::prompt::MemorySection;
 use crate::memory::strategy::Execution;
 use crate::memory::Strategy;
 use crate::queue::{lease_ids_in, waiting_ids_read, Failure, Lease, Queue, Whole};
-use crate::runner::{FailureRecord, JobCtx, RunStats};
+use crate::runner::{FailureRecord, JobCtx, Reservation, RunStats};
 use crate::shutdown::{Listener, Phase as ShutdownPhase};
 use crate::store::tables;
 
@@ -58,6 +59,9 @@ pub struct RemoteRun {
     watch: Arc<RemoteWatch>,
     /// Lease length of lines answered from the cache while submitting.
     lease_len: Duration,
+    /// With `--max-cost`: the worst case of each line in an open provider batch, held
+    /// until its result settles it (by job id).
+    held: std::sync::Mutex<HashMap<u64, Reservation>>,
 }
 
 /// When to poll a started batch next, and the wait after that.
@@ -86,7 +90,53 @@ impl RemoteRun {
             settings,
             watch,
             lease_len,
+            held: std::sync::Mutex::default(),
         }
+    }
+
+    /// Holds the worst case of the lines of provider batches already submitted (an earlier
+    /// run's, detached): they are paid for whatever the cap says now.
+    async fn hold_open(&self, batch: &str) -> Result<()> {
+        if !self.engine.gateway.budget().capped() {
+            return Ok(());
+        }
+        let queue = batch.to_owned();
+        let lines = self
+            .queue
+            .store()
+            .read(move |txn| {
+                let table = txn.open_table(tables::REMOTE_LINES)?;
+                let mut out = Vec::new();
+                for record in records::open_read(txn, Some(&queue))? {
+                    for row in table.range((record.key, 0)..=(record.key, u64::MAX))? {
+                        let (k, v) = row?;
+                        let line: RemoteLine = codec::decode(v.value())?;
+                        out.push((k.value().1, line.body));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        for (id, body) in lines {
+            let worst = serde_json::from_str(&body)
+                .ok()
+                .and_then(|b| self.engine.gateway.worst_case(&b).ok())
+                .unwrap_or(Money::ZERO);
+            let reservation = self.engine.gateway.budget().force(worst);
+            self.hold(id, reservation);
+        }
+        Ok(())
+    }
+
+    fn hold(&self, id: u64, reservation: Reservation) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(id, reservation);
+        }
+    }
+
+    /// The reservation of job `id`, if it holds one.
+    fn release(&self, id: u64) -> Option<Reservation> {
+        self.held.lock().ok().and_then(|mut held| held.remove(&id))
     }
 
     /// Submits the waiting lines of `batch` (those not answered by the cache), then follows
@@ -94,6 +144,7 @@ impl RemoteRun {
     /// or `shutdown` detaches.
     pub async fn run(&self, batch: &str, shutdown: &mut Listener) -> Result<RemoteEnd> {
         let mut fresh = HashSet::new();
+        self.hold_open(batch).await?;
         let left_for_live = self.submit(batch, &mut fresh, shutdown).await?;
         self.follow(batch, fresh, left_for_live, shutdown).await
     }
@@ -223,8 +274,9 @@ impl RemoteRun {
         let mut pending: Vec<(u64, RemoteLine)> = Vec::new();
         let mut bytes = 0usize;
         let mut left = 0u64;
+        let mut full = false;
         for chunk in ids.chunks(READ_CHUNK) {
-            if shutdown.is_stopping() {
+            if shutdown.is_stopping() || full {
                 break;
             }
             let wanted = chunk.to_vec();
@@ -250,7 +302,16 @@ impl RemoteRun {
                     // The live handler names what is wrong with it, or runs its steps.
                     Shape::Live => left += 1,
                     Shape::Cached(hit) => hits.push((id, hit)),
+                    // The cap is reached: this line and the rest stay waiting.
+                    Shape::Send(_) if full => {}
                     Shape::Send(line) => {
+                        match self.reserve(&line.body) {
+                            Some(reservation) => self.hold(id, reservation),
+                            None => {
+                                full = true;
+                                continue;
+                            }
+                        }
                         let size = line.body.len() + 160;
                         if !pending.is_empty()
                             && (pending.len() >= max_lines || bytes + size > max_bytes)
@@ -270,6 +331,15 @@ impl RemoteRun {
             self.record(batch, pending, fresh).await?;
         }
         Ok(left)
+    }
+
+    /// Reserves a line's worst case at the live price (an upper bound of its batch price
+    /// whatever the discount); `None` when it does not fit (the breaker is then open with
+    /// the reason).
+    fn reserve(&self, body: &str) -> Option<Reservation> {
+        let gateway = &self.engine.gateway;
+        let body: serde_json::Value = serde_json::from_str(body).ok()?;
+        gateway.reserve(&body).ok()
     }
 
     /// What to do with one waiting line.
@@ -688,6 +758,8 @@ impl RemoteRun {
         outcome: Outcome,
     ) -> Result<()> {
         let id = lease.job.id;
+        // Dropped unsettled unless the line was answered: a failed line costs nothing.
+        let reservation = self.release(id);
         let ctx = self.ctx(lease);
         let job = match codec::decode::<ChatJob>(&ctx.job().payload) {
             Ok(job) => job,
@@ -698,7 +770,10 @@ impl RemoteRun {
             }
         };
         match outcome {
-            Outcome::Succeeded { body } => self.answered(record, &ctx, &job, &line, body).await,
+            Outcome::Succeeded { body } => {
+                self.answered(record, &ctx, &job, &line, body, reservation)
+                    .await
+            }
             Outcome::HttpError { status, body } => {
                 let err = api_error(status, &body);
                 let how = if err.is_retryable() {
@@ -738,6 +813,7 @@ impl RemoteRun {
         job: &ChatJob,
         line: &RemoteLine,
         body: Bytes,
+        reservation: Option<Reservation>,
     ) -> Result<()> {
         let sent: serde_json::Value = match serde_json::from_str(&line.body) {
             Ok(sent) => sent,
@@ -751,6 +827,14 @@ impl RemoteRun {
             Ok(adopted) => adopted,
             Err(e) => return ctx.fail_call(e).await,
         };
+        if let Some(reservation) = reservation {
+            let asked = sent
+                .get("model")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            let cost = self.engine.gateway.cost_of(asked, &outcome.response, true);
+            reservation.settle(cost.unwrap_or(Money::ZERO));
+        }
         let strategy = match line.strategy.parse::<Strategy>() {
             Ok(strategy) => strategy,
             Err(message) => {
