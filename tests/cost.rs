@@ -45,6 +45,24 @@ fn details(env: &Env, batch: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Each line's worst case in picodollars, as the gateway reserves it: the prompt estimate
+/// plus `output` (the lines' `max_tokens`) at `model`'s live price.
+fn worst_cases(lines: &[String], model: &str, output: u64) -> Vec<u64> {
+    let prices = Prices::default();
+    lines
+        .iter()
+        .map(|l| {
+            let body = &serde_json::from_str::<Value>(l).unwrap()["body"];
+            let t = Tokens {
+                prompt: prompt_tokens(body).0,
+                cached: 0,
+                output,
+            };
+            prices.cost(model, &t, false).unwrap().0
+        })
+        .collect()
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
 }
@@ -256,21 +274,7 @@ async fn max_cost_stops_within_the_cap_and_a_higher_cap_finishes_without_paying_
         })
         .collect();
     env.write_input("in.jsonl", &lines);
-    // Each call's worst case, as the gateway reserves it: the prompt estimate plus max_tokens.
-    let prices = Prices::default();
-    let worst: Vec<u64> = lines
-        .iter()
-        .map(|l| {
-            let body = &serde_json::from_str::<Value>(l).unwrap()["body"];
-            let (prompt, _) = prompt_tokens(body);
-            let t = Tokens {
-                prompt,
-                cached: 0,
-                output: 40,
-            };
-            prices.cost("gpt-4o", &t, false).unwrap().0
-        })
-        .collect();
+    let worst = worst_cases(&lines, "gpt-4o", 40);
     let all: u64 = worst.iter().sum();
     // A third of the worst case of the whole file.
     let cap_pico = all / 3;
@@ -320,7 +324,7 @@ async fn max_cost_stops_within_the_cap_and_a_higher_cap_finishes_without_paying_
                 cached: 0,
                 output: usage["completion_tokens"].as_u64().unwrap(),
             };
-            let actual = prices.cost("gpt-4o", &t, false).unwrap().0;
+            let actual = Prices::default().cost("gpt-4o", &t, false).unwrap().0;
             actual.saturating_sub(worst[i])
         })
         .sum();
@@ -570,19 +574,7 @@ async fn a_provider_batch_is_cut_to_what_fits_under_the_cap() {
         })
         .collect();
     env.write_input("in.jsonl", &lines);
-    let prices = Prices::default();
-    let worst: Vec<u64> = lines
-        .iter()
-        .map(|l| {
-            let body = &serde_json::from_str::<Value>(l).unwrap()["body"];
-            let t = Tokens {
-                prompt: prompt_tokens(body).0,
-                cached: 0,
-                output: 20,
-            };
-            prices.cost("gpt-4o-mini", &t, false).unwrap().0
-        })
-        .collect();
+    let worst = worst_cases(&lines, "gpt-4o-mini", 20);
     // Room for the worst cases (at the live price) of two lines and a half.
     let cap_pico = worst[0] + worst[1] + worst[2] / 2;
     let cap = format!("{:.12}", cap_pico as f64 / 1e12);

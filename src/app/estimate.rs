@@ -287,7 +287,7 @@ fn count(job: &ChatJob, settings: &Counting) -> Line {
     }
     let one_call = !is_chat || known.is_some_and(|s| s.execution() == Execution::OneCall);
     let cache = (one_call && cacheable(settings.policy, job.api, &body))
-        .then(|| CacheKey::for_request(&settings.endpoint, &format!("/{}", job.api.path()), &body));
+        .then(|| CacheKey::for_request(&settings.endpoint, job.api.route(), &body));
     let (prompt, method) = tokens::prompt_tokens(&body);
     Line {
         model: crate::chat::model_of(&job.body),

@@ -592,14 +592,7 @@ fn finish_other(
             Some(_) => return Err(field_err(&at, "must be a string or an array")),
         }
     }
-    if body.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
-        return Err(field_err(
-            "body.stream",
-            "streaming is not supported in a batch",
-        ));
-    }
-    let body = serde_json::to_string(&Value::Object(body))
-        .map_err(|e| (None, format!("cannot encode body: {e}")))?;
+    let body = sendable(body, "body.")?;
     Ok(BatchItem {
         line: 0,
         custom_id,
@@ -655,6 +648,18 @@ fn parse_short(mut obj: Map<String, Value>, default_model: &str) -> Result<Batch
     finish(custom_id, body, default_model, "params.", options)
 }
 
+/// The body as JSON text, as it will be sent; a batch line cannot stream.
+fn sendable(body: Map<String, Value>, prefix: &str) -> Result<String, LineError> {
+    if body.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
+        return Err(field_err(
+            &format!("{prefix}stream"),
+            "streaming is not supported in a batch",
+        ));
+    }
+    serde_json::to_string(&Value::Object(body))
+        .map_err(|e| (None, format!("cannot encode body: {e}")))
+}
+
 /// Checks the request body shared by both forms and fills in the model.
 fn finish(
     custom_id: String,
@@ -706,16 +711,7 @@ fn finish(
             Some(_) => return Err(field_err(&at(".content"), "must be a string or an array")),
         }
     }
-    if let Some(stream) = body.get("stream") {
-        if stream != &Value::Bool(false) {
-            return Err(field_err(
-                &f("stream"),
-                "streaming is not supported in a batch",
-            ));
-        }
-    }
-    let body = serde_json::to_string(&Value::Object(body))
-        .map_err(|e| (None, format!("cannot encode body: {e}")))?;
+    let body = sendable(body, prefix)?;
     Ok(BatchItem {
         line: 0,
         custom_id,

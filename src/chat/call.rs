@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use super::engine::{bad_payload, Engine};
 use super::finish::{finish, Answer};
-use super::{ChatJob, ResponseRecord};
-use crate::cache::Hit;
-use crate::cost::Money;
+use super::ChatJob;
 use crate::error::Result;
 use crate::runner::{CallError, JobCtx};
 
@@ -29,25 +27,8 @@ pub(super) async fn run(engine: &Engine, ctx: JobCtx, job: ChatJob) -> Result<()
         Err(CallError::Llm(e)) => return ctx.fail_call(e).await,
         Err(CallError::Halted(_)) => return ctx.release().await,
     };
-    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let usage = response.response.usage.clone().unwrap_or_default();
-    let cached = matches!(hit, Hit::Memory | Hit::Disk);
-    // A cache hit paid nothing; embeddings cost their input tokens.
-    let cost = if cached {
-        Some(Money::ZERO)
-    } else {
-        let asked = super::model_of(&job.body);
-        engine.gateway.cost_of(&asked, &response.response, false)
-    };
-    let record = ResponseRecord {
-        status_code: response.status,
-        request_id: response.request_id.clone(),
-        body: String::from_utf8_lossy(&response.body).into_owned(),
-        cached,
-        latency_ms,
-        provider_batch: None,
-        cost,
-    };
+    let record = engine.record_of(&job, &response, hit, started.elapsed(), None);
     let answer = Answer {
         record,
         experience: None,

@@ -1,8 +1,11 @@
 //! What a strategy's engine runs a job with: the gateway for its calls and the chat
 //! settings. Shared by the handler that dispatches and the engines it dispatches to.
 
-use super::ChatJob;
+use super::{ChatJob, ResponseRecord};
+use crate::cache::Hit;
+use crate::cost::Money;
 use crate::error::Result;
+use crate::llm::ChatOutcome;
 use crate::memory::{bandit, MemoryConfig, Strategy};
 use crate::queue::Failure;
 use crate::runner::{FailureRecord, Gateway, JobCtx};
@@ -24,6 +27,35 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The result record of `outcome`, priced: a cache hit paid nothing, an answer of a
+    /// provider batch is priced at its batch rate, a model without a price costs unknown.
+    pub(crate) fn record_of(
+        &self,
+        job: &ChatJob,
+        outcome: &ChatOutcome,
+        hit: Hit,
+        latency: std::time::Duration,
+        provider_batch: Option<String>,
+    ) -> ResponseRecord {
+        let cached = matches!(hit, Hit::Memory | Hit::Disk);
+        let cost = if cached {
+            Some(Money::ZERO)
+        } else {
+            let asked = super::model_of(&job.body);
+            let via_batch = provider_batch.is_some();
+            self.gateway.cost_of(&asked, &outcome.response, via_batch)
+        };
+        ResponseRecord {
+            status_code: outcome.status,
+            request_id: outcome.request_id.clone(),
+            body: String::from_utf8_lossy(&outcome.body).into_owned(),
+            cached,
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            provider_batch,
+            cost,
+        }
+    }
+
     /// The line's own strategy, else the bandit's pick for its domain among the configured
     /// ones. The inner error names a strategy that does not exist (the line's fault).
     pub async fn strategy_for(

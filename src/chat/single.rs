@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use super::engine::{bad_payload, Engine};
 use super::finish::{finish, Answer};
-use super::{question_of, saturate, ChatJob, ResponseRecord};
+use super::{question_of, saturate, ChatJob};
 use crate::cache::Hit;
 use crate::clock::now_ms;
-use crate::cost::Money;
 use crate::error::Result;
 use crate::llm::ChatOutcome;
 use crate::memory::experience::{ExperienceData, NewExperience};
@@ -120,25 +119,8 @@ pub(crate) async fn complete(
         latency,
         provider_batch,
     } = reply;
-    let cached = matches!(hit, Hit::Memory | Hit::Disk);
-    let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
-    // A cache hit paid nothing; an answer of a provider batch at its batch rate.
-    let cost = if cached {
-        Some(Money::ZERO)
-    } else {
-        let asked = super::model_of(&job.body);
-        let via_batch = provider_batch.is_some();
-        engine.gateway.cost_of(&asked, &outcome.response, via_batch)
-    };
-    let record = ResponseRecord {
-        status_code: outcome.status,
-        request_id: outcome.request_id.clone(),
-        body: String::from_utf8_lossy(&outcome.body).into_owned(),
-        cached,
-        latency_ms,
-        provider_batch,
-        cost,
-    };
+    let record = engine.record_of(job, &outcome, hit, latency, provider_batch);
+    let latency_ms = record.latency_ms;
     let usage = outcome.response.usage.clone().unwrap_or_default();
     let judged = apply::judge_reply(
         strategy,

@@ -45,6 +45,11 @@ impl Api {
         &self.url()["/v1/".len()..]
     }
 
+    /// The path under the base URL with its slash (`/embeddings`), as cache keys name it.
+    pub fn route(self) -> &'static str {
+        &self.url()["/v1".len()..]
+    }
+
     /// The endpoint of a batch line's `url`.
     pub fn from_url(url: &str) -> Option<Api> {
         Api::ALL.into_iter().find(|a| a.url() == url)
@@ -99,6 +104,7 @@ mod tests {
         for api in Api::ALL {
             assert_eq!(Api::from_url(api.url()), Some(api));
             assert_eq!(format!("/v1/{}", api.path()), api.url());
+            assert_eq!(format!("/v1{}", api.route()), api.url());
         }
         assert_eq!(Api::from_url("/v1/images/generations"), None);
         let responses =

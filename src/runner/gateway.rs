@@ -228,7 +228,8 @@ impl Gateway {
         if !cacheable(self.settings.cache_policy, Api::ChatCompletions, body) {
             return Ok(None);
         }
-        let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
+        let key =
+            CacheKey::for_request(&self.settings.endpoint, Api::ChatCompletions.route(), body);
         let Some((cached, hit)) = self.cache.lookup(key).await else {
             return Ok(None);
         };
@@ -257,7 +258,8 @@ impl Gateway {
         if !cacheable(self.settings.cache_policy, Api::ChatCompletions, body) {
             return Ok((outcome, None));
         }
-        let key = CacheKey::for_request(&self.settings.endpoint, "/chat/completions", body);
+        let key =
+            CacheKey::for_request(&self.settings.endpoint, Api::ChatCompletions.route(), body);
         let response = CachedResponse::new(status, request_id, bytes)
             .stamped(crate::clock::now_ms(), self.cache.config().ttl);
         if !response.is_success() {
@@ -288,8 +290,7 @@ impl Gateway {
         api: Api,
         body: &serde_json::Value,
     ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
-        let path = format!("/{}", api.path());
-        let key = CacheKey::for_request(&self.settings.endpoint, &path, body);
+        let key = CacheKey::for_request(&self.settings.endpoint, api.route(), body);
         let allowed = cacheable(self.settings.cache_policy, api, body);
         if let Some(trip) = self.breaker.tripped() {
             return Err(CallError::Halted(trip.clone()));

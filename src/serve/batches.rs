@@ -89,39 +89,41 @@ pub struct BatchRecord {
     pub expired_at: Option<u64>,
 }
 
+/// A record as layout 1 wrote it (before the completion window was kept).
+#[derive(Serialize, Deserialize)]
+struct BatchRecordV1 {
+    id: String,
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    status: Status,
+    output_file_id: String,
+    error_file_id: String,
+    has_output: bool,
+    has_errors: bool,
+    errors: Vec<(String, String)>,
+    metadata: Option<String>,
+    created_ms: u64,
+    in_progress_at: Option<u64>,
+    finalizing_at: Option<u64>,
+    completed_at: Option<u64>,
+    failed_at: Option<u64>,
+    cancelling_at: Option<u64>,
+    cancelled_at: Option<u64>,
+}
+
 impl codec::Record for BatchRecord {
     /// Layout 2 adds the completion window's end and `expired_at`.
     const LAYOUT: u8 = 2;
 
     fn upgrade(layout: u8, payload: &[u8]) -> std::result::Result<Self, codec::CodecError> {
-        #[derive(Deserialize)]
-        struct V1 {
-            id: String,
-            input_file_id: String,
-            endpoint: String,
-            completion_window: String,
-            status: Status,
-            output_file_id: String,
-            error_file_id: String,
-            has_output: bool,
-            has_errors: bool,
-            errors: Vec<(String, String)>,
-            metadata: Option<String>,
-            created_ms: u64,
-            in_progress_at: Option<u64>,
-            finalizing_at: Option<u64>,
-            completed_at: Option<u64>,
-            failed_at: Option<u64>,
-            cancelling_at: Option<u64>,
-            cancelled_at: Option<u64>,
-        }
         if layout != 1 {
             return Err(codec::CodecError::UnknownLayout {
                 found: layout,
                 current: Self::LAYOUT,
             });
         }
-        let v: V1 = codec::payload_of(payload)?;
+        let v: BatchRecordV1 = codec::payload_of(payload)?;
         Ok(BatchRecord {
             expires_ms: v.created_ms + DEFAULT_WINDOW.as_millis() as u64,
             expired_at: None,
@@ -562,34 +564,11 @@ async fn register(svc: &Service, id: &str, path: &Path, name: String) -> Result<
 mod tests {
     use super::*;
 
-    /// A record as layout 1 wrote it (before the completion window was kept).
-    #[derive(Serialize, Deserialize)]
-    struct V1 {
-        id: String,
-        input_file_id: String,
-        endpoint: String,
-        completion_window: String,
-        status: Status,
-        output_file_id: String,
-        error_file_id: String,
-        has_output: bool,
-        has_errors: bool,
-        errors: Vec<(String, String)>,
-        metadata: Option<String>,
-        created_ms: u64,
-        in_progress_at: Option<u64>,
-        finalizing_at: Option<u64>,
-        completed_at: Option<u64>,
-        failed_at: Option<u64>,
-        cancelling_at: Option<u64>,
-        cancelled_at: Option<u64>,
-    }
-
-    impl codec::Record for V1 {}
+    impl codec::Record for BatchRecordV1 {}
 
     #[test]
     fn a_layout_1_record_reads_with_the_24_hour_window() {
-        let old = V1 {
+        let old = BatchRecordV1 {
             id: "batch_1".into(),
             input_file_id: "file-1".into(),
             endpoint: "/v1/chat/completions".into(),
