@@ -138,3 +138,49 @@ async fn the_same_batch_against_another_name_for_the_server_stops_unless_asked()
         calls + 3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_of_the_same_file_skips_the_enqueue_pass_and_any_change_makes_it_again() {
+    const SKIPPED: &str = "input unchanged since its last enqueue";
+    let env = Env::start(SimConfig::default()).await;
+    let mut lines = questions(20);
+    env.write_input("in.jsonl", &lines);
+    let run = |extra: &'static [&'static str]| {
+        let mut args = vec!["--log", "info", "batch", "in.jsonl", "--batch", "t"];
+        args.extend(["-o", "out.jsonl"]);
+        args.extend(extra);
+        env.command(&args).output().unwrap()
+    };
+    let asked = || env.server.stats().by_prompt.values().sum::<u64>();
+    let first = run(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(!stderr(&first).contains(SKIPPED));
+    let output = std::fs::read(env.path("out.jsonl")).unwrap();
+
+    let again = run(&[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains(SKIPPED), "{}", stderr(&again));
+    assert_eq!(std::fs::read(env.path("out.jsonl")).unwrap(), output);
+    assert_eq!(asked(), 20);
+
+    // Another run option makes other jobs: the pass runs (answers come from the cache),
+    // and the next rerun with the same option skips it again.
+    let memory = run(&["--memory"]);
+    assert!(memory.status.success(), "{}", stderr(&memory));
+    assert!(!stderr(&memory).contains(SKIPPED));
+    assert!(stderr(&run(&["--memory"])).contains(SKIPPED));
+
+    // An edit of the same length is still another file.
+    lines[3] = lines[3].replace("question number 3", "question number X");
+    env.write_input("in.jsonl", &lines);
+    let edited = run(&["--memory"]);
+    assert!(edited.status.success(), "{}", stderr(&edited));
+    assert!(!stderr(&edited).contains(SKIPPED));
+    let out = read_jsonl(&env.path("out.jsonl"));
+    assert!(
+        support::answer(&out[3]).contains("question number X"),
+        "{}",
+        out[3]
+    );
+    assert_eq!(asked(), 21);
+}

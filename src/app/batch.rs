@@ -237,6 +237,123 @@ fn validate_schema(opts: &BatchOptions, path: &Path, scan: &Scan) -> Result<Sche
     Ok(schema)
 }
 
+/// What an enqueue pass did.
+struct Enqueued {
+    /// The scan, handed back by the reading thread.
+    scan: Scan,
+    /// Requests of the file (of its shard).
+    requests: u64,
+    /// Jobs new in the queue.
+    inserted: usize,
+    /// Waiting jobs of lines no longer in the file, to cancel.
+    stale: Vec<u64>,
+}
+
+/// Reads the file again chunk by chunk and enqueues its lines with their line entries, each
+/// chunk in one commit. The input's key is stored with the last commit.
+async fn enqueue_file(
+    app: &App,
+    opts: &BatchOptions,
+    scan: Scan,
+    batch: &str,
+    endpoint: &str,
+    existed: bool,
+    input: &[u8; 32],
+) -> Result<Enqueued> {
+    let phase = std::time::Instant::now();
+    // The reading thread parses, keys and encodes; this task commits. Two chunks in flight
+    // keep both busy with bounded memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk>>(2);
+    let reader = {
+        let (opts, batch, endpoint) = (opts.clone(), batch.to_string(), endpoint.to_string());
+        let model = app.config.model.clone();
+        tokio::task::spawn_blocking(move || {
+            let sent = read_chunks(&opts, &model, &scan, &batch, &endpoint, &tx);
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e));
+            }
+            scan
+        })
+    };
+    let config = *app.queue.config();
+    let mut inserted = 0;
+    let mut requests = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        let mut chunk = chunk?;
+        resolve_legacy(app, batch, &mut chunk).await?;
+        requests = chunk.first + chunk.jobs.len() as u64;
+        let b = batch.to_string();
+        let now = now_ms();
+        inserted += app
+            .store
+            .write(move |txn| {
+                let done = enqueue_many_in(txn, &config, &chunk.jobs, now)?;
+                let ids: Vec<u64> = done.iter().map(|e| e.id).collect();
+                lines::set_many_in(txn, &b, chunk.first, &ids)?;
+                Ok(done.iter().filter(|e| e.inserted).count())
+            })
+            .await?;
+    }
+    let scan = reader
+        .await
+        .map_err(|e| Error::Task(format!("input reader failed: {e}")))?;
+    let (b, key) = (batch.to_string(), input.to_vec());
+    app.store
+        .write(move |txn| {
+            lines::truncate_in(txn, &b, requests)?;
+            txn.open_table(tables::BATCH_INPUTS)?
+                .insert(b.as_str(), key.as_slice())?;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
+
+    // Waiting jobs of lines no longer in the file are cancelled (neither paid for nor
+    // hidden); failed ones of this file go again if asked.
+    let stale = if existed {
+        let b = batch.to_string();
+        app.store
+            .read(move |txn| {
+                let listed = txn.open_table(tables::JOB_LINES)?;
+                let mut stale = Vec::new();
+                for id in waiting_ids_read(txn, &b)? {
+                    if !lines::is_listed(&listed, id)? {
+                        stale.push(id);
+                    }
+                }
+                Ok(stale)
+            })
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(Enqueued {
+        scan,
+        requests,
+        inserted,
+        stale,
+    })
+}
+
+/// What a batch's jobs are made of: the file's bytes, the endpoint, the default model and
+/// the run options that go into jobs. Equal keys make equal jobs and line entries.
+fn input_key(opts: &BatchOptions, scan: &Scan, endpoint: &str, model: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let made_of = serde_json::json!({
+        "version": 1,
+        "endpoint": endpoint,
+        "model": model,
+        "strategy": opts.strategy.map(|s| s.name()),
+        "memory": opts.memory,
+        "shard": opts.shard.map(|s| s.to_string()),
+        "validate": scan.validate.as_ref().map(|v| &v.digest),
+    });
+    let mut h = Sha256::new();
+    h.update(scan.digest);
+    h.update(made_of.to_string().as_bytes());
+    h.finalize().into()
+}
+
 /// Jobs of one chunk of the file, made on the reading thread.
 struct Chunk {
     /// Index in the file's requests of the first one.
@@ -273,70 +390,51 @@ pub async fn prepare(
     let endpoint = connected.endpoint().to_string();
     claim_endpoint(app, &batch, &endpoint, opts.rerun).await?;
     let existed = app.queue.counts(Some(&batch)).await?.total() > 0;
-    if let Some(schema) = scan.validate.clone() {
-        app.store.write(move |txn| schema.put_in(txn)).await?;
-    }
-
-    // The reading thread parses, keys and encodes; this task commits. Two chunks in flight
-    // keep both busy with bounded memory.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk>>(2);
-    let reader = {
-        let (opts, batch, endpoint) = (opts.clone(), batch.clone(), endpoint.clone());
-        let model = app.config.model.clone();
-        tokio::task::spawn_blocking(move || {
-            let sent = read_chunks(&opts, &model, &scan, &batch, &endpoint, &tx);
-            if let Err(e) = sent {
-                let _ = tx.blocking_send(Err(e));
-            }
-            scan
-        })
-    };
-    let config = *app.queue.config();
-    let mut inserted = 0;
-    let mut requests = 0u64;
-    while let Some(chunk) = rx.recv().await {
-        let mut chunk = chunk?;
-        resolve_legacy(app, &batch, &mut chunk).await?;
-        requests = chunk.first + chunk.jobs.len() as u64;
+    let input = input_key(opts, &scan, &endpoint, &app.config.model);
+    let same_input = {
         let b = batch.clone();
-        let now = now_ms();
-        inserted += app
+        let stored = app
             .store
+            .read(move |txn| {
+                let table = txn.open_table(tables::BATCH_INPUTS)?;
+                Ok(table.get(b.as_str())?.map(|v| v.value().to_vec()))
+            })
+            .await?;
+        existed && stored.as_deref() == Some(input.as_slice())
+    };
+    {
+        let (b, schema) = (batch.clone(), scan.validate.clone());
+        app.store
             .write(move |txn| {
-                let done = enqueue_many_in(txn, &config, &chunk.jobs, now)?;
-                let ids: Vec<u64> = done.iter().map(|e| e.id).collect();
-                lines::set_many_in(txn, &b, chunk.first, &ids)?;
-                Ok(done.iter().filter(|e| e.inserted).count())
+                if let Some(schema) = &schema {
+                    schema.put_in(txn)?;
+                }
+                // A pass that does not finish leaves no digest behind.
+                if !same_input {
+                    txn.open_table(tables::BATCH_INPUTS)?.remove(b.as_str())?;
+                }
+                Ok(())
             })
             .await?;
     }
-    let scan = reader
-        .await
-        .map_err(|e| Error::Task(format!("input reader failed: {e}")))?;
-    let b = batch.clone();
-    app.store
-        .write(move |txn| lines::truncate_in(txn, &b, requests))
-        .await?;
-    tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
-
-    // Waiting jobs of lines no longer in the file are cancelled (neither paid for nor
-    // hidden); failed ones of this file go again if asked.
-    let stale = if existed {
+    let Enqueued {
+        scan,
+        requests,
+        inserted,
+        stale,
+    } = if same_input {
+        // Every line of this file is enqueued and listed already, under these options.
         let b = batch.clone();
-        app.store
-            .read(move |txn| {
-                let listed = txn.open_table(tables::JOB_LINES)?;
-                let mut stale = Vec::new();
-                for id in waiting_ids_read(txn, &b)? {
-                    if !lines::is_listed(&listed, id)? {
-                        stale.push(id);
-                    }
-                }
-                Ok(stale)
-            })
-            .await?
+        let requests = app.store.read(move |txn| lines::size_read(txn, &b)).await?;
+        tracing::info!(elapsed = ?phase.elapsed(), "input unchanged since its last enqueue");
+        Enqueued {
+            scan,
+            requests,
+            inserted: 0,
+            stale: Vec::new(),
+        }
     } else {
-        Vec::new()
+        enqueue_file(app, opts, scan, &batch, &endpoint, existed, &input).await?
     };
     app.queue.cancel_many(&stale).await?;
     let again = if opts.retry_failed {

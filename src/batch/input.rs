@@ -20,6 +20,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::chat::ChatJob;
 use crate::llm::Api;
@@ -200,8 +201,24 @@ pub struct Scan {
     /// The `--validate` schema the chat lines' replies are checked against (set by the
     /// use case that reads the file with one).
     pub validate: Option<crate::chat::structured::SchemaFile>,
+    /// SHA-256 of the file's bytes as checked.
+    pub digest: [u8; 32],
     /// Size and modification time when scanned: a second pass refuses a changed file.
     stamp: (u64, Option<std::time::SystemTime>),
+}
+
+/// Reads through, hashing what it reads: the scan's digest costs no second read.
+struct Hashing<'a, R> {
+    inner: R,
+    hasher: &'a mut Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Checks every line of `path` in one streaming pass (see [`Scan`]). Duplicate ids are
@@ -217,10 +234,19 @@ pub fn scan_file(path: &Path, default_model: &str) -> std::io::Result<Scan> {
         strategies: Default::default(),
         first_other: None,
         validate: None,
+        digest: [0; 32],
         stamp,
     };
     let mut ids: Vec<u64> = Vec::new();
-    for entry in lines(open(path)?, &name, default_model) {
+    let mut hasher = Sha256::new();
+    let reader = std::io::BufReader::with_capacity(
+        READ_BUFFER,
+        Hashing {
+            inner: std::fs::File::open(path)?,
+            hasher: &mut hasher,
+        },
+    );
+    for entry in lines(reader, &name, default_model) {
         match entry? {
             Ok(item) => {
                 ids.push(id_hash(&item.custom_id));
@@ -241,6 +267,7 @@ pub fn scan_file(path: &Path, default_model: &str) -> std::io::Result<Scan> {
             Err(e) => scan.errors.push(e),
         }
     }
+    scan.digest = hasher.finalize().into();
     ids.sort_unstable();
     let repeated: std::collections::HashSet<u64> = ids
         .windows(2)
@@ -327,9 +354,12 @@ pub fn items(
     }))
 }
 
+/// Batch files are read in large blocks.
+const READ_BUFFER: usize = 256 * 1024;
+
 fn open(path: &Path) -> std::io::Result<std::io::BufReader<std::fs::File>> {
     Ok(std::io::BufReader::with_capacity(
-        256 * 1024,
+        READ_BUFFER,
         std::fs::File::open(path)?,
     ))
 }

@@ -608,13 +608,16 @@ fn upgrade_in(txn: &WriteTransaction) -> Result<()> {
 }
 
 /// Deletes finished jobs older than their state's retention, with their index, dedup and
-/// checkpoint entries (a pruned job's dedup key is free again). Returns how many.
+/// checkpoint entries (a pruned job's dedup key is free again) and their batch's input
+/// digest. Returns how many.
 pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Result<usize> {
     let mut t = JobTables::open(txn)?;
     let mut by_queue = txn.open_table(tables::JOBS_BY_QUEUE)?;
     let mut dedup = txn.open_table(tables::JOBS_DEDUP)?;
     let mut checkpoints = txn.open_table(tables::JOB_CHECKPOINTS)?;
     let mut snoozes = txn.open_table(tables::JOB_SNOOZES)?;
+    // A batch with a pruned job must enqueue its file again on a rerun.
+    let mut inputs = txn.open_table(tables::BATCH_INPUTS)?;
     let mut pruned = 0;
     for state in JobState::ALL {
         let Some(age) = retention.of(state) else {
@@ -639,6 +642,7 @@ pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Resu
             }
             checkpoints.remove(id)?;
             snoozes.remove(id)?;
+            inputs.remove(job.queue.as_str())?;
             pruned += 1;
         }
     }

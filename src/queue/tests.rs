@@ -344,6 +344,14 @@ fn prune_deletes_old_finished_jobs_and_frees_their_dedup_key() {
     let lease = f.lease(1, 0).remove(0);
     f.write(move |txn| complete_in(txn, &lease, b"r", 1_000))
         .unwrap();
+    let queue = f.job(done).queue.clone();
+    let q = queue.clone();
+    f.write(move |txn| {
+        let mut inputs = txn.open_table(crate::store::tables::BATCH_INPUTS)?;
+        inputs.insert(q.as_str(), [1u8; 32].as_slice())?;
+        Ok(())
+    })
+    .unwrap();
     let retention = Retention::default();
     let day = 24 * 3600 * 1000;
     assert_eq!(
@@ -364,6 +372,14 @@ fn prune_deletes_old_finished_jobs_and_frees_their_dedup_key() {
     assert_eq!(f.job(waiting).state, JobState::Scheduled);
     assert_eq!(f.counts().total(), 1);
     assert!(f.enqueue(keyed, 2_000).inserted, "the key is free again");
+    let gone = f
+        .store
+        .read_blocking(move |txn| {
+            let inputs = txn.open_table(crate::store::tables::BATCH_INPUTS)?;
+            Ok(inputs.get(queue.as_str())?.is_none())
+        })
+        .unwrap();
+    assert!(gone, "a rerun of the batch's file enqueues it again");
 }
 
 #[test]

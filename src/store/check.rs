@@ -138,6 +138,7 @@ fn counts_of(path: &Path) -> Result<Vec<(String, u64)>> {
         SERVE_FILES_BY_TIME,
         SERVE_BATCHES_BY_TIME,
         SCHEMAS,
+        BATCH_INPUTS,
         META,
     );
     Ok(out)

@@ -125,6 +125,11 @@ pub const BATCH_SIZES: TableDefinition<&str, u64> = TableDefinition::new("batch_
 /// Batch -> (prompt tokens, completion tokens, answers from the cache), added at each
 /// completion, so `status` reads one row per batch.
 pub const BATCH_USAGE: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("batch_usage");
+/// Batch -> SHA-256 of the input file and of everything that makes its jobs (endpoint,
+/// default model, run options), written with the last chunk of a complete enqueue pass: a
+/// rerun of the same file with the same options skips that pass. Removed when a pass
+/// starts and when a job of the batch is pruned.
+pub const BATCH_INPUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("batch_inputs");
 /// Batch -> (picodollars spent, answers priced, answers of models without a price), added
 /// in the same transactions as [`BATCH_USAGE`].
 pub const BATCH_COST: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("batch_cost");
@@ -218,6 +223,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(SERVE_FILES_BY_TIME)?;
     txn.open_table(SERVE_BATCHES_BY_TIME)?;
     txn.open_table(SCHEMAS)?;
+    txn.open_table(BATCH_INPUTS)?;
     Ok(())
 }
 
