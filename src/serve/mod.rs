@@ -9,6 +9,7 @@ pub mod files;
 mod index;
 pub mod parse;
 mod routes;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +79,8 @@ pub struct Service {
     drives: Mutex<JoinSet<()>>,
     /// Error answers by code, for `/metrics`.
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The results viewer (`GET /`), with its actions.
+    pages: view::Pages,
 }
 
 impl Service {
@@ -157,7 +160,15 @@ pub async fn run(
             message: e.to_string(),
         });
     }
+    let pages = view::Pages {
+        store: app.store.clone(),
+        actions: match opts.key {
+            Some(_) => view::Actions::WithKey,
+            None => view::Actions::Open,
+        },
+    };
     let svc = Arc::new(Service {
+        pages,
         app,
         connected,
         files_dir,
