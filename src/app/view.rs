@@ -545,13 +545,17 @@ pub struct MemoryView {
 }
 
 /// The memory page's data: BM25 search over experiences (of `domain`, when given), and the
-/// patterns and rules (of `domain`).
+/// patterns and rules (of `domain`). A search first indexes what the background indexer
+/// has not reached yet, as `experiences search` does (index upkeep, not a change of data).
 pub async fn memory(
     store: &Store,
     text: Option<String>,
     domain: Option<String>,
     now: u64,
 ) -> Result<MemoryView> {
+    if text.is_some() {
+        crate::memory::index::catch_up(store).await?;
+    }
     store
         .read(move |txn| {
             let hits = match text.as_deref().filter(|t| !t.trim().is_empty()) {
