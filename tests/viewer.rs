@@ -53,7 +53,10 @@ impl Running {
             let line = rx.recv_timeout(left).expect("it printed its address");
             if let Some(at) = line.find("http://") {
                 let url = line[at..].split_whitespace().next().unwrap();
-                break url.trim_end_matches("/v1").trim_end_matches('/').to_string();
+                break url
+                    .trim_end_matches("/v1")
+                    .trim_end_matches('/')
+                    .to_string();
             }
         };
         let http = reqwest::Client::builder()
@@ -72,7 +75,10 @@ impl Running {
         self.send(self.http.get(self.url(path))).await
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, String) {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -95,17 +101,18 @@ impl Running {
 /// (a 400, `bad_request`), line 7 contains a needle for the text search.
 async fn filled(n: usize) -> Env {
     let env = Env::start(SimConfig::default()).await;
-    env.server.set_responder(std::sync::Arc::new(|body: &Value| {
-        let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
-        if prompt.contains("fails") {
-            return Reply::Fault(Fault::Status {
-                status: 400,
-                code: Some("invalid_prompt".into()),
-                message: "the prompt is not allowed".into(),
-            });
-        }
-        Reply::Text(format!("answer to: {prompt}"))
-    }));
+    env.server
+        .set_responder(std::sync::Arc::new(|body: &Value| {
+            let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+            if prompt.contains("fails") {
+                return Reply::Fault(Fault::Status {
+                    status: 400,
+                    code: Some("invalid_prompt".into()),
+                    message: "the prompt is not allowed".into(),
+                });
+            }
+            Reply::Text(format!("answer to: {prompt}"))
+        }));
     let lines: Vec<String> = (0..n)
         .map(|i| {
             let question = match i {
@@ -161,7 +168,10 @@ async fn every_page_and_filter_of_reasonq_view() {
     assert_eq!(ids.len(), 40, "{lines}");
     assert_eq!(ids[0], "q000");
     assert!(lines.contains("&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;"));
-    assert!(!lines.contains("<script>document.title"), "the prompt's markup is escaped");
+    assert!(
+        !lines.contains("<script>document.title"),
+        "the prompt's markup is escaped"
+    );
     assert!(!lines.contains("<img src=x"));
 
     // Keyset pages: from a line, a limit, and the link on.
@@ -182,14 +192,18 @@ async fn every_page_and_filter_of_reasonq_view() {
         .page(&format!("/view/batches/{BATCH}?code=bad_request"))
         .await;
     assert_eq!(row_ids(&by_code), ["q005", "q006"]);
-    let none = view.page(&format!("/view/batches/{BATCH}?code=timeout")).await;
+    let none = view
+        .page(&format!("/view/batches/{BATCH}?code=timeout"))
+        .await;
     assert!(row_ids(&none).is_empty());
     assert!(none.contains("No matching lines"));
     let found = view
         .page(&format!("/view/batches/{BATCH}?q=ZEBRA-needle"))
         .await;
     assert_eq!(row_ids(&found), ["q007"]);
-    let in_answers = view.page(&format!("/view/batches/{BATCH}?q=answer+to%3A+where")).await;
+    let in_answers = view
+        .page(&format!("/view/batches/{BATCH}?q=answer+to%3A+where"))
+        .await;
     assert_eq!(row_ids(&in_answers), ["q007"]);
 
     // Sorting: every answered line ranked, most expensive first (the hostile prompt is the
@@ -203,7 +217,10 @@ async fn every_page_and_filter_of_reasonq_view() {
         .page(&format!("/view/batches/{BATCH}?sort=latency&limit=10"))
         .await;
     assert_eq!(row_ids(&by_latency).len(), 10);
-    assert!(by_latency.contains("skip=10"), "more of the ranking: {by_latency}");
+    assert!(
+        by_latency.contains("skip=10"),
+        "more of the ranking: {by_latency}"
+    );
 
     // A line in full: the hostile one escaped, a failed one with its error.
     let hostile = view.page(&format!("/view/batches/{BATCH}/lines/3")).await;
@@ -216,15 +233,28 @@ async fn every_page_and_filter_of_reasonq_view() {
     let failure = view.page(&format!("/view/batches/{BATCH}/lines/5")).await;
     assert!(failure.contains("<code>bad_request</code>"), "{failure}");
     assert!(failure.contains("the prompt is not allowed"));
-    assert!(failure.contains("<th>HTTP status</th><td>400</td>"), "{failure}");
+    assert!(
+        failure.contains("<th>HTTP status</th><td>400</td>"),
+        "{failure}"
+    );
 
     // The files, made from the database as they are sent.
-    let (status, headers, output) = view.get(&format!("/view/batches/{BATCH}/output.jsonl")).await;
+    let (status, headers, output) = view
+        .get(&format!("/view/batches/{BATCH}/output.jsonl"))
+        .await;
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("application/x-ndjson"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/x-ndjson"));
     assert_eq!(output.lines().count(), 40);
-    let (_, _, errors) = view.get(&format!("/view/batches/{BATCH}/errors.jsonl")).await;
-    let errors: Vec<Value> = errors.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (_, _, errors) = view
+        .get(&format!("/view/batches/{BATCH}/errors.jsonl"))
+        .await;
+    let errors: Vec<Value> = errors
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(errors.len(), 2);
     assert_eq!(errors[0]["custom_id"], "q005");
 
@@ -245,7 +275,10 @@ async fn every_page_and_filter_of_reasonq_view() {
     assert_eq!(live[0]["running"], false);
     let (status, headers, script) = view.get("/static/view.js").await;
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
     assert!(script.contains("textContent"));
     let (status, _, body) = view.get("/view/batches/nope").await;
     assert_eq!(status, 404);
@@ -253,10 +286,16 @@ async fn every_page_and_filter_of_reasonq_view() {
     let (status, _, _) = view.get(&format!("/view/batches/{BATCH}/lines/999")).await;
     assert_eq!(status, 404);
     let (status, _, _) = view
-        .send(view.http.post(view.url(&format!("/view/batches/{BATCH}/retry"))))
+        .send(
+            view.http
+                .post(view.url(&format!("/view/batches/{BATCH}/retry"))),
+        )
         .await;
     assert_eq!(status, 405, "reasonq view has no actions");
-    assert!(!lines.contains("data-action"), "no action buttons in a read-only view");
+    assert!(
+        !lines.contains("data-action"),
+        "no action buttons in a read-only view"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,20 +335,33 @@ async fn serve_shows_the_pages_behind_its_key_and_confirms_actions() {
         .await;
     assert_eq!(status, 401);
     let (status, headers, _) = serve
-        .send(serve.http.post(serve.url("/view/login")).body(format!("key={key}")))
+        .send(
+            serve
+                .http
+                .post(serve.url("/view/login"))
+                .body(format!("key={key}")),
+        )
         .await;
     assert_eq!(status, 303);
     let cookie = headers["set-cookie"].to_str().unwrap().to_string();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     assert!(!cookie.contains(key), "the cookie is no copy of the key");
     let cookie = cookie.split(';').next().unwrap().to_string();
     let with_cookie = |path: &str| serve.http.get(serve.url(path)).header("cookie", &cookie);
     let (status, _, home) = serve.send(with_cookie("/")).await;
     assert_eq!(status, 200, "{home}");
     assert!(home.contains(BATCH));
-    let (status, _, lines) = serve.send(with_cookie(&format!("/view/batches/{BATCH}"))).await;
+    let (status, _, lines) = serve
+        .send(with_cookie(&format!("/view/batches/{BATCH}")))
+        .await;
     assert_eq!(status, 200);
-    assert!(lines.contains("data-action=\"/view/batches/viewed/retry\""), "{lines}");
+    assert!(
+        lines.contains("data-action=\"/view/batches/viewed/retry\""),
+        "{lines}"
+    );
     assert!(lines.contains("data-key=\"required\""));
     // The API still wants the bearer key, not the cookie.
     let (status, _, _) = serve.send(with_cookie("/v1/batches")).await;
@@ -318,25 +370,52 @@ async fn serve_shows_the_pages_behind_its_key_and_confirms_actions() {
     // Actions: the page's header and the key, both required.
     let retry = serve.url(&format!("/view/batches/{BATCH}/retry"));
     let (status, _, _) = serve
-        .send(serve.http.post(&retry).header("cookie", &cookie).bearer_auth(key))
+        .send(
+            serve
+                .http
+                .post(&retry)
+                .header("cookie", &cookie)
+                .bearer_auth(key),
+        )
         .await;
     assert_eq!(status, 403, "no action without the page's header");
     let (status, _, _) = serve
-        .send(serve.http.post(&retry).header("cookie", &cookie).header("x-reasonq-action", "1"))
+        .send(
+            serve
+                .http
+                .post(&retry)
+                .header("cookie", &cookie)
+                .header("x-reasonq-action", "1"),
+        )
         .await;
     assert_eq!(status, 401, "the cookie alone does not act");
     let (status, _, body) = serve
-        .send(serve.http.post(&retry).header("x-reasonq-action", "1").bearer_auth(key))
+        .send(
+            serve
+                .http
+                .post(&retry)
+                .header("x-reasonq-action", "1")
+                .bearer_auth(key),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
-        answer["message"].as_str().unwrap().starts_with("2 failed lines"),
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 failed lines"),
         "{answer}"
     );
     let cancel = serve.url(&format!("/view/batches/{BATCH}/cancel"));
     let (status, _, body) = serve
-        .send(serve.http.post(&cancel).header("x-reasonq-action", "1").bearer_auth(key))
+        .send(
+            serve
+                .http
+                .post(&cancel)
+                .header("x-reasonq-action", "1")
+                .bearer_auth(key),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("waiting lines"), "{body}");
@@ -380,7 +459,11 @@ fn dump_dom(chromium: &std::path::Path, url: &str) -> String {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -393,13 +476,27 @@ async fn a_browser_renders_every_page_and_runs_no_script_from_a_prompt() {
     let env = Env::start(SimConfig::default()).await;
     let lines: Vec<String> = (0..12)
         .map(|i| {
-            let question = if i == 3 { HOSTILE.to_string() } else { format!("question number {i}") };
+            let question = if i == 3 {
+                HOSTILE.to_string()
+            } else {
+                format!("question number {i}")
+            };
             serde_json::json!({"id": format!("q{i:03}"), "question": question}).to_string()
         })
         .collect();
     env.write_input("in.jsonl", &lines);
     let out = env
-        .run(&["--simulate", "batch", "in.jsonl", "--batch", BATCH, "-o", "out.jsonl", "-c", "16"])
+        .run(&[
+            "--simulate",
+            "batch",
+            "in.jsonl",
+            "--batch",
+            BATCH,
+            "-o",
+            "out.jsonl",
+            "-c",
+            "16",
+        ])
         .await;
     assert!(out.status.success(), "{}", support::stderr(&out));
     let view = Running::start(&env, &["view", "--listen", "127.0.0.1:0"], &[]);
@@ -422,9 +519,21 @@ async fn a_browser_renders_every_page_and_runs_no_script_from_a_prompt() {
     for (path, expected) in &pages {
         let dom = dump_dom(&chromium, &view.url(path));
         assert!(dom.contains(expected), "{path}: no {expected:?} in {dom}");
-        assert!(dom.contains("data-viewer=\"ready\""), "{path}: the page's own script ran");
-        assert!(!dom.contains("data-pwned=\"1\""), "{path}: a prompt's handler ran: {dom}");
-        assert!(!dom.contains("<title>pwned"), "{path}: a prompt's script ran");
-        assert!(!dom.contains("<img src=\"x\""), "{path}: a prompt's markup became an element");
+        assert!(
+            dom.contains("data-viewer=\"ready\""),
+            "{path}: the page's own script ran"
+        );
+        assert!(
+            !dom.contains("data-pwned=\"1\""),
+            "{path}: a prompt's handler ran: {dom}"
+        );
+        assert!(
+            !dom.contains("<title>pwned"),
+            "{path}: a prompt's script ran"
+        );
+        assert!(
+            !dom.contains("<img src=\"x\""),
+            "{path}: a prompt's markup became an element"
+        );
     }
 }

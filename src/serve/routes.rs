@@ -39,7 +39,13 @@ pub async fn handle(svc: Arc<Service>, req: Request<Incoming>) -> Answer {
 
 async fn route(svc: &Arc<Service>, req: Request<Incoming>) -> Handled {
     let viewer = {
-        let segments: Vec<&str> = req.uri().path().trim_end_matches('/').split('/').skip(1).collect();
+        let segments: Vec<&str> = req
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .split('/')
+            .skip(1)
+            .collect();
         super::view::is_view_path(&segments)
     };
     if viewer {
@@ -146,7 +152,11 @@ pub(super) fn with_status(status: u16, content_type: &str, body: Body) -> Answer
 }
 
 /// The whole body, refused with 413 past `limit`.
-pub(super) async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -79,7 +79,10 @@ pub async fn handle(svc: &Arc<Service>, req: Request<Incoming>) -> Answer {
                 _ => cancel(svc, &batch).await,
             }
         }
-        _ => refused(405, "The viewer answers GET; its actions are POSTs of its page."),
+        _ => refused(
+            405,
+            "The viewer answers GET; its actions are POSTs of its page.",
+        ),
     }
 }
 

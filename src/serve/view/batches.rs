@@ -117,11 +117,7 @@ fn batch_row(out: &mut String, row: &BatchRow) {
                 "<td><progress data-field=\"bar\" value=\"{value}\" max=\"{max}\"></progress></td>"
             );
         }
-        w!(
-            out,
-            "<td data-field=\"{field}\">{}</td>",
-            esc(value_text)
-        );
+        w!(out, "<td data-field=\"{field}\">{}</td>", esc(value_text));
     }
     out.push_str("</tr>");
 }

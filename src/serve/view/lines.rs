@@ -67,10 +67,16 @@ pub fn query_string(q: &LinesQuery) -> String {
 pub async fn page(pages: &Pages, batch: &str, query: Option<&str>) -> Result<Answer> {
     let q = query_of(query);
     let Some(row) = view::batch(&pages.store, batch).await? else {
-        return Ok(super::not_found(pages, &format!("no batch named {batch:?}")));
+        return Ok(super::not_found(
+            pages,
+            &format!("no batch named {batch:?}"),
+        ));
     };
     let Some(lines) = view::lines_page(&pages.store, batch, q.clone()).await? else {
-        return Ok(super::not_found(pages, &format!("no batch named {batch:?}")));
+        return Ok(super::not_found(
+            pages,
+            &format!("no batch named {batch:?}"),
+        ));
     };
     let mut body = String::new();
     summary(&mut body, &row, pages.actions);

@@ -82,7 +82,10 @@ impl Pages {
 
 /// Whether a path is one of the viewer's (so the router sends it here).
 pub fn is_view_path(segments: &[&str]) -> bool {
-    matches!(segments, [] | ["view", ..] | ["static", "view.js" | "view.css"])
+    matches!(
+        segments,
+        [] | ["view", ..] | ["static", "view.js" | "view.css"]
+    )
 }
 
 /// Answers a `GET` of a viewer path (`None`: no such page).
@@ -113,7 +116,10 @@ pub async fn get(pages: &Pages, segments: &[&str], query: Option<&str>) -> Optio
             pages,
             500,
             "Error",
-            &format!("<h1>Error</h1><p class=\"error\">{}</p>", html::esc(&e.to_string())),
+            &format!(
+                "<h1>Error</h1><p class=\"error\">{}</p>",
+                html::esc(&e.to_string())
+            ),
         )),
     })
 }
@@ -161,7 +167,10 @@ pub fn secured(mut answer: Answer) -> Answer {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -176,7 +185,10 @@ const CHUNKS_AHEAD: usize = 4;
 /// on the blocking pool and hands chunks to the body through a short channel, so a 1M-line
 /// batch is never one buffer and a slow reader slows the export instead of filling memory.
 async fn export(pages: &Pages, batch: &str, pick: Pick) -> Result<Answer> {
-    if crate::app::view::batch(&pages.store, batch).await?.is_none() {
+    if crate::app::view::batch(&pages.store, batch)
+        .await?
+        .is_none()
+    {
         return Ok(not_found(pages, &format!("no batch named {batch:?}")));
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_AHEAD);
