@@ -314,6 +314,15 @@ async fn view_says_why_it_cannot_open_a_held_database_or_listen_off_loopback() {
     let open = env.run(&["view", "--listen", "0.0.0.0:0"]).await;
     assert_eq!(open.status.code(), Some(1));
     assert!(support::stderr(&open).contains("loopback only"));
+    // A wrong path is an error, not a new empty database.
+    let missing = env.path("missing.redb");
+    let mut cmd = env.command_on(&missing, &["view", "--listen", "127.0.0.1:0"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(support::stderr(&out).contains("no database at"), "{}", support::stderr(&out));
+    assert!(!missing.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,6 +248,7 @@ pub async fn lines_page(store: &Store, batch: &str, q: LinesQuery) -> Result<Opt
                 return Ok(None);
             }
             let mut q = q;
+            q.from = q.from.min(size);
             q.limit = q.limit.clamp(1, PAGE_MAX);
             q.text = q.text.map(|t| t.to_lowercase()).filter(|t| !t.is_empty());
             let page = match q.sort {
@@ -370,9 +371,10 @@ fn kept(whole: &Whole<'_>, id: u64, q: &LinesQuery) -> Result<Option<Job>> {
     }
     let job = whole.fill(job)?;
     if let Some(text) = &q.text {
-        let body = job.body.as_deref().unwrap_or_default();
-        let found = contains_lower(&job.payload, text) || contains_lower(body, text);
-        if !found {
+        let request = codec::decode::<ChatJob>(&job.payload).map(|c| c.body);
+        let in_request = request.is_ok_and(|body| contains_lower(body.as_bytes(), text));
+        let in_response = contains_lower(job.body.as_deref().unwrap_or_default(), text);
+        if !in_request && !in_response {
             return Ok(None);
         }
     }

@@ -103,13 +103,17 @@ fn batch_row(out: &mut String, row: &BatchRow) {
     let name = &row.status.batch;
     let (value, max) = progress(row);
     let cells = fields(row);
-    w!(
-        out,
-        "<tr data-batch=\"{}\"><td><a href=\"{}\">{}</a></td>",
-        esc(name),
-        esc(&html::batch_href(name)),
-        esc(name)
-    );
+    w!(out, "<tr data-batch=\"{}\"><td>", esc(name));
+    // A queue without a file's lines (`reasonq submit`'s) has no lines page.
+    match row.lines {
+        0 => w!(out, "{}</td>", esc(name)),
+        _ => w!(
+            out,
+            "<a href=\"{}\">{}</a></td>",
+            esc(&html::batch_href(name)),
+            esc(name)
+        ),
+    }
     for (i, (field, value_text)) in cells.iter().enumerate() {
         if i == 1 {
             w!(

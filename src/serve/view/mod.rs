@@ -263,6 +263,13 @@ pub async fn run(
         )));
     }
     let db = config.db.clone();
+    // A viewer never makes a database: a wrong path is an error, not an empty file.
+    if !tokio::fs::try_exists(&db).await.unwrap_or(false) {
+        return Err(Error::Invalid(format!(
+            "no database at {} (--db names it; `reasonq batch` makes one)",
+            db.display()
+        )));
+    }
     let app = match App::open_or_locked(config).await {
         Ok(app) => app,
         Err(Error::Locked { path }) => {
