@@ -155,6 +155,7 @@ fn a_record_over_the_size_limit_is_refused_at_encode() {
         expected: None,
         memory: false,
         api: reasonq::llm::Api::ChatCompletions,
+        validate: None,
     };
     assert!(matches!(codec::encode(&huge), Err(CodecError::Encode(_))));
 }

@@ -163,6 +163,7 @@ fn enqueue_job(api: Api, custom_id: &str, prompt: &str) -> NewJob {
         expected: None,
         memory: false,
         api,
+        validate: None,
     };
     let mut new = NewJob::new(QUEUE, "chat", codec::encode(&job).unwrap());
     new.dedup_key = Some(job.dedup_key("matrix"));

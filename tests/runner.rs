@@ -51,6 +51,7 @@ fn job(kind: &str, line: u64) -> NewJob {
         expected: None,
         memory: false,
         api: reasonq::llm::Api::ChatCompletions,
+        validate: None,
     };
     NewJob::new("q", kind, codec::encode(&chat).unwrap())
 }

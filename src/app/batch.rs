@@ -13,11 +13,12 @@ use super::retry::{matching_read, RetryFilter};
 use super::runs::{self, RunRecord};
 use super::{App, Connected, SIMULATED};
 use crate::batch::export::{export_read, JsonlFile};
-use crate::batch::input::{items, scan_file, BatchItem, InputError, Scan};
+use crate::batch::input::{self, items, scan_file, BatchItem, InputError, Scan};
 use crate::batch::output::failure_line;
 use crate::batch::shard::{self, Shard};
 use crate::batch::{lines, with_suffix};
 use crate::chat::remote::{self, RemoteEnd, RemoteWatch};
+use crate::chat::structured::SchemaFile;
 use crate::chat::{self, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
@@ -67,6 +68,8 @@ pub struct BatchOptions {
     /// The most the batch may cost in all (`--max-cost`): earlier runs' spend counts
     /// (docs/cost.md).
     pub max_cost: Option<Money>,
+    /// A JSON Schema every chat line's reply must match (`--validate`, docs/structured-output.md).
+    pub validate: Option<PathBuf>,
 }
 
 /// How the lines are sent.
@@ -181,8 +184,11 @@ pub fn read(opts: &BatchOptions, default_model: &str) -> Result<Scan> {
             )));
         }
     }
-    let scan = scan_file(&opts.input, default_model)
+    let mut scan = scan_file(&opts.input, default_model)
         .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", opts.input.display())))?;
+    if let Some(path) = &opts.validate {
+        scan.validate = Some(validate_schema(opts, path, &scan)?);
+    }
     if !scan.errors.is_empty() && !opts.skip_invalid {
         return Err(Error::Invalid(invalid_report(&scan.errors)));
     }
@@ -194,6 +200,41 @@ pub fn read(opts: &BatchOptions, default_model: &str) -> Result<Scan> {
     }
     tracing::info!(lines = scan.valid, elapsed = ?phase.elapsed(), "input checked");
     Ok(scan)
+}
+
+/// Reads the `--validate` schema and checks that it can apply to the file: chat lines only,
+/// none naming a strategy with a reply format of its own (nor `--strategy`).
+fn validate_schema(opts: &BatchOptions, path: &Path, scan: &Scan) -> Result<SchemaFile> {
+    let schema = SchemaFile::read(path)?;
+    let check = format!("the --validate schema {}", path.display());
+    if let Some(conflict) = opts
+        .strategy
+        .and_then(|s| input::strategy_conflict(s.name(), &check))
+    {
+        return Err(Error::Invalid(format!("--strategy {conflict}")));
+    }
+    let at = |line: usize, field: &str, message: String| {
+        let e = InputError {
+            file: scan.name.clone(),
+            line,
+            field: Some(field.into()),
+            message,
+        };
+        Error::Invalid(e.to_string())
+    };
+    for (strategy, &line) in &scan.strategies {
+        if let Some(conflict) = input::strategy_conflict(strategy, &check) {
+            return Err(at(line, "strategy", conflict));
+        }
+    }
+    if let Some((line, api)) = scan.first_other {
+        let message = format!(
+            "--validate checks replies of chat completions; this line goes to {}",
+            api.url()
+        );
+        return Err(at(line, "url", message));
+    }
+    Ok(schema)
 }
 
 /// Jobs of one chunk of the file, made on the reading thread.
@@ -232,6 +273,9 @@ pub async fn prepare(
     let endpoint = connected.endpoint().to_string();
     claim_endpoint(app, &batch, &endpoint, opts.rerun).await?;
     let existed = app.queue.counts(Some(&batch)).await?.total() > 0;
+    if let Some(schema) = scan.validate.clone() {
+        app.store.write(move |txn| schema.put_in(txn)).await?;
+    }
 
     // The reading thread parses, keys and encodes; this task commits. Two chunks in flight
     // keep both busy with bounded memory.
@@ -361,7 +405,7 @@ fn read_chunks(
         .enumerate()
     {
         let item = item.map_err(unreadable)?;
-        let job = chat_job(opts, &item);
+        let job = chat_job(opts, scan, &item);
         let mut new = NewJob::new(batch, chat::KIND, codec::encode(&job)?);
         new.dedup_key = Some(job.dedup_key(endpoint));
         if let Some(key) = job.legacy_dedup_key(endpoint) {
@@ -389,15 +433,19 @@ fn read_chunks(
 }
 
 /// The chat job of a line: batch options are the defaults of lines that do not say.
-fn chat_job(opts: &BatchOptions, item: &BatchItem) -> ChatJob {
+fn chat_job(opts: &BatchOptions, scan: &Scan, item: &BatchItem) -> ChatJob {
     let mut job = item.to_job();
     // The run's strategy and memory are about chat; other endpoints' lines go as they are.
     if job.api != crate::llm::Api::ChatCompletions {
         return job;
     }
-    job.strategy = job
-        .strategy
-        .or_else(|| opts.strategy.map(|s| s.name().to_string()));
+    job.validate = scan.validate.as_ref().map(|v| v.digest.clone());
+    // The run's strategy is for lines whose reply is free text (see `ChatJob::structured`).
+    if !job.structured() {
+        job.strategy = job
+            .strategy
+            .or_else(|| opts.strategy.map(|s| s.name().to_string()));
+    }
     job.memory = item.memory.unwrap_or(opts.memory);
     job
 }

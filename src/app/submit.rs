@@ -61,6 +61,7 @@ pub async fn submit(
         expected: None,
         memory: false,
         api: crate::llm::Api::ChatCompletions,
+        validate: None,
     };
     let mut new = NewJob::new(SUBMIT_QUEUE, chat::KIND, codec::encode(&job)?);
     new.dedup_key = Some(job.dedup_key(connected.endpoint()));

@@ -70,6 +70,7 @@ impl BatchItem {
             expected: self.expected.clone(),
             memory: self.memory.unwrap_or(false),
             api: self.api,
+            validate: None,
         }
     }
 }
@@ -191,6 +192,14 @@ pub struct Scan {
     pub errors: Vec<InputError>,
     /// Every model the valid lines name.
     pub models: std::collections::BTreeSet<String>,
+    /// The first line naming each strategy (`--validate` refuses the ones with a reply
+    /// format of their own).
+    pub strategies: std::collections::BTreeMap<String, usize>,
+    /// The first line to an endpoint other than chat completions, and that endpoint.
+    pub first_other: Option<(usize, Api)>,
+    /// The `--validate` schema the chat lines' replies are checked against (set by the
+    /// use case that reads the file with one).
+    pub validate: Option<crate::chat::structured::SchemaFile>,
     /// Size and modification time when scanned: a second pass refuses a changed file.
     stamp: (u64, Option<std::time::SystemTime>),
 }
@@ -205,6 +214,9 @@ pub fn scan_file(path: &Path, default_model: &str) -> std::io::Result<Scan> {
         valid: 0,
         errors: Vec::new(),
         models: Default::default(),
+        strategies: Default::default(),
+        first_other: None,
+        validate: None,
         stamp,
     };
     let mut ids: Vec<u64> = Vec::new();
@@ -213,6 +225,14 @@ pub fn scan_file(path: &Path, default_model: &str) -> std::io::Result<Scan> {
             Ok(item) => {
                 ids.push(id_hash(&item.custom_id));
                 // A moderation that names no model lets the provider pick.
+                if let Some(strategy) = &item.strategy {
+                    if !scan.strategies.contains_key(strategy) {
+                        scan.strategies.insert(strategy.clone(), item.line);
+                    }
+                }
+                if item.api != Api::ChatCompletions && scan.first_other.is_none() {
+                    scan.first_other = Some((item.line, item.api));
+                }
                 if !item.model.is_empty() && !scan.models.contains(&item.model) {
                     scan.models.insert(item.item.model);
                 }
@@ -711,6 +731,16 @@ fn finish(
             Some(_) => return Err(field_err(&at(".content"), "must be a string or an array")),
         }
     }
+    let structured = crate::chat::structured::check_request(body.get("response_format"))
+        .map_err(|(field, message)| field_err(&f(&field), message))?;
+    if let Some(conflict) = options
+        .strategy
+        .as_deref()
+        .filter(|_| structured)
+        .and_then(|s| strategy_conflict(s, "its response_format"))
+    {
+        return Err(field_err("strategy", conflict));
+    }
     let body = sendable(body, prefix)?;
     Ok(BatchItem {
         line: 0,
@@ -722,6 +752,18 @@ fn finish(
         memory: options.memory,
         model,
         api: Api::ChatCompletions,
+    })
+}
+
+/// Why `strategy` cannot run a line whose reply is checked against `check`, if it cannot:
+/// such a reply is the model's text as it is, and the other strategies (chain of thought,
+/// structured, blackboard) ask for formats of their own.
+pub fn strategy_conflict(strategy: &str, check: &str) -> Option<String> {
+    (strategy != Strategy::DIRECT.name()).then(|| {
+        format!(
+            "{strategy:?} asks for a reply format of its own, but the reply is checked against \
+             {check}; use \"direct\" or leave the strategy out"
+        )
     })
 }
 

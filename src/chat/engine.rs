@@ -66,6 +66,11 @@ impl Engine {
         if let Some(name) = job.strategy.as_deref() {
             return Ok(name.parse::<Strategy>());
         }
+        // A reply checked against its structure must be the model's text as it is; other
+        // strategies ask for formats of their own (lines naming one are refused at input).
+        if job.structured() {
+            return Ok(Ok(Strategy::DIRECT));
+        }
         let arms = self.settings.memory.strategies.clone();
         // One arm (the default) is its own pick whatever the statistics say: no read.
         if let [only] = arms.as_slice() {

@@ -13,6 +13,7 @@ pub mod finish;
 pub mod handler;
 pub mod remote;
 mod single;
+pub mod structured;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -47,11 +48,15 @@ pub struct ChatJob {
     /// The endpoint the body goes to. Only chat completions get strategies and memory;
     /// the others are sent as they are ([`call`]).
     pub api: Api,
+    /// SHA-256 (hex) of the `--validate` schema the reply must match (its text is in
+    /// `tables::SCHEMAS`, see [`structured`]).
+    pub validate: Option<String>,
 }
 
 impl crate::codec::Record for ChatJob {
-    /// Layout 2 adds the endpoint (layout 1 lines were all chat completions).
-    const LAYOUT: u8 = 2;
+    /// Layout 2 adds the endpoint (layout 1 lines were all chat completions); layout 3 the
+    /// `--validate` schema.
+    const LAYOUT: u8 = 3;
 
     fn upgrade(layout: u8, payload: &[u8]) -> Result<Self, crate::codec::CodecError> {
         #[derive(Deserialize)]
@@ -64,13 +69,31 @@ impl crate::codec::Record for ChatJob {
             expected: Option<Expectation>,
             memory: bool,
         }
-        if layout != 1 {
-            return Err(crate::codec::CodecError::UnknownLayout {
-                found: layout,
-                current: Self::LAYOUT,
-            });
-        }
-        let v: V1 = crate::codec::payload_of(payload)?;
+        let (v, api) = match layout {
+            1 => (
+                crate::codec::payload_of::<V1>(payload)?,
+                Api::ChatCompletions,
+            ),
+            2 => {
+                let v: JobV2 = crate::codec::payload_of(payload)?;
+                let v1 = V1 {
+                    custom_id: v.custom_id,
+                    line: v.line,
+                    body: v.body,
+                    domain: v.domain,
+                    strategy: v.strategy,
+                    expected: v.expected,
+                    memory: v.memory,
+                };
+                (v1, v.api)
+            }
+            found => {
+                return Err(crate::codec::CodecError::UnknownLayout {
+                    found,
+                    current: Self::LAYOUT,
+                })
+            }
+        };
         Ok(ChatJob {
             custom_id: v.custom_id,
             line: v.line,
@@ -79,9 +102,24 @@ impl crate::codec::Record for ChatJob {
             strategy: v.strategy,
             expected: v.expected,
             memory: v.memory,
-            api: Api::ChatCompletions,
+            api,
+            validate: None,
         })
     }
+}
+
+/// A chat job as layout 2 wrote it (no `--validate` schema). bincode is not
+/// self-describing: each layout is spelled out (no `flatten`).
+#[derive(Serialize, Deserialize)]
+struct JobV2 {
+    custom_id: String,
+    line: u64,
+    body: String,
+    domain: String,
+    strategy: Option<String>,
+    expected: Option<Expectation>,
+    memory: bool,
+    api: Api,
 }
 
 impl ChatJob {
@@ -98,6 +136,11 @@ impl ChatJob {
         if self.api != Api::ChatCompletions {
             h.update([1]);
             h.update(self.api.url().as_bytes());
+        }
+        // A check of the reply makes another job (an earlier answer is checked, from the cache).
+        if let Some(schema) = &self.validate {
+            h.update([2]);
+            h.update(schema.as_bytes());
         }
         if !self.has_default_options() {
             let options = serde_json::json!({
@@ -117,7 +160,7 @@ impl ChatJob {
     /// The key versions before 0.2 gave every line (endpoint and body only): a job enqueued
     /// under it is found again after an upgrade, so it is not paid for twice.
     pub fn legacy_dedup_key(&self, endpoint: &str) -> Option<String> {
-        if self.has_default_options() {
+        if self.has_default_options() || self.validate.is_some() {
             return None;
         }
         let plain = ChatJob {
@@ -136,6 +179,12 @@ impl ChatJob {
             line: other.line,
             ..self.clone()
         } == *other
+    }
+
+    /// Whether its reply is checked ([`structured`]): it runs with the `direct` strategy,
+    /// whose reply is the model's text as it is.
+    pub fn structured(&self) -> bool {
+        self.validate.is_some() || structured::asks_structure(&self.body)
     }
 
     fn has_default_options(&self) -> bool {
@@ -376,5 +425,34 @@ mod tests {
             (read.provider_batch.as_deref(), read.cost),
             (Some("b"), None)
         );
+    }
+
+    impl crate::codec::Record for JobV2 {
+        const LAYOUT: u8 = 2;
+    }
+
+    #[test]
+    fn jobs_of_layout_2_keep_their_endpoint_and_check_nothing_more() {
+        let old = JobV2 {
+            custom_id: "a".into(),
+            line: 3,
+            body: r#"{"input":"x"}"#.into(),
+            domain: "general".into(),
+            strategy: None,
+            expected: None,
+            memory: false,
+            api: Api::Embeddings,
+        };
+        let read: ChatJob = crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(
+            (read.api, read.line, read.validate.clone()),
+            (Api::Embeddings, 3, None)
+        );
+        let checked = ChatJob {
+            validate: Some("ab".into()),
+            ..read.clone()
+        };
+        assert_ne!(checked.dedup_key("e"), read.dedup_key("e"));
+        assert!(checked.structured() && !read.structured());
     }
 }

@@ -5,15 +5,18 @@ use std::time::Instant;
 
 use super::engine::{bad_payload, Engine};
 use super::finish::{finish, Answer};
+use super::structured::{self, Required};
 use super::{question_of, saturate, ChatJob};
 use crate::cache::Hit;
 use crate::clock::now_ms;
+use crate::cost::Money;
 use crate::error::Result;
 use crate::llm::ChatOutcome;
 use crate::memory::experience::{ExperienceData, NewExperience};
 use crate::memory::prompt::{self, MemorySection};
 use crate::memory::{apply, rules, Strategy};
-use crate::runner::{CacheWrite, CallError, JobCtx};
+use crate::queue::{add_usage_in, Failure, Usage};
+use crate::runner::{CacheWrite, CallError, FailureRecord, JobCtx, RunStats};
 use crate::store::Store;
 
 /// Runs `job` with one call shaped by `strategy`.
@@ -29,7 +32,17 @@ pub(super) async fn run(
     };
     let heartbeat = ctx.heartbeat();
     let started = Instant::now();
-    let outcome = engine.gateway.call_deferred(&body).await;
+    let mut outcome = engine.gateway.call_deferred(&body).await;
+    // A cached reply that fails its check is no answer: this attempt asks the model again.
+    if let Ok((response, Hit::Memory | Hit::Disk, _)) = &outcome {
+        if job.structured()
+            && required(&ctx, &job)
+                .await?
+                .is_some_and(|r| r.violation(&response.response).is_some())
+        {
+            outcome = engine.gateway.call_fresh(&body).await;
+        }
+    }
     drop(heartbeat);
     match outcome {
         Ok((response, hit, cache_write)) => {
@@ -122,6 +135,14 @@ pub(crate) async fn complete(
     let record = engine.record_of(job, &outcome, hit, latency, provider_batch);
     let latency_ms = record.latency_ms;
     let usage = outcome.response.usage.clone().unwrap_or_default();
+    if job.structured() {
+        let Some(required) = required(ctx, job).await? else {
+            return Ok(());
+        };
+        if let Some(violation) = required.violation(&outcome.response) {
+            return rejected(ctx, job, &record, &usage, violation).await;
+        }
+    }
     let judged = apply::judge_reply(
         strategy,
         outcome.response.content().unwrap_or_default(),
@@ -180,6 +201,53 @@ pub(crate) async fn complete(
             write.put_in(txn)?;
         }
         Ok(())
+    })
+    .await
+}
+
+/// The checks of `job`'s reply; `None`: none can be made (the job was discarded).
+pub(crate) async fn required(ctx: &JobCtx, job: &ChatJob) -> Result<Option<Required>> {
+    match Required::of(ctx.store(), &job.body, job.validate.as_deref()).await? {
+        Ok(required) => Ok(Some(required)),
+        Err(message) => bad_payload(ctx, message).await.map(|()| None),
+    }
+}
+
+/// A reply that failed its check: the attempt is spent (retried while attempts are left,
+/// else the line fails with [`structured::INVALID`]); what it cost is counted with it.
+async fn rejected(
+    ctx: &JobCtx,
+    job: &ChatJob,
+    record: &crate::chat::ResponseRecord,
+    usage: &crate::llm::Usage,
+    violation: String,
+) -> Result<()> {
+    tracing::debug!(job = ctx.job().id, %violation, "reply failed its structure check");
+    let failure = FailureRecord::new(
+        structured::INVALID,
+        format!(
+            "line {} ({}): the reply does not match the requested structure: {violation}",
+            job.line, job.custom_id
+        ),
+    );
+    let paid = (!record.cached).then(|| Usage {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cost: record.cost.unwrap_or(Money::ZERO),
+        ..Usage::default()
+    });
+    RunStats::bump(&ctx.stats().retried);
+    if let Some(paid) = &paid {
+        ctx.stats()
+            .add_tokens(paid.prompt_tokens, paid.completion_tokens);
+        if record.cost.is_some() {
+            ctx.stats().add_cost(record.cost);
+        }
+    }
+    let queue = ctx.job().queue.clone();
+    ctx.fail_with(&failure, Failure::Retryable, move |txn| match &paid {
+        Some(paid) => add_usage_in(txn, &queue, *paid),
+        None => Ok(()),
     })
     .await
 }

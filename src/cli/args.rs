@@ -259,6 +259,11 @@ pub struct BatchArgs {
     /// batch stops with exit code 4, resumable with a higher cap (docs/cost.md).
     #[arg(long, value_name = "USD", value_parser = parse_usd)]
     pub max_cost: Option<reasonq::cost::Money>,
+    /// A JSON Schema every chat line's reply must match: a reply that does not is retried
+    /// within the line's attempts, then the line fails with `invalid_structured_output`
+    /// (docs/structured-output.md). Lines' own `response_format` schemas are checked too.
+    #[arg(long, value_name = "SCHEMA.json")]
+    pub validate: Option<std::path::PathBuf>,
     /// Print what `reasonq estimate` prints for the file and stop: nothing is sent.
     #[arg(long)]
     pub dry_run: bool,

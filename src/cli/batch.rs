@@ -37,6 +37,7 @@ pub async fn run(config: Config, args: BatchArgs, endpoint: &Endpoint) -> CliRes
             }),
         },
         max_cost: args.max_cost,
+        validate: args.validate,
     };
     if args.dry_run {
         let estimate = super::args::EstimateArgs {

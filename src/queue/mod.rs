@@ -141,11 +141,30 @@ impl Queue {
 
     /// Records a failed attempt and returns the job's new state (see [`fail_in`]).
     pub async fn fail(&self, lease: &Lease, error: &str, failure: Failure) -> Result<JobState> {
+        self.fail_with(lease, error, failure, |_| Ok(())).await
+    }
+
+    /// [`Queue::fail`], running `also` in the same transaction (e.g. counting what a rejected
+    /// answer cost).
+    pub async fn fail_with<F>(
+        &self,
+        lease: &Lease,
+        error: &str,
+        failure: Failure,
+        also: F,
+    ) -> Result<JobState>
+    where
+        F: Fn(&redb::WriteTransaction) -> Result<()> + Send + 'static,
+    {
         let (lease, error) = (lease.clone(), error.to_owned());
         let config = self.config;
         let now = now_ms();
         self.store
-            .write(move |txn| fail_in(txn, &config, &lease, &error, failure, now))
+            .write(move |txn| {
+                let state = fail_in(txn, &config, &lease, &error, failure, now)?;
+                also(txn)?;
+                Ok(state)
+            })
             .await
     }
 

@@ -290,66 +290,42 @@ impl Gateway {
         api: Api,
         body: &serde_json::Value,
     ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
+        self.call_with(api, body, false).await
+    }
+
+    /// [`Gateway::call_deferred`] without looking in the cache: the cached answer was not
+    /// one (a reply that failed its check, `chat::structured`). The fresh answer replaces
+    /// it in both tiers.
+    pub async fn call_fresh(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
+        self.call_with(Api::ChatCompletions, body, true).await
+    }
+
+    async fn call_with(
+        &self,
+        api: Api,
+        body: &serde_json::Value,
+        fresh: bool,
+    ) -> Result<(ChatOutcome, Hit, Option<CacheWrite>), CallError> {
         let key = CacheKey::for_request(&self.settings.endpoint, api.route(), body);
         let allowed = cacheable(self.settings.cache_policy, api, body);
         if let Some(trip) = self.breaker.tripped() {
             return Err(CallError::Halted(trip.clone()));
         }
-        let client = self.client.clone();
-        let unanswered = self.unanswered.clone();
-        let breaker = self.breaker.clone();
-        let slots = self.slots.clone();
-        let (cached, hit) = self
-            .cache
-            .get_or_fetch(key, allowed, || async move {
-                // Closed only when the gateway is gone; then there is nothing to call with.
-                let _slot = slots
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| CallError::Store(Error::Closed))?;
-                // A drain aborting its jobs freed this slot: the job goes back unsent.
-                if breaker.calls_closed() {
-                    return Err(CallError::Halted(Trip {
-                        code: "shutdown",
-                        message: "the drain deadline passed before this call started".into(),
-                    }));
-                }
-                // Stopped (the cap among others) while this job waited for its slot.
-                if let Some(trip) = breaker.tripped() {
-                    return Err(CallError::Halted(trip.clone()));
-                }
-                // Reserved only now, so jobs waiting for a slot hold none of the budget.
-                let reservation = self.reserve(body).map_err(CallError::Halted)?;
-                unanswered.fetch_add(1, Ordering::Relaxed);
-                let sent = client.call(api, body).await;
-                // Not reached when the task is aborted mid-call: the count stays up.
-                unanswered.fetch_sub(1, Ordering::Relaxed);
-                let outcome = match sent {
-                    Ok(outcome) => {
-                        breaker.succeeded();
-                        // A model without a price has no cap either (refused before).
-                        let asked = body
-                            .get("model")
-                            .and_then(serde_json::Value::as_str)
-                            .unwrap_or("");
-                        let cost = self.cost_of(asked, &outcome.response, false);
-                        reservation.settle(cost.unwrap_or(Money::ZERO));
-                        outcome
-                    }
-                    Err(e) => {
-                        return Err(match breaker.failed(&e) {
-                            Some(trip) => CallError::Halted(trip),
-                            None => CallError::Llm(e),
-                        })
-                    }
-                };
-                Ok::<_, CallError>(CachedResponse::new(
-                    outcome.status,
-                    outcome.request_id.clone(),
-                    outcome.body.clone(),
-                ))
-            })
-            .await?;
+        let (cached, hit) = if fresh && allowed {
+            let response = self
+                .send(api, body)
+                .await?
+                .stamped(crate::clock::now_ms(), self.cache.config().ttl);
+            self.cache.remember(key, response.clone());
+            (response, Hit::Miss)
+        } else {
+            self.cache
+                .get_or_fetch(key, allowed, || self.send(api, body))
+                .await?
+        };
         let outcome = ChatOutcome::from_parts_of(
             api,
             cached.status,
@@ -363,6 +339,58 @@ impl Gateway {
             response: cached,
         });
         Ok((outcome, hit, write))
+    }
+
+    /// One call to the API under the concurrency cap and the budget; the breaker hears how
+    /// it went.
+    async fn send(&self, api: Api, body: &serde_json::Value) -> Result<CachedResponse, CallError> {
+        // Closed only when the gateway is gone; then there is nothing to call with.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| CallError::Store(Error::Closed))?;
+        // A drain aborting its jobs freed this slot: the job goes back unsent.
+        if self.breaker.calls_closed() {
+            return Err(CallError::Halted(Trip {
+                code: "shutdown",
+                message: "the drain deadline passed before this call started".into(),
+            }));
+        }
+        // Stopped (the cap among others) while this job waited for its slot.
+        if let Some(trip) = self.breaker.tripped() {
+            return Err(CallError::Halted(trip.clone()));
+        }
+        // Reserved only now, so jobs waiting for a slot hold none of the budget.
+        let reservation = self.reserve(body).map_err(CallError::Halted)?;
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
+        let sent = self.client.call(api, body).await;
+        // Not reached when the task is aborted mid-call: the count stays up.
+        self.unanswered.fetch_sub(1, Ordering::Relaxed);
+        let outcome = match sent {
+            Ok(outcome) => {
+                self.breaker.succeeded();
+                // A model without a price has no cap either (refused before).
+                let asked = body
+                    .get("model")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                let cost = self.cost_of(asked, &outcome.response, false);
+                reservation.settle(cost.unwrap_or(Money::ZERO));
+                outcome
+            }
+            Err(e) => {
+                return Err(match self.breaker.failed(&e) {
+                    Some(trip) => CallError::Halted(trip),
+                    None => CallError::Llm(e),
+                })
+            }
+        };
+        Ok(CachedResponse::new(
+            outcome.status,
+            outcome.request_id.clone(),
+            outcome.body.clone(),
+        ))
     }
 }
 

@@ -136,9 +136,17 @@ impl JobCtx {
     /// Fails the job: `Fatal` discards it, `Retryable` sends it back with backoff while it has
     /// attempts left.
     pub async fn fail(&self, record: &FailureRecord, how: Failure) -> Result<()> {
+        self.fail_with(record, how, |_| Ok(())).await
+    }
+
+    /// [`JobCtx::fail`], running `also` in the same fenced transaction.
+    pub async fn fail_with<F>(&self, record: &FailureRecord, how: Failure, also: F) -> Result<()>
+    where
+        F: Fn(&WriteTransaction) -> Result<()> + Send + 'static,
+    {
         let state = self
             .queue
-            .fail(&self.lease, &record.to_last_error(), how)
+            .fail_with(&self.lease, &record.to_last_error(), how, also)
             .await
             .or_else(|e| ignore_lost(e).map(|()| JobState::Running))?;
         let last = state == JobState::Discarded;

@@ -9,6 +9,7 @@
 pub mod batch;
 mod endpoints;
 mod fault;
+mod structured;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -565,8 +566,10 @@ fn decide(state: &State, req: &Value) -> Decision {
         Some(Reply::Text(t)) => (None, Some(t)),
         None => (None, None),
     };
-    let content =
-        text.unwrap_or_else(|| format!("[simulated] answer to: {}", truncate(&prompt, 80)));
+    let content = text.unwrap_or_else(|| {
+        let said = format!("[simulated] answer to: {}", truncate(&prompt, 80));
+        structured::reply(req, &said).unwrap_or(said)
+    });
     // A provider stops at the request's output limit: at ~4 chars a token, the answer is cut
     // so its reported completion tokens stay within `max_tokens`.
     let limit = ["max_completion_tokens", "max_tokens"]

@@ -137,6 +137,7 @@ fn counts_of(path: &Path) -> Result<Vec<(String, u64)>> {
         SERVE_BATCHES,
         SERVE_FILES_BY_TIME,
         SERVE_BATCHES_BY_TIME,
+        SCHEMAS,
         META,
     );
     Ok(out)

@@ -154,6 +154,12 @@ pub const SERVE_FILES_BY_TIME: TableDefinition<(u64, &str), ()> =
 pub const SERVE_BATCHES_BY_TIME: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("serve_batches_by_time");
 
+// ---- structured output (chat/structured.rs) ----
+
+/// SHA-256 of a `--validate` schema (hex) -> the schema's JSON text: written once when a
+/// batch is enqueued, so its jobs carry the digest instead of the schema.
+pub const SCHEMAS: TableDefinition<&str, &str> = TableDefinition::new("schemas");
+
 // ---- run records (runs.rs) ----
 
 /// Run id -> encoded `RunRecord`: the figures of each batch run, for `reasonq stats`.
@@ -211,6 +217,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(SERVE_BATCHES)?;
     txn.open_table(SERVE_FILES_BY_TIME)?;
     txn.open_table(SERVE_BATCHES_BY_TIME)?;
+    txn.open_table(SCHEMAS)?;
     Ok(())
 }
 

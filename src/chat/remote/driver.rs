@@ -13,6 +13,7 @@ use super::{RemoteSettings, RemoteView, RemoteWatch};
 use crate::cache::Hit;
 use crate::chat::engine::Engine;
 use crate::chat::single::{self, Reply, Shaped};
+use crate::chat::structured::Required;
 use crate::chat::{ChatHandler, ChatJob};
 use crate::clock::now_ms;
 use crate::codec;
@@ -361,7 +362,16 @@ impl RemoteRun {
                 Ok(shaped) => shaped,
                 Err(_) => return Ok(Shape::Live),
             };
-        if let Some((outcome, hit)) = self.engine.gateway.cached(&body).await? {
+        let mut cached = self.engine.gateway.cached(&body).await?;
+        if let Some((outcome, _)) = cached.as_ref().filter(|_| job.structured()) {
+            // A cached reply that fails its check is no answer: the line is sent again.
+            match Required::of(store, &job.body, job.validate.as_deref()).await? {
+                Ok(r) if r.violation(&outcome.response).is_some() => cached = None,
+                Ok(_) => {}
+                Err(_) => return Ok(Shape::Live),
+            }
+        }
+        if let Some((outcome, hit)) = cached {
             return Ok(Shape::Cached(Box::new(CachedLine {
                 job,
                 strategy,
