@@ -59,6 +59,7 @@ fn fill(path: &Path, n: u64) -> Store {
                             expected: None,
                             memory: false,
                             api: Api::ChatCompletions,
+                            validate: None,
                         };
                         NewJob::new(BATCH, KIND, codec::encode(&chat).unwrap())
                     })

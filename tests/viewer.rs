@@ -6,9 +6,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 use reasonq::sim::{Fault, Reply, SimConfig};
 use serde_json::Value;
@@ -38,27 +36,12 @@ impl Running {
     /// Starts `reasonq ARGS` and waits for the `http://` address it prints.
     fn start(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Running {
         let mut cmd = env.command(args);
-        cmd.envs(vars.iter().copied()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let base = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("it printed its address");
-            if let Some(at) = line.find("http://") {
-                let url = line[at..].split_whitespace().next().unwrap();
-                break url
-                    .trim_end_matches("/v1")
-                    .trim_end_matches('/')
-                    .to_string();
-            }
-        };
+        cmd.envs(vars.iter().copied());
+        let (child, address, _log) = support::spawn_serving(cmd);
+        let base = address
+            .trim_end_matches("/v1")
+            .trim_end_matches('/')
+            .to_string();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -321,7 +304,11 @@ async fn view_says_why_it_cannot_open_a_held_database_or_listen_off_loopback() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(support::stderr(&out).contains("no database at"), "{}", support::stderr(&out));
+    assert!(
+        support::stderr(&out).contains("no database at"),
+        "{}",
+        support::stderr(&out)
+    );
     assert!(!missing.exists());
 }
 
@@ -377,36 +364,27 @@ async fn serve_shows_the_pages_behind_its_key_and_confirms_actions() {
     assert_eq!(status, 401);
 
     // Actions: the page's header and the key, both required.
-    let retry = serve.url(&format!("/view/batches/{BATCH}/retry"));
-    let (status, _, _) = serve
-        .send(
-            serve
-                .http
-                .post(&retry)
-                .header("cookie", &cookie)
-                .bearer_auth(key),
-        )
-        .await;
+    // An action with or without the page's header, the cookie and the key.
+    let act = |action: &str, header: bool, cookie: Option<&str>, key: Option<&str>| {
+        let mut req = serve
+            .http
+            .post(serve.url(&format!("/view/batches/{BATCH}/{action}")));
+        if header {
+            req = req.header("x-reasonq-action", "1");
+        }
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        serve.send(req)
+    };
+    let (status, _, _) = act("retry", false, Some(&cookie), Some(key)).await;
     assert_eq!(status, 403, "no action without the page's header");
-    let (status, _, _) = serve
-        .send(
-            serve
-                .http
-                .post(&retry)
-                .header("cookie", &cookie)
-                .header("x-reasonq-action", "1"),
-        )
-        .await;
+    let (status, _, _) = act("retry", true, Some(&cookie), None).await;
     assert_eq!(status, 401, "the cookie alone does not act");
-    let (status, _, body) = serve
-        .send(
-            serve
-                .http
-                .post(&retry)
-                .header("x-reasonq-action", "1")
-                .bearer_auth(key),
-        )
-        .await;
+    let (status, _, body) = act("retry", true, None, Some(key)).await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -416,16 +394,7 @@ async fn serve_shows_the_pages_behind_its_key_and_confirms_actions() {
             .starts_with("2 failed lines"),
         "{answer}"
     );
-    let cancel = serve.url(&format!("/view/batches/{BATCH}/cancel"));
-    let (status, _, body) = serve
-        .send(
-            serve
-                .http
-                .post(&cancel)
-                .header("x-reasonq-action", "1")
-                .bearer_auth(key),
-        )
-        .await;
+    let (status, _, body) = act("cancel", true, None, Some(key)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("waiting lines"), "{body}");
 }

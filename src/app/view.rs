@@ -238,6 +238,20 @@ pub struct LinesPage {
     pub bounded: bool,
 }
 
+impl LinesPage {
+    /// A page that examined lines `examined`; the next starts where it stopped.
+    fn new(size: u64, rows: Vec<LineRow>, examined: (u64, u64), bounded: bool) -> LinesPage {
+        let end = examined.1;
+        LinesPage {
+            size,
+            rows,
+            examined,
+            next: (end < size).then_some(end),
+            bounded,
+        }
+    }
+}
+
 /// A page of `batch`'s lines (`None` when no such batch has lines).
 pub async fn lines_page(store: &Store, batch: &str, q: LinesQuery) -> Result<Option<LinesPage>> {
     let batch = batch.to_string();
@@ -289,13 +303,7 @@ fn scan_read(
     if !bounded && rows.len() < q.limit {
         end = size;
     }
-    Ok(LinesPage {
-        size,
-        rows,
-        examined: (q.from, end),
-        next: (end < size).then_some(end),
-        bounded,
-    })
+    Ok(LinesPage::new(size, rows, (q.from, end), bounded))
 }
 
 /// The top `skip + limit` lines by latency or cost among the [`SORT_WINDOW`] lines from the
@@ -346,13 +354,7 @@ fn sorted_read(
             rows.push(row_of(&job, n));
         }
     }
-    Ok(LinesPage {
-        size,
-        rows,
-        examined: (q.from, end),
-        next: (end < size).then_some(end),
-        bounded: end < size,
-    })
+    Ok(LinesPage::new(size, rows, (q.from, end), end < size))
 }
 
 /// The job `id` read whole when it passes the query's filters (the state record is read

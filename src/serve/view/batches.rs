@@ -84,7 +84,7 @@ pub async fn page(pages: &Pages) -> Result<Answer> {
              <th>progress</th><th>done</th><th>completed</th><th>failed</th>\
              <th>cancelled</th><th>running</th><th>waiting</th>\
              <th>tokens (prompt / completion)</th><th>cached</th><th>cost</th>\
-             <th>started (UTC)</th><th>finished (UTC)</th></tr></thead><tbody>",
+             <th>started</th><th>finished</th></tr></thead><tbody>",
         );
         for row in &rows {
             batch_row(&mut body, row);

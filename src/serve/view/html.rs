@@ -110,29 +110,15 @@ fn current(yes: bool) -> &'static str {
     }
 }
 
-/// A time in ms since the epoch as `YYYY-MM-DD HH:MM:SS` UTC; `-` for none.
+/// A time in ms since the epoch, as HTTP dates read (`Wed, 02 Dec 2026 15:01:06 GMT`);
+/// `-` for none.
 pub fn when(ms: Option<u64>) -> String {
-    let Some(ms) = ms.filter(|&ms| ms > 0) else {
-        return "-".into();
-    };
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    match ms.filter(|&ms| ms > 0) {
+        Some(ms) => {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        }
+        None => "-".into(),
+    }
 }
 
 /// Money, `-` when unknown.
@@ -184,8 +170,10 @@ mod tests {
     #[test]
     fn times_counts_and_durations_read_well() {
         assert_eq!(when(Some(0)), "-");
-        assert_eq!(when(Some(86_400_000 + 3_661_000)), "1970-01-02 01:01:01");
-        assert_eq!(when(Some(1_700_000_000_000)), "2023-11-14 22:13:20");
+        assert_eq!(
+            when(Some(1_700_000_000_000)),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
         assert_eq!(count(1_234_567), "1,234,567");
         assert_eq!(count(12), "12");
         assert_eq!(millis(Some(850)), "850 ms");

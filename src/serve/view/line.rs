@@ -96,8 +96,8 @@ fn facts(out: &mut String, d: &LineDetail) {
     let mut rows: Vec<(&str, String)> = vec![
         ("state", job.state.as_str().to_string()),
         ("job", job.id.to_string()),
-        ("enqueued (UTC)", html::when(Some(job.created_at))),
-        ("finished (UTC)", html::when(job.finished_at)),
+        ("enqueued", html::when(Some(job.created_at))),
+        ("finished", html::when(job.finished_at)),
         ("answer from", source(d)),
     ];
     if let Some(chat) = &d.chat {
@@ -194,7 +194,7 @@ fn attempts(out: &mut String, d: &LineDetail) {
         let wait = job.run_at.saturating_sub(now);
         w!(
             out,
-            " Waiting: the next attempt is due at {} UTC{}.",
+            " Waiting: the next attempt is due at {}{}.",
             html::when(Some(job.run_at)),
             if wait > 0 {
                 format!(" (in {})", html::millis(Some(wait)))
@@ -206,7 +206,7 @@ fn attempts(out: &mut String, d: &LineDetail) {
     if job.state == JobState::Running {
         w!(
             out,
-            " Running now (lease of {}, until {} UTC).",
+            " Running now (lease of {}, until {}).",
             esc(job.lease_owner.as_deref().unwrap_or("?")),
             html::when(job.lease_expires_at)
         );

@@ -21,17 +21,11 @@ mod memory;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use super::routes::{text, with_status, Answer};
 use crate::app::inspect::{export_of, Pick};
@@ -298,59 +292,22 @@ async fn serve_pages(
     shutdown: Listener,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let live = match live::serve(app).await {
-        Ok(live) => Some(live),
-        Err(e) => {
-            tracing::warn!("status commands of other processes will not be answered: {e}");
-            None
-        }
-    };
+    let (listener, addr) = super::bind(opts.listen).await?;
+    let live = super::serve_live(app).await;
     let pages = Arc::new(Pages {
         store: app.store.clone(),
         actions: Actions::ReadOnly,
     });
     ready(addr);
-    let mut stop = shutdown;
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(serve_connection(stream, Arc::clone(&pages)));
-                }
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = stop.stopping() => break,
-        }
-    }
+    let mut conns = super::accept_until(listener, shutdown, move |req| {
+        let pages = Arc::clone(&pages);
+        async move { read_only(&pages, &req).await }
+    })
+    .await;
     conns.abort_all();
     while conns.join_next().await.is_some() {}
     drop(live);
     Ok(())
-}
-
-async fn serve_connection(stream: tokio::net::TcpStream, pages: Arc<Pages>) {
-    let handler = service_fn(move |req: Request<Incoming>| {
-        let pages = Arc::clone(&pages);
-        async move { Ok::<_, std::convert::Infallible>(read_only(&pages, &req).await) }
-    });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), handler)
-        .await
-    {
-        tracing::debug!("connection ended: {e}");
-    }
 }
 
 /// `reasonq view`'s router: the pages' `GET`s, and nothing else.
