@@ -81,10 +81,10 @@ pub async fn page(pages: &Pages) -> Result<Answer> {
     } else {
         body.push_str(
             "<table class=\"batches\"><thead><tr><th>batch</th><th>state</th>\
-             <th>progress</th><th>done</th><th>completed</th><th>failed</th>\
+             <th>progress</th><th>completed</th><th>failed</th>\
              <th>cancelled</th><th>running</th><th>waiting</th>\
-             <th>tokens (prompt / completion)</th><th>cached</th><th>cost</th>\
-             <th>started</th><th>finished</th></tr></thead><tbody>",
+             <th>tokens in / out</th><th>cached</th><th>cost</th>\
+             <th>started (GMT)</th><th>finished (GMT)</th></tr></thead><tbody>",
         );
         for row in &rows {
             batch_row(&mut body, row);
@@ -114,12 +114,16 @@ fn batch_row(out: &mut String, row: &BatchRow) {
             esc(name)
         ),
     }
-    for (i, (field, value_text)) in cells.iter().enumerate() {
-        if i == 1 {
+    for (field, value_text) in &cells {
+        if *field == "progress" {
+            // The bar and the count in one cell.
             w!(
                 out,
-                "<td><progress data-field=\"bar\" value=\"{value}\" max=\"{max}\"></progress></td>"
+                "<td><progress data-field=\"bar\" value=\"{value}\" max=\"{max}\"></progress> \
+                 <span data-field=\"{field}\">{}</span></td>",
+                esc(value_text)
             );
+            continue;
         }
         w!(out, "<td data-field=\"{field}\">{}</td>", esc(value_text));
     }

@@ -96,8 +96,8 @@ fn facts(out: &mut String, d: &LineDetail) {
     let mut rows: Vec<(&str, String)> = vec![
         ("state", job.state.as_str().to_string()),
         ("job", job.id.to_string()),
-        ("enqueued", html::when(Some(job.created_at))),
-        ("finished", html::when(job.finished_at)),
+        ("enqueued (GMT)", html::when(Some(job.created_at))),
+        ("finished (GMT)", html::when(job.finished_at)),
         ("answer from", source(d)),
     ];
     if let Some(chat) = &d.chat {
@@ -194,7 +194,7 @@ fn attempts(out: &mut String, d: &LineDetail) {
         let wait = job.run_at.saturating_sub(now);
         w!(
             out,
-            " Waiting: the next attempt is due at {}{}.",
+            " Waiting: the next attempt is due at {} GMT{}.",
             html::when(Some(job.run_at)),
             if wait > 0 {
                 format!(" (in {})", html::millis(Some(wait)))
@@ -206,7 +206,7 @@ fn attempts(out: &mut String, d: &LineDetail) {
     if job.state == JobState::Running {
         w!(
             out,
-            " Running now (lease of {}, until {}).",
+            " Running now (lease of {}, until {} GMT).",
             esc(job.lease_owner.as_deref().unwrap_or("?")),
             html::when(job.lease_expires_at)
         );

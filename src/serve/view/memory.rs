@@ -140,7 +140,7 @@ fn rules(out: &mut String, rules: &[crate::memory::rules::Rule]) {
     }
     out.push_str(
         "<table class=\"rules\"><thead><tr><th>domain</th><th>id</th><th>score</th>\
-         <th>successes / failures</th><th>evidence</th><th>learned</th><th>rule</th>\
+         <th>successes / failures</th><th>evidence</th><th>learned (GMT)</th><th>rule</th>\
          </tr></thead><tbody>",
     );
     for r in rules {
