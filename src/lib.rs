@@ -4,9 +4,11 @@
 //! `docs/architecture.md`):
 //!
 //! - [`serve`]: `reasonq serve`, an OpenAI-compatible Files, Batch and chat-completions
-//!   service over the use cases, in the process that runs the workers.
+//!   service over the use cases, in the process that runs the workers, and the results
+//!   viewer ([`serve::view`], also `reasonq view`).
 //! - [`app`]: the use cases ([`app::batch`], [`app::submit`], [`app::insights`], the read-only
-//!   [`app::inspect`] queries, which [`app::live`] serves to other processes during a batch),
+//!   [`app::inspect`] queries, which [`app::live`] serves to other processes during a batch,
+//!   and the viewer's [`app::view`] queries),
 //!   the one place a [`config::Config`] becomes the parts
 //!   ([`app::App`]), background [`app::upkeep`] and the [`app::runs`] records.
 //! - [`config`]: `reasonq.toml`, `REASONQ_*` and flags as one typed configuration.

@@ -41,21 +41,25 @@ pub async fn status(app: &App) -> Result<Vec<BatchStatus>> {
 pub async fn status_of(store: &Store) -> Result<Vec<BatchStatus>> {
     store
         .read(|txn| {
-            let mut rows = Vec::new();
-            for batch in crate::queue::queues_read(txn)? {
-                let counts = crate::queue::counts_read(txn, Some(&batch))?;
-                let usage = usage_read(txn, &batch)?;
-                let remote = crate::chat::remote::records::open_read(txn, Some(&batch))?;
-                rows.push(BatchStatus {
-                    batch,
-                    counts,
-                    usage,
-                    remote,
-                });
-            }
-            Ok(rows)
+            crate::queue::queues_read(txn)?
+                .into_iter()
+                .map(|batch| status_row_read(txn, batch))
+                .collect()
         })
         .await
+}
+
+/// One batch's row of [`status`].
+pub(super) fn status_row_read(txn: &redb::ReadTransaction, batch: String) -> Result<BatchStatus> {
+    let counts = crate::queue::counts_read(txn, Some(&batch))?;
+    let usage = usage_read(txn, &batch)?;
+    let remote = crate::chat::remote::records::open_read(txn, Some(&batch))?;
+    Ok(BatchStatus {
+        batch,
+        counts,
+        usage,
+        remote,
+    })
 }
 
 /// A batch's results again, in the order of its current file, each finished line handed to
@@ -68,20 +72,41 @@ where
 }
 
 /// [`results`] from the store alone (what [`super::live`] serves).
-pub async fn results_of<F>(store: &Store, batch: &str, details: bool, mut sink: F) -> Result<Tally>
+pub async fn results_of<F>(store: &Store, batch: &str, details: bool, sink: F) -> Result<Tally>
+where
+    F: FnMut(&str) -> Result<()> + Send + 'static,
+{
+    let pick = if details { Pick::Details } else { Pick::Lines };
+    export_of(store, batch, pick, sink).await
+}
+
+/// Which text of each finished line an export hands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Its output line (the output file).
+    Lines,
+    /// Our details (`results --json`).
+    Details,
+    /// The output lines of the failures only (the errors file).
+    Errors,
+}
+
+/// A batch's finished lines in input order, `pick`'s text of each handed to `sink` as it is
+/// read, in one read transaction on the blocking pool: nothing is collected.
+pub async fn export_of<F>(store: &Store, batch: &str, pick: Pick, mut sink: F) -> Result<Tally>
 where
     F: FnMut(&str) -> Result<()> + Send + 'static,
 {
     let batch = batch.to_string();
     store
         .read(move |txn| {
-            if lines::size_read(txn, &batch)? == 0 {
-                return Err(Error::Invalid(format!(
-                    "no batch named {batch:?}; `reasonq status` lists them"
-                )));
-            }
-            export_read(txn, &batch, details, |entry| {
-                let text = if details { &entry.detail } else { &entry.line };
+            known_batch_read(txn, &batch)?;
+            export_read(txn, &batch, pick == Pick::Details, |entry| {
+                let text = match pick {
+                    Pick::Details => &entry.detail,
+                    Pick::Errors if !entry.failed => &None,
+                    Pick::Lines | Pick::Errors => &entry.line,
+                };
                 match text {
                     Some(text) => sink(text),
                     None => Ok(()),
@@ -89,6 +114,16 @@ where
             })
         })
         .await
+}
+
+/// Refuses a batch with no lines in the database, by name.
+pub(super) fn known_batch_read(txn: &redb::ReadTransaction, batch: &str) -> Result<u64> {
+    match lines::size_read(txn, batch)? {
+        0 => Err(Error::Invalid(format!(
+            "no batch named {batch:?}; `reasonq status` lists them"
+        ))),
+        n => Ok(n),
+    }
 }
 
 /// [`results`] into a file, written atomically; returns how many lines.

@@ -16,6 +16,7 @@ pub mod retry;
 pub mod runs;
 pub mod submit;
 pub mod upkeep;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Duration;

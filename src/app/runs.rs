@@ -87,19 +87,20 @@ pub struct Summary {
     pub cached_responses_on_disk: u64,
 }
 
+/// Every recorded run, oldest first (a few rows per batch: one per run).
+pub fn runs_read(txn: &redb::ReadTransaction) -> Result<Vec<RunRecord>> {
+    let table = txn.open_table(tables::RUNS)?;
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (_, bytes) = row?;
+        out.push(codec::decode(bytes.value())?);
+    }
+    Ok(out)
+}
+
 /// Sums every recorded run.
 pub async fn summary(store: &Store) -> Result<Summary> {
-    let runs: Vec<RunRecord> = store
-        .read(|txn| {
-            let table = txn.open_table(tables::RUNS)?;
-            let mut out = Vec::new();
-            for row in table.iter()? {
-                let (_, bytes) = row?;
-                out.push(codec::decode(bytes.value())?);
-            }
-            Ok(out)
-        })
-        .await?;
+    let runs: Vec<RunRecord> = store.read(runs_read).await?;
     let mut totals = RunRecord {
         batch: "all".into(),
         ..RunRecord::default()

@@ -119,18 +119,8 @@ fn entry_of(job: &Job, details: bool) -> Result<Entry> {
             )
         }
         JobState::Discarded | JobState::Cancelled => {
-            let failure = match (&job.last_error, job.state) {
-                (Some(text), JobState::Discarded) => FailureRecord::from_last_error(text),
-                // A cancel that said why (an expired batch); any other last error of a
-                // cancelled job is an older attempt's, not why it ended.
-                (Some(text), _)
-                    if FailureRecord::from_last_error(text).code
-                        == FailureRecord::BATCH_EXPIRED =>
-                {
-                    FailureRecord::from_last_error(text)
-                }
-                _ => FailureRecord::new("cancelled", "the job was cancelled"),
-            };
+            let failure = failure_of(job)
+                .unwrap_or_else(|| FailureRecord::new("cancelled", "the job was cancelled"));
             if let Some(d) = detail.as_mut() {
                 d["error"] = json!({"code": failure.code, "message": failure.message});
             }
@@ -146,6 +136,25 @@ fn entry_of(job: &Job, details: bool) -> Result<Entry> {
         failed,
         detail: detail.map(|d| d.to_string()),
     })
+}
+
+/// Why a job that ended without an answer (discarded or cancelled) ended, as its output
+/// line says; `None` for any other state.
+pub fn failure_of(job: &Job) -> Option<FailureRecord> {
+    match (&job.last_error, job.state) {
+        (Some(text), JobState::Discarded) => Some(FailureRecord::from_last_error(text)),
+        // A cancel that said why (an expired batch); any other last error of a cancelled
+        // job is an older attempt's, not why it ended.
+        (Some(text), JobState::Cancelled)
+            if FailureRecord::from_last_error(text).code == FailureRecord::BATCH_EXPIRED =>
+        {
+            Some(FailureRecord::from_last_error(text))
+        }
+        (_, JobState::Discarded | JobState::Cancelled) => {
+            Some(FailureRecord::new("cancelled", "the job was cancelled"))
+        }
+        _ => None,
+    }
 }
 
 /// A JSON-lines file written through a temporary file renamed over it on

@@ -77,9 +77,29 @@ pub fn jobs_read(
     batch: &str,
     from: u64,
 ) -> Result<impl Iterator<Item = Result<u64>> + use<>> {
+    Ok(numbered_read(txn, batch, from)?.map(|row| row.map(|(_, id)| id)))
+}
+
+/// [`jobs_read`] with each line's number: `(n, job id)`.
+pub fn numbered_read(
+    txn: &ReadTransaction,
+    batch: &str,
+    from: u64,
+) -> Result<impl Iterator<Item = Result<(u64, u64)>> + use<>> {
     let lines = txn.open_table(BATCH_LINES)?;
     let range = lines.range((batch, from)..=(batch, u64::MAX))?;
-    Ok(range.map(|row| Ok(row?.1.value())))
+    Ok(range.map(|row| {
+        let (key, id) = row?;
+        Ok((key.value().1, id.value()))
+    }))
+}
+
+/// The job answering line `n` of `batch`'s file.
+pub fn job_at_read(txn: &ReadTransaction, batch: &str, n: u64) -> Result<Option<u64>> {
+    Ok(txn
+        .open_table(BATCH_LINES)?
+        .get((batch, n))?
+        .map(|v| v.value()))
 }
 
 /// Open hook: files written before these tables existed get their lines (the newest job of

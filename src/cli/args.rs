@@ -115,6 +115,20 @@ pub enum Command {
         after_help = "Example:\n  reasonq --simulate serve\n  REASONQ_SERVE_KEY=secret reasonq serve --listen 0.0.0.0:8089"
     )]
     Serve(ServeArgs),
+    /// Look at the database in the browser, read-only: batches, their lines (filters,
+    /// search, sorting), each line in full, memory (docs/viewer.md). Prints the URL; a
+    /// running `reasonq serve` shows the same pages at its own address.
+    #[command(
+        after_help = "Example:\n  reasonq view\n  reasonq --db shard-0.redb view --listen 127.0.0.1:8090"
+    )]
+    View(ViewArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ViewArgs {
+    /// Address to listen on, loopback only (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8089", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -176,5 +176,6 @@ async fn run(cli: Cli) -> CliResult {
             }
             serve::run(config, args, &endpoint).await
         }
+        Command::View(args) => serve::view(config, args).await,
     }
 }

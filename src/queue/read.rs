@@ -40,7 +40,22 @@ impl<'t> Whole<'t> {
         self.fill(job).map(Some)
     }
 
-    fn fill(&self, mut job: Job) -> Result<Job> {
+    /// One job's state record only (no payload, result or body): what a filter over many
+    /// jobs reads before it loads the few it keeps.
+    pub fn state(&self, id: u64) -> Result<Option<Job>> {
+        self.jobs
+            .get(id)?
+            .map(|bytes| decode_job(bytes.value()))
+            .transpose()
+    }
+
+    /// One job's result record, without its body.
+    pub fn result_record(&self, id: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.results.get(id)?.map(|v| v.value().0.to_vec()))
+    }
+
+    /// A job read by [`Whole::state`], with its payload, result and body.
+    pub fn fill(&self, mut job: Job) -> Result<Job> {
         if let Some(payload) = self.payloads.get(job.id)? {
             job.payload = payload.value().to_vec();
         }

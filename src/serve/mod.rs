@@ -9,13 +9,17 @@ pub mod files;
 mod index;
 pub mod parse;
 mod routes;
+pub mod view;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -78,6 +82,8 @@ pub struct Service {
     drives: Mutex<JoinSet<()>>,
     /// Error answers by code, for `/metrics`.
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The results viewer (`GET /`), with its actions.
+    pages: view::Pages,
 }
 
 impl Service {
@@ -135,12 +141,7 @@ pub async fn run(
     ready: impl FnOnce(SocketAddr, usize),
 ) -> Result<Served> {
     check_options(&opts)?;
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let (listener, addr) = bind(opts.listen).await?;
     let app = App::open(config).await?;
     let connected = match app.connect(endpoint).await {
         Ok(c) => c,
@@ -157,7 +158,15 @@ pub async fn run(
             message: e.to_string(),
         });
     }
+    let pages = view::Pages {
+        store: app.store.clone(),
+        actions: match opts.key {
+            Some(_) => view::Actions::WithKey,
+            None => view::Actions::Open,
+        },
+    };
     let svc = Arc::new(Service {
+        pages,
         app,
         connected,
         files_dir,
@@ -191,35 +200,14 @@ pub async fn run(
     for id in unfinished {
         svc.spawn_drive(id);
     }
-    // Other processes' read-only commands (status, jobs, results) are answered meanwhile.
-    let live = match crate::app::live::serve(&svc.app).await {
-        Ok(live) => Some(live),
-        Err(e) => {
-            tracing::warn!("status commands of other processes will not be answered: {e}");
-            None
-        }
-    };
+    let live = serve_live(&svc.app).await;
     ready(addr, resumed);
-    let mut stop = shutdown.clone();
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let svc = Arc::clone(&svc);
-                    conns.spawn(serve_connection(stream, svc));
-                }
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = stop.stopping() => break,
-        }
-    }
-    drop(listener);
+    let handler = Arc::clone(&svc);
+    let mut conns = accept_until(listener, shutdown.clone(), move |req| {
+        let svc = Arc::clone(&handler);
+        async move { routes::handle(svc, req).await }
+    })
+    .await;
     // The drains see the same shutdown: they return their jobs within the drain timeout.
     let mut drives =
         std::mem::take(&mut *svc.drives.lock().unwrap_or_else(PoisonError::into_inner));
@@ -234,10 +222,61 @@ pub async fn run(
     })
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, svc: Arc<Service>) {
+/// Binds `listen`, naming it in the error.
+async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let failed = |e: std::io::Error| Error::Invalid(format!("cannot listen on {listen}: {e}"));
+    let listener = TcpListener::bind(listen).await.map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
+/// Answers other processes' read-only commands (status, jobs, results) while this process
+/// holds the database, until the server returned drops; without it the work goes on.
+async fn serve_live(app: &App) -> Option<crate::app::live::Server> {
+    match crate::app::live::serve(app).await {
+        Ok(live) => Some(live),
+        Err(e) => {
+            tracing::warn!("status commands of other processes will not be answered: {e}");
+            None
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` stops, each request answered by `handle`; returns
+/// the connections still open (the caller aborts them when it is ready to).
+async fn accept_until<H, F>(listener: TcpListener, mut shutdown: Listener, handle: H) -> JoinSet<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = routes::Answer> + Send + 'static,
+{
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(serve_connection(stream, handle.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.stopping() => break,
+        }
+    }
+    conns
+}
+
+async fn serve_connection<H, F>(stream: tokio::net::TcpStream, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = routes::Answer> + Send + 'static,
+{
     let handler = service_fn(move |req| {
-        let svc = Arc::clone(&svc);
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(svc, req).await) }
+        let answer = handle(req);
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
     });
     if let Err(e) = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), handler)

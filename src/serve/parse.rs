@@ -226,8 +226,22 @@ pub fn list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
     Ok(out)
 }
 
+/// The pairs of a query string (or a form body), decoded, in order; `None` when one is
+/// badly encoded.
+pub fn query_pairs(query: Option<&str>) -> Option<Vec<(String, String)>> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(key)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
 /// `%XX` and `+` decoding of a query value; `None` when it is not UTF-8 or a `%` is cut.
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -23,7 +23,7 @@ use crate::runner::CallError;
 
 /// An answer's body: most are whole, file contents stream from disk.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
-type Answer = Response<Body>;
+pub(super) type Answer = Response<Body>;
 type Handled = std::result::Result<Answer, ApiError>;
 
 /// Answers one request; never fails (a refusal is an error body).
@@ -38,6 +38,20 @@ pub async fn handle(svc: Arc<Service>, req: Request<Incoming>) -> Answer {
 }
 
 async fn route(svc: &Arc<Service>, req: Request<Incoming>) -> Handled {
+    let viewer = {
+        let segments: Vec<&str> = req
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .split('/')
+            .skip(1)
+            .collect();
+        super::view::is_view_path(&segments)
+    };
+    if viewer {
+        // The pages authorize their own way: a browser sends a cookie, not a bearer key.
+        return Ok(super::view::actions::handle(svc, req).await);
+    }
     if !authorized(svc, req.headers()) {
         return Err(ApiError::new(
             401,
@@ -90,9 +104,8 @@ async fn route(svc: &Arc<Service>, req: Request<Incoming>) -> Handled {
     }
 }
 
-/// Whether the request carries the service key (always, when none is set). The digests
-/// are compared in full, so the time taken says nothing about the key.
-fn authorized(svc: &Service, headers: &HeaderMap) -> bool {
+/// Whether the request carries the service key (always, when none is set).
+pub(super) fn authorized(svc: &Service, headers: &HeaderMap) -> bool {
     let Some(key) = &svc.opts.key else {
         return true;
     };
@@ -101,9 +114,15 @@ fn authorized(svc: &Service, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    same_secret(given, key)
+}
+
+/// Whether `given` is `expected`. The digests are compared in full, so the time taken says
+/// nothing about the secret.
+pub(super) fn same_secret(given: &str, expected: &str) -> bool {
     let (a, b) = (
         Sha256::digest(given.as_bytes()),
-        Sha256::digest(key.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
     );
     a.iter()
         .zip(b.iter())
@@ -111,18 +130,18 @@ fn authorized(svc: &Service, headers: &HeaderMap) -> bool {
         == 0
 }
 
-fn json_answer(status: u16, body: &Value) -> Answer {
+pub(super) fn json_answer(status: u16, body: &Value) -> Answer {
     text(status, "application/json", Bytes::from(body.to_string()))
 }
 
-fn text(status: u16, content_type: &str, body: Bytes) -> Answer {
+pub(super) fn text(status: u16, content_type: &str, body: Bytes) -> Answer {
     let body = Full::new(body)
         .map_err(|never| match never {})
         .boxed_unsync();
     with_status(status, content_type, body)
 }
 
-fn with_status(status: u16, content_type: &str, body: Body) -> Answer {
+pub(super) fn with_status(status: u16, content_type: &str, body: Body) -> Answer {
     let mut answer = Response::new(body);
     *answer.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -133,7 +152,11 @@ fn with_status(status: u16, content_type: &str, body: Body) -> Answer {
 }
 
 /// The whole body, refused with 413 past `limit`.
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -2,8 +2,10 @@
 //! run the real `reasonq` binary against it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use reasonq::sim::{SimConfig, SimServer};
 
@@ -79,6 +81,29 @@ impl Env {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         path
     }
+}
+
+/// Spawns `cmd` (a `serve` or `view`) with its stderr read on a thread and waits, up to a
+/// minute, for the `http://` address it prints: the child, that address, and the rest of
+/// its stderr lines.
+pub fn spawn_serving(mut cmd: Command) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let address = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("it printed its address");
+        if let Some(at) = line.find("http://") {
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    (child, address, rx)
 }
 
 /// Short-form input lines `{"id":"q{i}","question":"question number {i}"}`.
