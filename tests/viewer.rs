@@ -316,15 +316,28 @@ async fn a_line_shows_every_failed_attempt_and_the_cache_tier_of_its_answer() {
         let out = env.run_with_env(&args, &vars).await;
         assert!(out.status.success(), "{}", support::stderr(&out));
     }
-    assert_eq!(*calls.lock().unwrap(), 2, "the second batch is answered by the cache");
+    assert_eq!(
+        *calls.lock().unwrap(),
+        2,
+        "the second batch is answered by the cache"
+    );
 
     let view = Running::start(&env, &["view", "--listen", "127.0.0.1:0"], &[]);
     let first = view.page("/view/batches/first/lines/0").await;
     assert!(first.contains("<table class=\"attempts\">"), "{first}");
-    assert!(first.contains("<td><code>server_error</code></td><td>503</td>"), "{first}");
+    assert!(
+        first.contains("<td><code>server_error</code></td><td>503</td>"),
+        "{first}"
+    );
     assert!(first.contains("simulated HTTP 503"), "{first}");
-    assert!(first.contains("answer to: what is &lt;b&gt;six&lt;/b&gt;?"), "{first}");
-    assert!(first.contains("<th>cache</th><td>fresh call</td>"), "{first}");
+    assert!(
+        first.contains("answer to: what is &lt;b&gt;six&lt;/b&gt;?"),
+        "{first}"
+    );
+    assert!(
+        first.contains("<th>cache</th><td>fresh call</td>"),
+        "{first}"
+    );
     let again = view.page("/view/batches/again/lines/0").await;
     assert!(again.contains("<th>cache</th><td>disk</td>"), "{again}");
     assert!(!again.contains("<table class=\"attempts\">"), "{again}");

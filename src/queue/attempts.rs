@@ -46,7 +46,10 @@ pub(super) fn record_in(
     now: u64,
 ) -> Result<()> {
     let mut table = txn.open_table(tables::JOB_ATTEMPTS)?;
-    let last = match table.range((job_id, 0u32)..=(job_id, u32::MAX))?.next_back() {
+    let last = match table
+        .range((job_id, 0u32)..=(job_id, u32::MAX))?
+        .next_back()
+    {
         Some(row) => row?.0.value().1,
         None => 0,
     };

@@ -225,7 +225,8 @@ fn snoozes_past_the_free_ones_spend_attempts_until_the_job_is_discarded() {
     let mut now = 0;
     let mut snooze = || {
         let lease = f.lease(1, now).remove(0);
-        f.write(move |txn| snooze_in(txn, &lease, "later", 1, now)).unwrap();
+        f.write(move |txn| snooze_in(txn, &lease, "later", 1, now))
+            .unwrap();
         now += 1;
         f.job(id)
     };
@@ -249,7 +250,8 @@ fn snooze_and_release_refund_the_attempt() {
     let f = fixture();
     let id = f.enqueue(job(0, None), 0).id;
     let lease = f.lease(1, 0).remove(0);
-    f.write(move |txn| snooze_in(txn, &lease, "later", 500, 10)).unwrap();
+    f.write(move |txn| snooze_in(txn, &lease, "later", 500, 10))
+        .unwrap();
     let job = f.job(id);
     assert_eq!(
         (job.state, job.attempt, job.run_at),

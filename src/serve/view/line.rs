@@ -84,7 +84,10 @@ fn source(d: &LineDetail) -> String {
     match &d.response {
         None => "-".into(),
         Some(r) if r.cached => match r.cache_tier {
-            Some(tier) => format!("the prompt cache (no call was made), cache: {}", tier.as_str()),
+            Some(tier) => format!(
+                "the prompt cache (no call was made), cache: {}",
+                tier.as_str()
+            ),
             None => "the prompt cache (no call was made)".into(),
         },
         Some(r) => match &r.provider_batch {
@@ -104,7 +107,12 @@ fn facts(out: &mut String, d: &LineDetail) {
         ("answer from", source(d)),
     ];
     if let Some(r) = &d.response {
-        let tier = r.cache_tier.map_or("fresh call", |t| t.as_str());
+        let tier = match (r.cache_tier, r.cached) {
+            (Some(tier), _) => tier.as_str(),
+            // A blackboard session's steps, or an answer recorded before tiers were kept.
+            (None, true) => "cached (no single tier recorded)",
+            (None, false) => "fresh call",
+        };
         rows.push(("cache", tier.to_string()));
     }
     if let Some(chat) = &d.chat {
