@@ -83,13 +83,8 @@ fn nav(out: &mut String, href: &str, d: &LineDetail) {
 fn source(d: &LineDetail) -> String {
     match &d.response {
         None => "-".into(),
-        Some(r) if r.cached => match r.cache_tier {
-            Some(tier) => format!(
-                "the prompt cache (no call was made), cache: {}",
-                tier.as_str()
-            ),
-            None => "the prompt cache (no call was made)".into(),
-        },
+        // Its tier is the "cache" row.
+        Some(r) if r.cached => "the prompt cache (no call was made)".into(),
         Some(r) => match &r.provider_batch {
             Some(id) => format!("the provider's batch API (batch {id})"),
             None => "the upstream API (a live call)".into(),
