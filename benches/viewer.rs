@@ -85,6 +85,7 @@ fn fill(path: &Path, n: u64) -> Store {
                         latency_ms: 200 + (i * 7919) % 1300,
                         provider_batch: None,
                         cost: Some(Money(150_000_000 + (i % 97) * 1_000_000)),
+                        cache_tier: None,
                     };
                     reasonq::queue::complete_with_body_in(
                         txn,

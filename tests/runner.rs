@@ -32,6 +32,7 @@ impl Handler for Answers {
                     latency_ms: 1,
                     provider_batch: None,
                     cost: None,
+                    cache_tier: None,
                 },
                 experience: Some(NewExperience::new("q", "a")),
                 tokens: Some((1, 1)),

@@ -281,6 +281,83 @@ async fn every_page_and_filter_of_reasonq_view() {
     );
 }
 
+/// A line that failed once then succeeded shows the failed try (its code, status and wait)
+/// and the answer; the same line answered again from the cache shows the tier; `jobs show
+/// --json` says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_shows_every_failed_attempt_and_the_cache_tier_of_its_answer() {
+    let env = Env::start(SimConfig::default()).await;
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let seen = calls.clone();
+    env.server
+        .set_responder(std::sync::Arc::new(move |body: &Value| {
+            let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+            let n = {
+                let mut calls = seen.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            if n == 1 {
+                return Reply::Fault(Fault::status(503));
+            }
+            Reply::Text(format!("answer to: {prompt}"))
+        }));
+    let line = serde_json::json!({"id": "flaky", "question": "what is <b>six</b>?",
+                                 "params": {"temperature": 0}});
+    env.write_input("in.jsonl", &[line.to_string()]);
+    // One call per attempt and no backoff: the 503 goes back to the queue at once.
+    let vars = [
+        ("REASONQ_RETRY_MAX_ATTEMPTS", "1"),
+        ("REASONQ_QUEUE_BACKOFF_BASE_S", "0"),
+    ];
+    for batch in ["first", "again"] {
+        let output = format!("{batch}.jsonl");
+        let args = ["batch", "in.jsonl", "--batch", batch, "-o", &output];
+        let out = env.run_with_env(&args, &vars).await;
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    }
+    assert_eq!(
+        *calls.lock().unwrap(),
+        2,
+        "the second batch is answered by the cache"
+    );
+
+    let view = Running::start(&env, &["view", "--listen", "127.0.0.1:0"], &[]);
+    let first = view.page("/view/batches/first/lines/0").await;
+    assert!(first.contains("<table class=\"attempts\">"), "{first}");
+    assert!(
+        first.contains("<td><code>server_error</code></td><td>503</td>"),
+        "{first}"
+    );
+    assert!(first.contains("simulated HTTP 503"), "{first}");
+    assert!(
+        first.contains("answer to: what is &lt;b&gt;six&lt;/b&gt;?"),
+        "{first}"
+    );
+    assert!(
+        first.contains("<th>cache</th><td>fresh call</td>"),
+        "{first}"
+    );
+    let again = view.page("/view/batches/again/lines/0").await;
+    assert!(again.contains("<th>cache</th><td>disk</td>"), "{again}");
+    assert!(!again.contains("<table class=\"attempts\">"), "{again}");
+    drop(view);
+
+    let list = env
+        .run(&["jobs", "list", "--batch", "first", "--json"])
+        .await;
+    let jobs: Value = serde_json::from_str(&support::stdout(&list)).unwrap();
+    let id = jobs[0]["id"].as_u64().unwrap().to_string();
+    let show = env.run(&["jobs", "show", &id, "--json"]).await;
+    let shown: Value = serde_json::from_str(&support::stdout(&show)).unwrap();
+    let attempts = shown["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{shown}");
+    assert_eq!(attempts[0]["code"], "server_error");
+    assert_eq!(attempts[0]["status_code"], 503);
+    assert!(attempts[0]["wait_ms"].is_u64(), "{shown}");
+    assert!(shown["response"]["cache_tier"].is_null(), "{shown}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_says_why_it_cannot_open_a_held_database_or_listen_off_loopback() {
     let env = filled(4).await;

@@ -14,7 +14,7 @@ use crate::chat::blackboard::{self, Board};
 use crate::chat::{ChatJob, ResponseRecord};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::queue::{usage_read, Counts, Job, Usage};
+use crate::queue::{self, usage_read, Counts, Job, Usage};
 use crate::runner::FailureRecord;
 use crate::store::sizes::{table_sizes_read, TableSize};
 use crate::store::Store;
@@ -178,11 +178,61 @@ pub fn job_detail(job: &Job) -> Value {
         "request": chat.as_ref().and_then(|c| serde_json::from_str::<Value>(&c.body).ok()),
         "response": result.as_ref().map(|r| json!({
             "status_code": r.status_code, "request_id": r.request_id, "cached": r.cached,
+            "cache_tier": r.cache_tier.map(|t| t.as_str()),
             "latency_ms": r.latency_ms, "provider_batch": r.provider_batch,
             "body": serde_json::from_str::<Value>(&r.body).unwrap_or(Value::String(r.body.clone())),
         })),
         "last_error": job.last_error.as_deref().map(FailureRecord::from_last_error),
     })
+}
+
+/// [`job_detail`] with the job's failed tries, as `jobs show` prints it.
+pub fn job_shown(job: &Job, attempts: &[Attempt]) -> Value {
+    let mut detail = job_detail(job);
+    detail["attempts"] = json!(attempts);
+    detail
+}
+
+/// One failed try of a job, its error read out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The job's n-th try (free snoozes count: they are tries too).
+    pub n: u32,
+    pub at_ms: u64,
+    pub code: String,
+    pub message: String,
+    pub status_code: Option<u16>,
+    /// The backoff or snooze before the next try; `None` when this try ended the job.
+    pub wait_ms: Option<u64>,
+}
+
+/// A job's failed tries (the most recent [`queue::KEPT_ATTEMPTS`]), oldest first.
+pub fn attempts_read(txn: &redb::ReadTransaction, job_id: u64) -> Result<Vec<Attempt>> {
+    let rows = queue::attempts_read(txn, job_id)?;
+    Ok(rows
+        .into_iter()
+        .map(|(n, a)| {
+            let error = FailureRecord::from_last_error(&a.error);
+            Attempt {
+                n,
+                at_ms: a.at_ms,
+                code: error.code,
+                message: error.message,
+                status_code: error.status_code,
+                wait_ms: a.wait_ms,
+            }
+        })
+        .collect())
+}
+
+/// Job `id` whole with its failed tries (`jobs show`).
+pub async fn job_of(store: &Store, id: u64) -> Result<Option<(Job, Vec<Attempt>)>> {
+    store
+        .read(move |txn| match queue::get_read(txn, id)? {
+            Some(job) => Ok(Some((job, attempts_read(txn, id)?))),
+            None => Ok(None),
+        })
+        .await
 }
 
 /// The custom id of a job, when it is a chat job.

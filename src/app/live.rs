@@ -86,6 +86,9 @@ pub struct WireJob {
     pub payload: Vec<u8>,
     pub result: Option<Vec<u8>>,
     pub body: Option<Vec<u8>>,
+    /// Its failed tries (`jobs_show` only).
+    #[serde(default)]
+    pub attempts: Vec<inspect::Attempt>,
 }
 
 impl WireJob {
@@ -98,6 +101,7 @@ impl WireJob {
             payload,
             result,
             body,
+            attempts: Vec::new(),
         }
     }
 
@@ -108,6 +112,12 @@ impl WireJob {
         job.result = self.result;
         job.body = self.body;
         job
+    }
+
+    /// The job whole again, with its failed tries (`jobs_show`).
+    pub fn into_shown(mut self) -> (Job, Vec<inspect::Attempt>) {
+        let attempts = std::mem::take(&mut self.attempts);
+        (self.into_job(), attempts)
     }
 }
 
@@ -247,11 +257,12 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: S, source: &Source) -
             .list(batch.as_deref(), state, limit)
             .await
             .map(|jobs| Reply::Jobs(jobs.into_iter().map(WireJob::of).collect())),
-        Request::JobsShow { id } => source
-            .queue
-            .get(id)
-            .await
-            .map(|job| Reply::Job(job.map(WireJob::of))),
+        Request::JobsShow { id } => inspect::job_of(&source.store, id).await.map(|shown| {
+            Reply::Job(shown.map(|(job, attempts)| WireJob {
+                attempts,
+                ..WireJob::of(job)
+            }))
+        }),
     };
     let line = match reply {
         Ok(reply) => Line::Ok(Box::new(reply)),

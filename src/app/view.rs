@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::inspect::{known_batch_read, status_row_read, BatchStatus};
+use super::inspect::{attempts_read, known_batch_read, status_row_read, Attempt, BatchStatus};
 use super::runs::runs_read;
 use crate::batch::export::failure_of;
 use crate::batch::lines;
@@ -496,6 +496,8 @@ pub struct LineDetail {
     pub response: Option<ResponseRecord>,
     /// Why it failed or was cancelled, or its last attempt's error while it is retried.
     pub error: Option<FailureRecord>,
+    /// Its failed tries, oldest first (the most recent ones the queue keeps).
+    pub attempts: Vec<Attempt>,
     /// The experience its answer recorded (with the judged outcome), if still kept.
     pub experience: Option<Experience>,
     /// Its blackboard session, for lines of the blackboard strategy.
@@ -528,6 +530,7 @@ pub async fn line(store: &Store, batch: &str, n: u64) -> Result<Option<LineDetai
                 chat: codec::decode(&job.payload).ok(),
                 response: ResponseRecord::of_job(&job).and_then(|r| r.ok()),
                 error: error_of(&job),
+                attempts: attempts_read(txn, job.id)?,
                 experience,
                 board,
                 job,

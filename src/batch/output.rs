@@ -133,6 +133,7 @@ mod tests {
                 latency_ms: 3,
                 provider_batch: None,
                 cost: None,
+                cache_tier: None,
             },
         );
         assert_eq!(

@@ -1,7 +1,7 @@
 //! What a strategy's engine runs a job with: the gateway for its calls and the chat
 //! settings. Shared by the handler that dispatches and the engines it dispatches to.
 
-use super::{ChatJob, ResponseRecord};
+use super::{CacheTier, ChatJob, ResponseRecord};
 use crate::cache::Hit;
 use crate::cost::Money;
 use crate::error::Result;
@@ -37,7 +37,12 @@ impl Engine {
         latency: std::time::Duration,
         provider_batch: Option<String>,
     ) -> ResponseRecord {
-        let cached = matches!(hit, Hit::Memory | Hit::Disk);
+        let cache_tier = match hit {
+            Hit::Memory => Some(CacheTier::Memory),
+            Hit::Disk => Some(CacheTier::Disk),
+            Hit::Miss | Hit::Bypass => None,
+        };
+        let cached = cache_tier.is_some();
         let cost = if cached {
             Some(Money::ZERO)
         } else {
@@ -53,6 +58,7 @@ impl Engine {
             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             provider_batch,
             cost,
+            cache_tier,
         }
     }
 

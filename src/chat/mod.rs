@@ -214,11 +214,44 @@ pub struct ResponseRecord {
     /// What the answer cost, priced at completion (a cache hit: zero); `None`: unknown (a
     /// model without a price, or answered before reasonq priced answers).
     pub cost: Option<crate::cost::Money>,
+    /// The cache tier a cached answer came from; `None`: a fresh call (or a blackboard
+    /// session, whose steps each have their own), or answered before reasonq kept it.
+    pub cache_tier: Option<CacheTier>,
+}
+
+/// The tier of the prompt cache an answer was served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheTier {
+    Memory,
+    Disk,
+}
+
+impl CacheTier {
+    /// Its name in the viewer and `jobs show --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Memory => "memory",
+            CacheTier::Disk => "disk",
+        }
+    }
+}
+
+/// A response record as layout 4 wrote it (no cache tier). bincode is not self-describing:
+/// each layout is spelled out (no `flatten`).
+#[derive(Serialize, Deserialize)]
+struct ResponseV4 {
+    status_code: u16,
+    request_id: Option<String>,
+    cached: bool,
+    latency_ms: u64,
+    provider_batch: Option<String>,
+    cost: Option<crate::cost::Money>,
 }
 
 impl crate::codec::Record for ResponseRecord {
-    /// Layout 2 left the body out; layout 3 adds `provider_batch`; layout 4 `cost`.
-    const LAYOUT: u8 = 4;
+    /// Layout 2 left the body out; layout 3 adds `provider_batch`; layout 4 `cost`; layout 5
+    /// `cache_tier`.
+    const LAYOUT: u8 = 5;
 
     fn upgrade(layout: u8, payload: &[u8]) -> Result<Self, crate::codec::CodecError> {
         #[derive(Deserialize)]
@@ -244,48 +277,61 @@ impl crate::codec::Record for ResponseRecord {
             latency_ms: u64,
             provider_batch: Option<String>,
         }
-        match layout {
+        let (v, body) = match layout {
             1 => {
                 let v: V1 = crate::codec::payload_of(payload)?;
-                Ok(ResponseRecord {
+                let v4 = ResponseV4 {
                     status_code: v.status_code,
                     request_id: v.request_id,
-                    body: v.body,
                     cached: v.cached,
                     latency_ms: v.latency_ms,
                     provider_batch: None,
                     cost: None,
-                })
+                };
+                (v4, v.body)
             }
             2 => {
                 let v: V2 = crate::codec::payload_of(payload)?;
-                Ok(ResponseRecord {
+                let v4 = ResponseV4 {
                     status_code: v.status_code,
                     request_id: v.request_id,
-                    body: String::new(),
                     cached: v.cached,
                     latency_ms: v.latency_ms,
                     provider_batch: None,
                     cost: None,
-                })
+                };
+                (v4, String::new())
             }
             3 => {
                 let v: V3 = crate::codec::payload_of(payload)?;
-                Ok(ResponseRecord {
+                let v4 = ResponseV4 {
                     status_code: v.status_code,
                     request_id: v.request_id,
-                    body: String::new(),
                     cached: v.cached,
                     latency_ms: v.latency_ms,
                     provider_batch: v.provider_batch,
                     cost: None,
+                };
+                (v4, String::new())
+            }
+            4 => (crate::codec::payload_of(payload)?, String::new()),
+            found => {
+                return Err(crate::codec::CodecError::UnknownLayout {
+                    found,
+                    current: Self::LAYOUT,
                 })
             }
-            found => Err(crate::codec::CodecError::UnknownLayout {
-                found,
-                current: Self::LAYOUT,
-            }),
-        }
+        };
+        Ok(ResponseRecord {
+            status_code: v.status_code,
+            request_id: v.request_id,
+            body,
+            cached: v.cached,
+            latency_ms: v.latency_ms,
+            provider_batch: v.provider_batch,
+            cost: v.cost,
+            cache_tier: None,
+        })
     }
 }
 
@@ -408,6 +454,35 @@ mod tests {
 
     impl crate::codec::Record for V3 {
         const LAYOUT: u8 = 3;
+    }
+
+    impl crate::codec::Record for ResponseV4 {
+        const LAYOUT: u8 = 4;
+    }
+
+    #[test]
+    fn records_of_layout_4_read_with_no_cache_tier() {
+        let old = ResponseV4 {
+            status_code: 200,
+            request_id: Some("r".into()),
+            cached: true,
+            latency_ms: 3,
+            provider_batch: None,
+            cost: Some(crate::cost::Money::ZERO),
+        };
+        let read: ResponseRecord =
+            crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(
+            (read.cached, read.cost, read.cache_tier),
+            (true, Some(crate::cost::Money::ZERO), None)
+        );
+        let now = ResponseRecord {
+            cache_tier: Some(CacheTier::Disk),
+            ..read
+        };
+        let again: ResponseRecord =
+            crate::codec::decode(&crate::codec::encode(&now).unwrap()).unwrap();
+        assert_eq!(again.cache_tier, Some(CacheTier::Disk));
     }
 
     #[test]

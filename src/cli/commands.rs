@@ -299,7 +299,7 @@ async fn jobs_inner(app: &App, cmd: JobsCommand) -> CliResult {
             print_jobs(&jobs, as_json)
         }
         JobsCommand::Show { id, json: _ } => {
-            let job = app.queue.get(id).await.map_err(fail)?;
+            let job = inspect::job_of(&app.store, id).await.map_err(fail)?;
             print_job(job, id)
         }
         JobsCommand::Retry { id: Some(id), .. } => {
@@ -358,7 +358,7 @@ async fn jobs_live(db: &std::path::Path, locked: reasonq::Error, cmd: JobsComman
         }
         JobsCommand::Show { id, json: _ } => {
             match ask_holder(db, locked, Request::JobsShow { id }).await? {
-                Reply::Job(job) => print_job(job.map(|j| j.into_job()), id),
+                Reply::Job(job) => print_job(job.map(|j| j.into_shown()), id),
                 _ => Err(wrong_answer()),
             }
         }
@@ -402,9 +402,9 @@ fn print_jobs(jobs: &[Job], as_json: bool) -> CliResult {
 }
 
 /// `jobs show ID`.
-fn print_job(job: Option<Job>, id: u64) -> CliResult {
-    let job = job.ok_or_else(|| fail(format!("no job {id}")))?;
-    print_json(&job_detail(&job))
+fn print_job(job: Option<(Job, Vec<inspect::Attempt>)>, id: u64) -> CliResult {
+    let (job, attempts) = job.ok_or_else(|| fail(format!("no job {id}")))?;
+    print_json(&inspect::job_shown(&job, &attempts))
 }
 
 /// `jobs cancel --batch B`: the waiting lines here, the provider batches at the provider.

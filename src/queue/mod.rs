@@ -7,6 +7,7 @@
 //! exists as a sync function of a write transaction (`*_in`) or read transaction
 //! (`*_read`) to compose with other writes, and as an async method of [`Queue`].
 
+mod attempts;
 mod backoff;
 mod index;
 mod job;
@@ -16,6 +17,7 @@ mod usage;
 
 use std::time::Duration;
 
+pub use attempts::{attempts_read, AttemptRecord, KEPT_ATTEMPTS};
 pub use backoff::backoff_ms;
 pub use job::{
     Counts, Enqueued, Failure, Job, JobState, Lease, NewJob, QueueConfig, Retention,
@@ -170,12 +172,12 @@ impl Queue {
 
     /// Puts a running job back to scheduled for `delay` (see [`snooze_in`]); the state it ends
     /// in (`Discarded` once snoozes have used up its attempts).
-    pub async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<JobState> {
-        let lease = lease.clone();
+    pub async fn snooze(&self, lease: &Lease, error: &str, delay: Duration) -> Result<JobState> {
+        let (lease, error) = (lease.clone(), error.to_owned());
         let delay_ms = duration_ms(delay);
         let now = now_ms();
         self.store
-            .write(move |txn| snooze_in(txn, &lease, delay_ms, now))
+            .write(move |txn| snooze_in(txn, &lease, &error, delay_ms, now))
             .await
     }
 

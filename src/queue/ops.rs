@@ -7,6 +7,7 @@ use std::collections::hash_map::{Entry, HashMap};
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use super::attempts;
 use super::backoff::backoff_ms;
 use super::index::{JobTables, Placed};
 use super::job::{
@@ -327,9 +328,9 @@ fn complete_with(
     t.save(Some(before), &job)
 }
 
-/// Records a failed attempt. A retryable failure with attempts left waits for the backoff
-/// (state `retryable`); a fatal one, or the last attempt, discards the job. Returns the new
-/// state.
+/// Records a failed attempt (also in the job's attempt history). A retryable failure with
+/// attempts left waits for the backoff (state `retryable`); a fatal one, or the last attempt,
+/// discards the job. Returns the new state.
 pub fn fail_in(
     txn: &WriteTransaction,
     config: &QueueConfig,
@@ -339,27 +340,33 @@ pub fn fail_in(
     now: u64,
 ) -> Result<JobState> {
     let mut state = JobState::Running;
+    let mut wait_ms = None;
     transition(txn, lease, |job| {
         job.last_error = Some(error.to_owned());
         if failure == Failure::Retryable && job.attempt < job.max_attempts {
             leave_running(job, JobState::Retryable);
-            job.run_at = now.saturating_add(backoff_ms(config, job.id, job.attempt));
+            let wait = backoff_ms(config, job.id, job.attempt);
+            job.run_at = now.saturating_add(wait);
+            wait_ms = Some(wait);
         } else {
             leave_running(job, JobState::Discarded);
             job.finished_at = Some(now);
         }
         state = job.state;
     })?;
+    attempts::record_in(txn, lease.job.id, error, wait_ms, now)?;
     Ok(state)
 }
 
 /// Puts a running job back to `scheduled` for `delay_ms` (e.g. a 429 with `Retry-After`).
 /// The first [`FREE_SNOOZES`] snoozes of a job spend no attempt; later ones do, so a server
 /// that keeps saying "later" (a quota that never comes back) cannot keep a job forever: it is
-/// discarded when its attempts run out.
+/// discarded when its attempts run out. `error` (why the server said later) goes into the
+/// job's attempt history.
 pub fn snooze_in(
     txn: &WriteTransaction,
     lease: &Lease,
+    error: &str,
     delay_ms: u64,
     now: u64,
 ) -> Result<JobState> {
@@ -384,6 +391,8 @@ pub fn snooze_in(
         leave_running(job, JobState::Scheduled);
         job.run_at = now.saturating_add(delay_ms);
     })?;
+    let wait_ms = (state == JobState::Scheduled).then_some(delay_ms);
+    attempts::record_in(txn, id, error, wait_ms, now)?;
     Ok(state)
 }
 
@@ -541,13 +550,17 @@ fn rescue(
         rescued += 1;
         let before = Placed::of(&job);
         mark(&mut job);
-        if job.attempt >= job.max_attempts {
+        let wait_ms = if job.attempt >= job.max_attempts {
             leave_running(&mut job, JobState::Discarded);
             job.finished_at = Some(now);
+            None
         } else {
             leave_running(&mut job, JobState::Available);
-        }
+            Some(0)
+        };
         t.save(Some(before), &job)?;
+        let error = job.last_error.as_deref().unwrap_or_default();
+        attempts::record_in(txn, id, error, wait_ms, now)?;
     }
     t.finish()?;
     Ok(rescued)
@@ -607,8 +620,8 @@ fn upgrade_in(txn: &WriteTransaction) -> Result<()> {
     t.finish()
 }
 
-/// Deletes finished jobs older than their state's retention, with their index, dedup and
-/// checkpoint entries (a pruned job's dedup key is free again) and their batch's input
+/// Deletes finished jobs older than their state's retention, with their index, dedup,
+/// checkpoint and attempt entries (a pruned job's dedup key is free again) and their batch's input
 /// digest. Returns how many.
 pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Result<usize> {
     let mut t = JobTables::open(txn)?;
@@ -616,6 +629,7 @@ pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Resu
     let mut dedup = txn.open_table(tables::JOBS_DEDUP)?;
     let mut checkpoints = txn.open_table(tables::JOB_CHECKPOINTS)?;
     let mut snoozes = txn.open_table(tables::JOB_SNOOZES)?;
+    let mut tries = txn.open_table(tables::JOB_ATTEMPTS)?;
     // A batch with a pruned job must enqueue its file again on a rerun.
     let mut inputs = txn.open_table(tables::BATCH_INPUTS)?;
     let mut pruned = 0;
@@ -642,6 +656,7 @@ pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Resu
             }
             checkpoints.remove(id)?;
             snoozes.remove(id)?;
+            attempts::remove_in(&mut tries, id)?;
             inputs.remove(job.queue.as_str())?;
             pruned += 1;
         }

@@ -225,7 +225,8 @@ fn snoozes_past_the_free_ones_spend_attempts_until_the_job_is_discarded() {
     let mut now = 0;
     let mut snooze = || {
         let lease = f.lease(1, now).remove(0);
-        f.write(move |txn| snooze_in(txn, &lease, 1, now)).unwrap();
+        f.write(move |txn| snooze_in(txn, &lease, "later", 1, now))
+            .unwrap();
         now += 1;
         f.job(id)
     };
@@ -249,7 +250,8 @@ fn snooze_and_release_refund_the_attempt() {
     let f = fixture();
     let id = f.enqueue(job(0, None), 0).id;
     let lease = f.lease(1, 0).remove(0);
-    f.write(move |txn| snooze_in(txn, &lease, 500, 10)).unwrap();
+    f.write(move |txn| snooze_in(txn, &lease, "later", 500, 10))
+        .unwrap();
     let job = f.job(id);
     assert_eq!(
         (job.state, job.attempt, job.run_at),
@@ -518,4 +520,82 @@ fn a_remote_lease_outlives_restarts_and_expiry_but_ends_like_any_lease() {
         f.write(move |txn| complete_in(txn, &stale, b"again", 3_000)),
         Err(Error::LeaseLost { .. })
     ));
+}
+
+#[test]
+fn failed_tries_are_kept_with_their_wait_and_go_with_the_pruned_job() {
+    let f = fixture();
+    let id = f.enqueue(job(0, None), 0).id;
+    let config = f.config;
+    let attempts = |f: &Fixture| {
+        f.store
+            .read_blocking(move |txn| attempts_read(txn, id))
+            .unwrap()
+    };
+    let lease = f.lease(1, 0).remove(0);
+    f.write(move |txn| fail_in(txn, &config, &lease, "503", Failure::Retryable, 10))
+        .unwrap();
+    let run_at = f.job(id).run_at;
+    let lease = f.lease(1, run_at).remove(0);
+    f.write(move |txn| snooze_in(txn, &lease, "429", 700, run_at + 1))
+        .unwrap();
+    let lease = f.lease(1, run_at + 701).remove(0);
+    f.write(move |txn| complete_in(txn, &lease, b"r", 2_000))
+        .unwrap();
+    let rows = attempts(&f);
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|(n, a)| (*n, a.error.as_str(), a.wait_ms, a.at_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, "503", Some(backoff_ms(&config, id, 1)), 10),
+            (2, "429", Some(700), run_at + 1)
+        ]
+    );
+    let day = 24 * 3600 * 1000;
+    let retention = Retention::default();
+    assert_eq!(
+        f.write(move |txn| prune_in(txn, &retention, 2_000 + day))
+            .unwrap(),
+        1
+    );
+    assert!(attempts(&f).is_empty(), "pruned with the job");
+}
+
+#[test]
+fn a_job_keeps_its_most_recent_tries_only_and_the_last_has_no_wait() {
+    let f = Fixture {
+        config: QueueConfig {
+            default_max_attempts: KEPT_ATTEMPTS,
+            ..QueueConfig::default()
+        },
+        ..fixture()
+    };
+    let id = f.enqueue(job(0, None), 0).id;
+    let mut now = 0;
+    loop {
+        let lease = f.lease(1, now).remove(0);
+        let error = format!("e{now}");
+        let state = f
+            .write(move |txn| snooze_in(txn, &lease, &error, 1, now))
+            .unwrap();
+        now += 1;
+        if state == JobState::Discarded {
+            break;
+        }
+    }
+    let rows = f
+        .store
+        .read_blocking(move |txn| attempts_read(txn, id))
+        .unwrap();
+    let tries = u32::try_from(now).unwrap();
+    assert!(tries > KEPT_ATTEMPTS, "{tries} tries");
+    assert_eq!(rows.len(), KEPT_ATTEMPTS as usize);
+    let (first, _) = &rows[0];
+    let (last, record) = &rows[rows.len() - 1];
+    assert_eq!((*first, *last), (tries - KEPT_ATTEMPTS + 1, tries));
+    assert_eq!(record.wait_ms, None, "the try that ended the job");
+    assert_eq!(record.error, format!("e{}", now - 1));
 }

@@ -171,7 +171,7 @@ impl JobCtx {
             Some(delay) if delay <= SNOOZE_CAP => {
                 RunStats::bump(&self.stats.server_waits);
                 self.stats.count_error(&record.code, false);
-                self.snooze(delay.max(SNOOZE_FLOOR)).await
+                self.snooze(&record, delay.max(SNOOZE_FLOOR)).await
             }
             // Longer than a batch should sit silent (a daily quota): spend an attempt instead,
             // so such a job ends instead of waiting a day per try.
@@ -202,10 +202,10 @@ impl JobCtx {
 
     /// Puts the job back to run after `delay`; the first snoozes of a job spend no attempt
     /// (see [`crate::queue::snooze_in`]).
-    pub async fn snooze(&self, delay: Duration) -> Result<()> {
+    pub async fn snooze(&self, record: &FailureRecord, delay: Duration) -> Result<()> {
         let state = self
             .queue
-            .snooze(&self.lease, delay)
+            .snooze(&self.lease, &record.to_last_error(), delay)
             .await
             .or_else(|e| ignore_lost(e).map(|()| JobState::Running))?;
         if state == JobState::Discarded {

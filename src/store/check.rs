@@ -117,6 +117,7 @@ fn counts_of(path: &Path) -> Result<Vec<(String, u64)>> {
         JOB_CHECKPOINTS,
         JOBS_COUNTS,
         JOB_SNOOZES,
+        JOB_ATTEMPTS,
         EXPERIENCES,
         EXPERIENCES_BY_TIME,
         EXPERIENCES_BY_DOMAIN,

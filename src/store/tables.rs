@@ -89,6 +89,8 @@ pub const JOBS_FINISHED: TableDefinition<(u8, u64, u64), ()> =
 pub const JOB_CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_checkpoints");
 /// Job id -> snoozes so far: after the free ones, a snooze spends an attempt.
 pub const JOB_SNOOZES: TableDefinition<u64, u32> = TableDefinition::new("job_snoozes");
+/// (job id, n-th try) -> encoded `queue::AttemptRecord`: a job's failed tries, the last 20.
+pub const JOB_ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("job_attempts");
 /// (queue, state code) -> number of jobs: counts and the list of queues without a scan.
 pub const JOBS_COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("jobs_counts");
 
@@ -205,6 +207,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(JOB_CHECKPOINTS)?;
     txn.open_table(JOBS_COUNTS)?;
     txn.open_table(JOB_SNOOZES)?;
+    txn.open_table(JOB_ATTEMPTS)?;
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_BY_EXPIRY)?;
     txn.open_table(RUNS)?;

@@ -541,7 +541,10 @@ fn run_on(store: &Store, ops: &[Op]) -> Result<(), String> {
                 let Some(lease) = pick(i) else { continue };
                 let l = lease.clone();
                 let got = w(Box::new(move |txn| {
-                    Ok(out(queue::snooze_in(txn, &l, delay, now), Out::State))
+                    Ok(out(
+                        queue::snooze_in(txn, &l, "later", delay, now),
+                        Out::State,
+                    ))
                 }))?;
                 let want = model.snooze(&lease, delay, now);
                 (got, want)

@@ -199,6 +199,8 @@ async fn complete(engine: &Engine, ctx: &JobCtx, job: &ChatJob, board: Board) ->
         latency_ms,
         provider_batch: None,
         cost,
+        // Its steps each came from a tier of their own (or a fresh call).
+        cache_tier: None,
     };
     let reasoning = board
         .entries

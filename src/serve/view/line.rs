@@ -83,7 +83,8 @@ fn nav(out: &mut String, href: &str, d: &LineDetail) {
 fn source(d: &LineDetail) -> String {
     match &d.response {
         None => "-".into(),
-        Some(r) if r.cached => "the prompt cache (no call was made; memory or disk tier)".into(),
+        // Its tier is the "cache" row.
+        Some(r) if r.cached => "the prompt cache (no call was made)".into(),
         Some(r) => match &r.provider_batch {
             Some(id) => format!("the provider's batch API (batch {id})"),
             None => "the upstream API (a live call)".into(),
@@ -100,6 +101,15 @@ fn facts(out: &mut String, d: &LineDetail) {
         ("finished (GMT)", html::when(job.finished_at)),
         ("answer from", source(d)),
     ];
+    if let Some(r) = &d.response {
+        let tier = match (r.cache_tier, r.cached) {
+            (Some(tier), _) => tier.as_str(),
+            // A blackboard session's steps, or an answer recorded before tiers were kept.
+            (None, true) => "cached (no single tier recorded)",
+            (None, false) => "fresh call",
+        };
+        rows.push(("cache", tier.to_string()));
+    }
     if let Some(chat) = &d.chat {
         rows.push(("endpoint", chat.api.url().to_string()));
         rows.push(("domain", chat.domain.clone()));
@@ -211,10 +221,8 @@ fn attempts(out: &mut String, d: &LineDetail) {
             html::when(job.lease_expires_at)
         );
     }
-    out.push_str(
-        " The queue keeps each line's last error, not every attempt's; retries inside one \
-         attempt (429, 5xx) are counted in <code>/metrics</code>.</p>",
-    );
+    out.push_str("</p>");
+    tries(out, d);
     let Some(e) = &d.error else {
         return;
     };
@@ -245,6 +253,40 @@ fn attempts(out: &mut String, d: &LineDetail) {
         );
     }
     out.push_str("</tbody></table>");
+}
+
+/// Every failed try the queue kept (the most recent ones), with its error and wait.
+fn tries(out: &mut String, d: &LineDetail) {
+    if d.attempts.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<table class=\"attempts\"><thead><tr><th>try</th><th>ended (GMT)</th><th>code</th>\
+         <th>HTTP status</th><th>message</th><th>wait before the next</th></tr></thead><tbody>",
+    );
+    for a in &d.attempts {
+        let status = a.status_code.map(|s| s.to_string()).unwrap_or_default();
+        let wait = match a.wait_ms {
+            Some(ms) => html::millis(Some(ms)),
+            None => "none (the job ended)".into(),
+        };
+        w!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            a.n,
+            esc(&html::when(Some(a.at_ms))),
+            esc(&a.code),
+            esc(&status),
+            esc(&a.message),
+            esc(&wait)
+        );
+    }
+    w!(
+        out,
+        "</tbody></table><p>The queue keeps a line's last {} failed tries; \
+         retries inside one attempt (429, 5xx) are counted in <code>/metrics</code>.</p>",
+        crate::queue::KEPT_ATTEMPTS
+    );
 }
 
 fn outcome(out: &mut String, d: &LineDetail) {
