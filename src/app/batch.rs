@@ -402,14 +402,15 @@ pub async fn prepare(
             .await?;
         existed && stored.as_deref() == Some(input.as_slice())
     };
-    {
+    // The schema kept, and a pass that does not finish leaves no key behind (a rerun of an
+    // unchanged file with no schema writes nothing here).
+    if scan.validate.is_some() || !same_input {
         let (b, schema) = (batch.clone(), scan.validate.clone());
         app.store
             .write(move |txn| {
                 if let Some(schema) = &schema {
                     schema.put_in(txn)?;
                 }
-                // A pass that does not finish leaves no digest behind.
                 if !same_input {
                     txn.open_table(tables::BATCH_INPUTS)?.remove(b.as_str())?;
                 }

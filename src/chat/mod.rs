@@ -236,6 +236,25 @@ impl CacheTier {
     }
 }
 
+/// A response record as layout 2 wrote it (the body stored beside it, no provider batch).
+#[derive(Serialize, Deserialize)]
+struct ResponseV2 {
+    status_code: u16,
+    request_id: Option<String>,
+    cached: bool,
+    latency_ms: u64,
+}
+
+/// A response record as layout 3 wrote it (no cost).
+#[derive(Serialize, Deserialize)]
+struct ResponseV3 {
+    status_code: u16,
+    request_id: Option<String>,
+    cached: bool,
+    latency_ms: u64,
+    provider_batch: Option<String>,
+}
+
 /// A response record as layout 4 wrote it (no cache tier). bincode is not self-describing:
 /// each layout is spelled out (no `flatten`).
 #[derive(Serialize, Deserialize)]
@@ -262,21 +281,6 @@ impl crate::codec::Record for ResponseRecord {
             cached: bool,
             latency_ms: u64,
         }
-        #[derive(Deserialize)]
-        struct V2 {
-            status_code: u16,
-            request_id: Option<String>,
-            cached: bool,
-            latency_ms: u64,
-        }
-        #[derive(Deserialize)]
-        struct V3 {
-            status_code: u16,
-            request_id: Option<String>,
-            cached: bool,
-            latency_ms: u64,
-            provider_batch: Option<String>,
-        }
         let (v, body) = match layout {
             1 => {
                 let v: V1 = crate::codec::payload_of(payload)?;
@@ -291,7 +295,7 @@ impl crate::codec::Record for ResponseRecord {
                 (v4, v.body)
             }
             2 => {
-                let v: V2 = crate::codec::payload_of(payload)?;
+                let v: ResponseV2 = crate::codec::payload_of(payload)?;
                 let v4 = ResponseV4 {
                     status_code: v.status_code,
                     request_id: v.request_id,
@@ -303,7 +307,7 @@ impl crate::codec::Record for ResponseRecord {
                 (v4, String::new())
             }
             3 => {
-                let v: V3 = crate::codec::payload_of(payload)?;
+                let v: ResponseV3 = crate::codec::payload_of(payload)?;
                 let v4 = ResponseV4 {
                     status_code: v.status_code,
                     request_id: v.request_id,
@@ -397,22 +401,13 @@ pub(crate) fn saturate(n: u64) -> u32 {
 mod tests {
     use super::*;
 
-    /// A response record as layout 2 wrote it (no provider batch).
-    #[derive(Serialize, Deserialize)]
-    struct V2 {
-        status_code: u16,
-        request_id: Option<String>,
-        cached: bool,
-        latency_ms: u64,
-    }
-
-    impl crate::codec::Record for V2 {
+    impl crate::codec::Record for ResponseV2 {
         const LAYOUT: u8 = 2;
     }
 
     #[test]
     fn records_of_layout_2_read_as_answers_of_no_provider_batch() {
-        let old = V2 {
+        let old = ResponseV2 {
             status_code: 200,
             request_id: Some("r".into()),
             cached: true,
@@ -442,17 +437,7 @@ mod tests {
         assert_eq!(again.cost, Some(crate::cost::Money(12)));
     }
 
-    /// A response record as layout 3 wrote it (no cost).
-    #[derive(Serialize, Deserialize)]
-    struct V3 {
-        status_code: u16,
-        request_id: Option<String>,
-        cached: bool,
-        latency_ms: u64,
-        provider_batch: Option<String>,
-    }
-
-    impl crate::codec::Record for V3 {
+    impl crate::codec::Record for ResponseV3 {
         const LAYOUT: u8 = 3;
     }
 
@@ -487,7 +472,7 @@ mod tests {
 
     #[test]
     fn records_of_layout_3_read_with_an_unknown_cost() {
-        let old = V3 {
+        let old = ResponseV3 {
             status_code: 200,
             request_id: None,
             cached: false,

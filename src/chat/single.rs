@@ -30,16 +30,16 @@ pub(super) async fn run(
         Ok(shaped) => shaped,
         Err(message) => return bad_payload(&ctx, message).await,
     };
+    // Checks that cannot be made end the job before anything is paid for.
+    let Some(required) = required(&ctx, &job).await? else {
+        return Ok(());
+    };
     let heartbeat = ctx.heartbeat();
     let started = Instant::now();
     let mut outcome = engine.gateway.call_deferred(&body).await;
     // A cached reply that fails its check is no answer: this attempt asks the model again.
     if let Ok((response, Hit::Memory | Hit::Disk, _)) = &outcome {
-        if job.structured()
-            && required(&ctx, &job)
-                .await?
-                .is_some_and(|r| r.violation(&response.response).is_some())
-        {
+        if required.violation(&response.response).is_some() {
             outcome = engine.gateway.call_fresh(&body).await;
         }
     }
@@ -135,13 +135,12 @@ pub(crate) async fn complete(
     let record = engine.record_of(job, &outcome, hit, latency, provider_batch);
     let latency_ms = record.latency_ms;
     let usage = outcome.response.usage.clone().unwrap_or_default();
-    if job.structured() {
-        let Some(required) = required(ctx, job).await? else {
-            return Ok(());
-        };
-        if let Some(violation) = required.violation(&outcome.response) {
-            return rejected(ctx, job, &record, &usage, violation).await;
-        }
+    // Checked here, not only in `run`: provider-batch answers come through this way too.
+    let Some(required) = required(ctx, job).await? else {
+        return Ok(());
+    };
+    if let Some(violation) = required.violation(&outcome.response) {
+        return rejected(ctx, job, &record, &usage, violation).await;
     }
     let judged = apply::judge_reply(
         strategy,
@@ -206,7 +205,7 @@ pub(crate) async fn complete(
 }
 
 /// The checks of `job`'s reply; `None`: none can be made (the job was discarded).
-pub(crate) async fn required(ctx: &JobCtx, job: &ChatJob) -> Result<Option<Required>> {
+async fn required(ctx: &JobCtx, job: &ChatJob) -> Result<Option<Required>> {
     match Required::of(ctx.store(), &job.body, job.validate.as_deref()).await? {
         Ok(required) => Ok(Some(required)),
         Err(message) => bad_payload(ctx, message).await.map(|()| None),
