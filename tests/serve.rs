@@ -39,7 +39,12 @@ impl Server {
         Server {
             child,
             base,
-            http: reqwest::Client::new(),
+            // A new connection per request: after a refused body (413) the server closes its
+            // side, and a request racing onto that pooled connection would fail as incomplete.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("a test HTTP client"),
             key,
             log: rx,
         }

@@ -17,6 +17,7 @@ use crate::batch::input::{self, items, scan_file, BatchItem, InputError, Scan};
 use crate::batch::output::failure_line;
 use crate::batch::shard::{self, Shard};
 use crate::batch::{lines, with_suffix};
+use crate::chat::prefill::{self, Prefill, Prefilled};
 use crate::chat::remote::{self, RemoteEnd, RemoteWatch};
 use crate::chat::structured::SchemaFile;
 use crate::chat::{self, ChatJob};
@@ -27,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::llm::batch_api::Protocol;
 use crate::memory::Strategy;
 use crate::queue::{
-    enqueue_many_in, find_by_dedup_read, usage_read, waiting_ids_read, JobState, NewJob, Usage,
+    enqueue_answered_in, find_by_dedup_read, usage_read, waiting_ids_read, JobState, NewJob, Usage,
 };
 use crate::runner::{DrainEnd, FailureRecord, RunCounts};
 use crate::shutdown::Listener;
@@ -245,6 +246,8 @@ struct Enqueued {
     requests: u64,
     /// Jobs new in the queue.
     inserted: usize,
+    /// New jobs the disk cache answered as they were enqueued (see `chat::prefill`).
+    prefilled: u64,
     /// Waiting jobs of lines no longer in the file, to cancel.
     stale: Vec<u64>,
 }
@@ -256,19 +259,23 @@ async fn enqueue_file(
     opts: &BatchOptions,
     scan: Scan,
     batch: &str,
-    endpoint: &str,
+    connected: &Connected,
     existed: bool,
     input: &[u8; 32],
 ) -> Result<Enqueued> {
     let phase = std::time::Instant::now();
+    let endpoint = connected.endpoint();
+    let prefill = Arc::new(Prefill::new(&connected.chat));
+    let stats = Arc::clone(connected.runner.stats());
     // The reading thread parses, keys and encodes; this task commits. Two chunks in flight
     // keep both busy with bounded memory.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk>>(2);
     let reader = {
         let (opts, batch, endpoint) = (opts.clone(), batch.to_string(), endpoint.to_string());
         let model = app.config.model.clone();
+        let prefill = Arc::clone(&prefill);
         tokio::task::spawn_blocking(move || {
-            let sent = read_chunks(&opts, &model, &scan, &batch, &endpoint, &tx);
+            let sent = read_chunks(&opts, &model, &scan, &batch, &endpoint, &prefill, &tx);
             if let Err(e) = sent {
                 let _ = tx.blocking_send(Err(e));
             }
@@ -276,7 +283,7 @@ async fn enqueue_file(
         })
     };
     let config = *app.queue.config();
-    let mut inserted = 0;
+    let (mut inserted, mut prefilled) = (0, 0);
     let mut requests = 0u64;
     while let Some(chunk) = rx.recv().await {
         let mut chunk = chunk?;
@@ -284,15 +291,26 @@ async fn enqueue_file(
         requests = chunk.first + chunk.jobs.len() as u64;
         let b = batch.to_string();
         let now = now_ms();
-        inserted += app
+        let (new, answered) = app
             .store
             .write(move |txn| {
-                let done = enqueue_many_in(txn, &config, &chunk.jobs, now)?;
+                let known = prefill::known(&chunk.answered, chunk.jobs.len());
+                let done = enqueue_answered_in(txn, &config, &chunk.jobs, &known, now)?;
                 let ids: Vec<u64> = done.iter().map(|e| e.id).collect();
                 lines::set_many_in(txn, &b, chunk.first, &ids)?;
-                Ok(done.iter().filter(|e| e.inserted).count())
+                // Only jobs this commit inserted: an older job of the line keeps its state.
+                let inserted: Vec<(u64, &Prefilled)> = chunk
+                    .answered
+                    .iter()
+                    .filter_map(|(i, p)| done.get(*i).filter(|e| e.inserted).map(|e| (e.id, p)))
+                    .collect();
+                let answered = prefill::record_in(txn, &b, &inserted, now)?;
+                Ok((done.iter().filter(|e| e.inserted).count(), answered))
             })
             .await?;
+        inserted += new;
+        prefilled += answered;
+        stats.answered_from_cache(answered);
     }
     let scan = reader
         .await
@@ -306,7 +324,7 @@ async fn enqueue_file(
             Ok(())
         })
         .await?;
-    tracing::info!(inserted, elapsed = ?phase.elapsed(), "enqueued");
+    tracing::info!(inserted, prefilled, elapsed = ?phase.elapsed(), "enqueued");
 
     // Waiting jobs of lines no longer in the file are cancelled (neither paid for nor
     // hidden); failed ones of this file go again if asked.
@@ -331,6 +349,7 @@ async fn enqueue_file(
         scan,
         requests,
         inserted,
+        prefilled,
         stale,
     })
 }
@@ -362,6 +381,8 @@ struct Chunk {
     /// (index in `jobs`, the key an earlier version gave the line, its chat job), for
     /// lines whose key changed between versions.
     legacy: Vec<(usize, String, ChatJob)>,
+    /// (index in `jobs`, its answer) for lines the disk cache answers already.
+    answered: Vec<(usize, Prefilled)>,
 }
 
 /// Checks the models the lines name (unless simulated) and enqueues the lines, reading the
@@ -422,6 +443,7 @@ pub async fn prepare(
         scan,
         requests,
         inserted,
+        prefilled,
         stale,
     } = if same_input {
         // Every line of this file is enqueued and listed already, under these options.
@@ -432,10 +454,11 @@ pub async fn prepare(
             scan,
             requests,
             inserted: 0,
+            prefilled: 0,
             stale: Vec::new(),
         }
     } else {
-        enqueue_file(app, opts, scan, &batch, &endpoint, existed, &input).await?
+        enqueue_file(app, opts, scan, &batch, connected, existed, &input).await?
     };
     app.queue.cancel_many(&stale).await?;
     let again = if opts.retry_failed {
@@ -464,7 +487,8 @@ pub async fn prepare(
         cancelled: stale.len(),
         baseline: Baseline {
             total: requests,
-            completed: counts.get(JobState::Completed),
+            // Lines answered at enqueue are this run's (its counters have them).
+            completed: counts.get(JobState::Completed).saturating_sub(prefilled),
             failed: counts.get(JobState::Discarded) + counts.get(JobState::Cancelled),
             cost: usage.cost,
             cap: opts.max_cost,
@@ -483,15 +507,20 @@ fn read_chunks(
     scan: &Scan,
     batch: &str,
     endpoint: &str,
+    prefill: &Prefill,
     tx: &tokio::sync::mpsc::Sender<Result<Chunk>>,
 ) -> Result<()> {
     let unreadable =
         |e: std::io::Error| Error::Invalid(format!("cannot read {}: {e}", opts.input.display()));
-    let mut chunk = Chunk {
-        first: 0,
+    let empty = |first: u64| Chunk {
+        first,
         jobs: Vec::with_capacity(ENQUEUE_CHUNK),
         legacy: Vec::new(),
+        answered: Vec::new(),
     };
+    let mut chunk = empty(0);
+    // The chunk's chat jobs, for the cache to answer when the chunk is full.
+    let mut asked: Vec<(usize, ChatJob)> = Vec::with_capacity(ENQUEUE_CHUNK);
     // Lines of other shards were checked with the rest (a bad line fails every shard alike)
     // and are skipped here.
     let mine = |item: &std::io::Result<BatchItem>| match (opts.shard, item) {
@@ -507,25 +536,22 @@ fn read_chunks(
         let job = chat_job(opts, scan, &item);
         let mut new = NewJob::new(batch, chat::KIND, codec::encode(&job)?);
         new.dedup_key = Some(job.dedup_key(endpoint));
+        asked.push((chunk.jobs.len(), job.clone()));
         if let Some(key) = job.legacy_dedup_key(endpoint) {
             chunk.legacy.push((chunk.jobs.len(), key, job));
         }
         chunk.jobs.push(new);
         if chunk.jobs.len() == ENQUEUE_CHUNK {
-            let full = std::mem::replace(
-                &mut chunk,
-                Chunk {
-                    first: n as u64 + 1,
-                    jobs: Vec::with_capacity(ENQUEUE_CHUNK),
-                    legacy: Vec::new(),
-                },
-            );
+            let mut full = std::mem::replace(&mut chunk, empty(n as u64 + 1));
+            full.answered = prefill.answers_blocking(&asked)?;
+            asked.clear();
             if tx.blocking_send(Ok(full)).is_err() {
                 return Ok(());
             }
         }
     }
     if !chunk.jobs.is_empty() {
+        chunk.answered = prefill.answers_blocking(&asked)?;
         let _ = tx.blocking_send(Ok(chunk));
     }
     Ok(())

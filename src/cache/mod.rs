@@ -216,6 +216,26 @@ impl Cache {
         Some((found, Hit::Disk))
     }
 
+    /// Tier-2 answers for `keys` (`None`: absent or expired), from one read transaction on
+    /// the calling thread, which must not be the async runtime's; hits are counted, misses
+    /// not (their lines look again when they run). For answers known before a line runs
+    /// (`chat::prefill`); the memory tier is left alone, so a million-line replay does not
+    /// churn it.
+    pub fn disk_answers_blocking(&self, keys: &[CacheKey]) -> Result<Vec<Option<CachedResponse>>> {
+        let Some(store) = &self.store else {
+            return Ok(keys.iter().map(|_| None).collect());
+        };
+        let now = self.now();
+        let found = store.read_blocking(|txn| {
+            keys.iter()
+                .map(|key| get_read(txn, key, now))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+        self.counters.hits_disk.fetch_add(hits, Relaxed);
+        Ok(found)
+    }
+
     /// Looks `key` up in tier 2. Concurrent misses are gathered: one reader on the blocking
     /// pool takes every lookup waiting and answers them from one read transaction, so a burst
     /// of misses costs one hop to the pool instead of one each. A lookup that fails is a miss

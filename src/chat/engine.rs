@@ -69,24 +69,36 @@ impl Engine {
         store: &Store,
         job: &ChatJob,
     ) -> Result<std::result::Result<Strategy, String>> {
-        if let Some(name) = job.strategy.as_deref() {
-            return Ok(name.parse::<Strategy>());
-        }
-        // A reply checked against its structure must be the model's text as it is; other
-        // strategies ask for formats of their own (lines naming one are refused at input).
-        if job.structured() {
-            return Ok(Ok(Strategy::DIRECT));
+        if let Some(known) = self.fixed_strategy(job) {
+            return Ok(known);
         }
         let arms = self.settings.memory.strategies.clone();
-        // One arm (the default) is its own pick whatever the statistics say: no read.
-        if let [only] = arms.as_slice() {
-            return Ok(Ok(*only));
-        }
         let domain = job.domain.clone();
         store
             .read(move |txn| bandit::choose_read(txn, &domain, &arms))
             .await
             .map(Ok)
+    }
+
+    /// [`Engine::strategy_for`] when no statistics are needed to know it (the line names
+    /// one, its reply is checked, or one strategy is configured); `None`: the bandit picks.
+    pub(crate) fn fixed_strategy(
+        &self,
+        job: &ChatJob,
+    ) -> Option<std::result::Result<Strategy, String>> {
+        if let Some(name) = job.strategy.as_deref() {
+            return Some(name.parse::<Strategy>());
+        }
+        // A reply checked against its structure must be the model's text as it is; other
+        // strategies ask for formats of their own (lines naming one are refused at input).
+        if job.structured() {
+            return Some(Ok(Strategy::DIRECT));
+        }
+        // One arm (the default) is its own pick whatever the statistics say: no read.
+        match self.settings.memory.strategies.as_slice() {
+            [only] => Some(Ok(*only)),
+            _ => None,
+        }
     }
 }
 

@@ -37,51 +37,12 @@ where
         tokens,
     } = answer;
     let cached = record.cached;
-    if record.body.len() > codec::MAX_RECORD_BYTES {
-        let e = CodecError::Encode(format!(
-            "the body is {} bytes, more than the {} byte limit",
-            record.body.len(),
-            codec::MAX_RECORD_BYTES
-        ));
-        return unstorable(ctx, job, &e).await;
-    }
-    let result = match codec::encode(&record) {
+    let result = match encoded(&record) {
         Ok(bytes) => bytes,
         Err(e) => return unstorable(ctx, job, &e).await,
     };
-    let mut usage = match (cached, tokens) {
-        (true, _) => Usage {
-            cached: 1,
-            ..Usage::default()
-        },
-        (false, Some((prompt_tokens, completion_tokens))) => Usage {
-            prompt_tokens,
-            completion_tokens,
-            ..Usage::default()
-        },
-        // Counted step by step (blackboard): the record's usage is the session's total.
-        (false, None) => {
-            let (prompt_tokens, completion_tokens) = record.usage();
-            Usage {
-                prompt_tokens,
-                completion_tokens,
-                ..Usage::default()
-            }
-        }
-    };
-    // The batch's money, in the same transaction as the answer it pays for.
-    let cost = if cached {
-        Some(Money::ZERO)
-    } else {
-        record.cost
-    };
-    match cost {
-        Some(cost) => {
-            usage.cost = cost;
-            usage.priced = 1;
-        }
-        None => usage.unpriced = 1,
-    }
+    let usage = usage_of(&record, tokens);
+    let cost = usage_cost(&usage);
     let queue = ctx.job().queue.clone();
     let body = record.body.into_bytes();
     let committed = ctx
@@ -109,6 +70,60 @@ where
         stats.add_cost(cost);
     }
     Ok(())
+}
+
+/// `record` encoded for the job's result; the error says why it cannot be stored.
+pub(crate) fn encoded(record: &ResponseRecord) -> std::result::Result<Vec<u8>, CodecError> {
+    if record.body.len() > codec::MAX_RECORD_BYTES {
+        return Err(CodecError::Encode(format!(
+            "the body is {} bytes, more than the {} byte limit",
+            record.body.len(),
+            codec::MAX_RECORD_BYTES
+        )));
+    }
+    codec::encode(record)
+}
+
+/// What the answer `record` adds to its batch's totals; `tokens` as in [`Answer::tokens`].
+pub(crate) fn usage_of(record: &ResponseRecord, tokens: Option<(u64, u64)>) -> Usage {
+    let mut usage = match (record.cached, tokens) {
+        (true, _) => Usage {
+            cached: 1,
+            ..Usage::default()
+        },
+        (false, Some((prompt_tokens, completion_tokens))) => Usage {
+            prompt_tokens,
+            completion_tokens,
+            ..Usage::default()
+        },
+        // Counted step by step (blackboard): the record's usage is the session's total.
+        (false, None) => {
+            let (prompt_tokens, completion_tokens) = record.usage();
+            Usage {
+                prompt_tokens,
+                completion_tokens,
+                ..Usage::default()
+            }
+        }
+    };
+    // A cache hit paid nothing.
+    match if record.cached {
+        Some(Money::ZERO)
+    } else {
+        record.cost
+    } {
+        Some(cost) => {
+            usage.cost = cost;
+            usage.priced = 1;
+        }
+        None => usage.unpriced = 1,
+    }
+    usage
+}
+
+/// The cost in `usage` of one answer, `None` when unpriced.
+fn usage_cost(usage: &Usage) -> Option<Money> {
+    (usage.priced > 0).then_some(usage.cost)
 }
 
 /// Discards a job whose answer cannot be stored; the call was made, so the message says so.

@@ -11,6 +11,7 @@ mod call;
 mod engine;
 pub mod finish;
 pub mod handler;
+pub mod prefill;
 pub mod remote;
 mod single;
 pub mod structured;

@@ -133,7 +133,6 @@ pub(crate) async fn complete(
         provider_batch,
     } = reply;
     let record = engine.record_of(job, &outcome, hit, latency, provider_batch);
-    let latency_ms = record.latency_ms;
     let usage = outcome.response.usage.clone().unwrap_or_default();
     // Checked here, not only in `run`: provider-batch answers come through this way too.
     let Some(required) = required(ctx, job).await? else {
@@ -142,6 +141,49 @@ pub(crate) async fn complete(
     if let Some(violation) = required.violation(&outcome.response) {
         return rejected(ctx, job, &record, &usage, violation).await;
     }
+    let Learned {
+        answer,
+        used_rules,
+        outcome: judged_outcome,
+    } = learned(
+        engine,
+        job,
+        &outcome,
+        record,
+        strategy,
+        memory,
+        ctx.job().id,
+    );
+    let domain = job.domain.clone();
+    finish(ctx, job, answer, move |txn, _now| {
+        rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
+        if let Some(write) = &cache_write {
+            write.put_in(txn)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What a judged reply completes its job with, and what the rules it was shown learn.
+pub(crate) struct Learned {
+    pub answer: Answer,
+    pub used_rules: Vec<u64>,
+    pub outcome: crate::memory::record::Outcome,
+}
+
+/// Judges `outcome` by `strategy` and makes the job's answer and experience of it: a pure
+/// function, shared by the live completion and answers known at enqueue (`chat::prefill`).
+pub(crate) fn learned(
+    engine: &Engine,
+    job: &ChatJob,
+    outcome: &ChatOutcome,
+    record: crate::chat::ResponseRecord,
+    strategy: Strategy,
+    memory: MemorySection,
+    job_id: u64,
+) -> Learned {
+    let usage = outcome.response.usage.clone().unwrap_or_default();
     let judged = apply::judge_reply(
         strategy,
         outcome.response.content().unwrap_or_default(),
@@ -182,26 +224,20 @@ pub(crate) async fn complete(
             model: outcome.response.model.clone().unwrap_or_default(),
             prompt_tokens: saturate(usage.prompt_tokens),
             completion_tokens: saturate(usage.completion_tokens),
-            latency_ms,
-            job_id: Some(ctx.job().id),
+            latency_ms: record.latency_ms,
+            job_id: Some(job_id),
             used_experiences: memory.used_experiences,
         },
     };
-    let answer = Answer {
-        record,
-        experience: Some(experience),
-        tokens: Some((usage.prompt_tokens, usage.completion_tokens)),
-    };
-    let (domain, used_rules, judged_outcome) =
-        (job.domain.clone(), memory.used_rules, judged.outcome);
-    finish(ctx, job, answer, move |txn, _now| {
-        rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
-        if let Some(write) = &cache_write {
-            write.put_in(txn)?;
-        }
-        Ok(())
-    })
-    .await
+    Learned {
+        answer: Answer {
+            record,
+            experience: Some(experience),
+            tokens: Some((usage.prompt_tokens, usage.completion_tokens)),
+        },
+        used_rules: memory.used_rules,
+        outcome: judged.outcome,
+    }
 }
 
 /// The checks of `job`'s reply; `None`: none can be made (the job was discarded).

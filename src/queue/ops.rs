@@ -37,6 +37,22 @@ pub fn enqueue_many_in(
     jobs: &[NewJob],
     now: u64,
 ) -> Result<Vec<Enqueued>> {
+    enqueue_answered_in(txn, config, jobs, &[], now)
+}
+
+/// A job's result (and the response body it refers to) known when it is enqueued.
+pub type Known<'a> = Option<(&'a [u8], Option<&'a [u8]>)>;
+
+/// [`enqueue_many_in`], where `answers[i]` (when given) is the result of `jobs[i]`, known
+/// already (the cache had it): such a job is inserted completed, with one attempt, and no
+/// worker ever runs it. A job that is not inserted (its dedup key is taken) keeps its state.
+pub fn enqueue_answered_in(
+    txn: &WriteTransaction,
+    config: &QueueConfig,
+    jobs: &[NewJob],
+    answers: &[Known<'_>],
+    now: u64,
+) -> Result<Vec<Enqueued>> {
     for job in jobs {
         validate(job)?;
     }
@@ -52,14 +68,20 @@ pub fn enqueue_many_in(
     let mut by_queue = txn.open_table(tables::JOBS_BY_QUEUE)?;
     let mut dedup = txn.open_table(tables::JOBS_DEDUP)?;
     let mut out: Vec<Enqueued> = Vec::with_capacity(jobs.len());
-    for (new, slot) in jobs.iter().zip(plan) {
+    for (i, (new, slot)) in jobs.iter().zip(plan).enumerate() {
         let id = match slot {
             Slot::Stored(id) => id,
             Slot::SameAs(first) => out[first].id,
             Slot::New => {
                 let id = next_id;
                 next_id += 1;
-                let job = new_job(config, new, id, now);
+                let mut job = new_job(config, new, id, now);
+                if let Some(&Some((result, body))) = answers.get(i) {
+                    job.state = JobState::Completed;
+                    job.attempt = 1;
+                    job.finished_at = Some(now);
+                    t.put_result(txn, id, result, body)?;
+                }
                 t.save(None, &job)?;
                 by_queue.insert((job.queue.as_str(), id), ())?;
                 if let Some(key) = job.dedup_key.as_deref() {

@@ -29,6 +29,20 @@ pub struct Usage {
     pub unpriced: u64,
 }
 
+impl Usage {
+    /// Adds `other` to these totals (saturating).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.cached = self.cached.saturating_add(other.cached);
+        self.cost = Money(self.cost.0.saturating_add(other.cost.0));
+        self.priced = self.priced.saturating_add(other.priced);
+        self.unpriced = self.unpriced.saturating_add(other.unpriced);
+    }
+}
+
 /// Adds one completed job's usage to `queue`'s totals.
 pub fn add_usage_in(txn: &WriteTransaction, queue: &str, add: Usage) -> Result<()> {
     let mut table = txn.open_table(BATCH_USAGE)?;

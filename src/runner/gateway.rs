@@ -225,11 +225,9 @@ impl Gateway {
     /// The cached answer to `body`, if the policy lets it be cached and a tier has it; no
     /// call is made (a provider batch sends only what the cache cannot answer).
     pub async fn cached(&self, body: &serde_json::Value) -> Result<Option<(ChatOutcome, Hit)>> {
-        if !cacheable(self.settings.cache_policy, Api::ChatCompletions, body) {
+        let Some(key) = self.cache_key(body) else {
             return Ok(None);
-        }
-        let key =
-            CacheKey::for_request(&self.settings.endpoint, Api::ChatCompletions.route(), body);
+        };
         let Some((cached, hit)) = self.cache.lookup(key).await else {
             return Ok(None);
         };
@@ -244,6 +242,20 @@ impl Gateway {
         }
     }
 
+    /// The cache key of the chat request `body`; `None` when the policy keeps it out of
+    /// the cache.
+    pub fn cache_key(&self, body: &serde_json::Value) -> Option<CacheKey> {
+        cacheable(self.settings.cache_policy, Api::ChatCompletions, body).then(|| {
+            CacheKey::for_request(&self.settings.endpoint, Api::ChatCompletions.route(), body)
+        })
+    }
+
+    /// The disk tier's answers to `keys` (see [`Cache::disk_answers_blocking`]): off the
+    /// async runtime only.
+    pub fn disk_answers_blocking(&self, keys: &[CacheKey]) -> Result<Vec<Option<CachedResponse>>> {
+        self.cache.disk_answers_blocking(keys)
+    }
+
     /// A response to `body` that came back another way (a provider's batch API): parsed
     /// like a call's, remembered in the memory tier, and returned with its disk-cache write
     /// for the completion's transaction, so a later live run of the same prompt is free.
@@ -255,11 +267,9 @@ impl Gateway {
         bytes: Bytes,
     ) -> std::result::Result<(ChatOutcome, Option<CacheWrite>), LlmError> {
         let outcome = ChatOutcome::from_parts(status, request_id.clone(), bytes.clone())?;
-        if !cacheable(self.settings.cache_policy, Api::ChatCompletions, body) {
+        let Some(key) = self.cache_key(body) else {
             return Ok((outcome, None));
-        }
-        let key =
-            CacheKey::for_request(&self.settings.endpoint, Api::ChatCompletions.route(), body);
+        };
         let response = CachedResponse::new(status, request_id, bytes)
             .stamped(crate::clock::now_ms(), self.cache.config().ttl);
         if !response.is_success() {

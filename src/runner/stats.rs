@@ -69,6 +69,12 @@ impl RunStats {
         }
     }
 
+    /// Counts `n` jobs completed from the cache without running (`chat::prefill`).
+    pub fn answered_from_cache(&self, n: u64) {
+        self.completed.fetch_add(n, Ordering::Relaxed);
+        self.cached.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts tokens billed by a call (not those of cache hits).
     pub fn add_tokens(&self, prompt: u64, completion: u64) {
         self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
