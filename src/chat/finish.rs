@@ -8,9 +8,9 @@ use super::{ChatJob, ResponseRecord};
 use crate::codec::{self, CodecError};
 use crate::cost::Money;
 use crate::error::{Error, Result};
-use crate::memory::experience::{self, NewExperience};
+use crate::memory::experience::{self, Indexing, NewExperience};
 use crate::queue::{add_usage_in, Failure, Usage};
-use crate::runner::{FailureRecord, JobCtx, RunStats};
+use crate::runner::{Extras, FailureRecord, JobCtx, RunStats};
 
 /// How a chat job ended well.
 pub struct Answer {
@@ -43,17 +43,14 @@ where
     };
     let usage = usage_of(&record, tokens);
     let cost = usage_cost(&usage);
-    let queue = ctx.job().queue.clone();
+    let extras = ChatExtras {
+        experience,
+        queue: ctx.job().queue.clone(),
+        usage,
+        also: Box::new(also),
+    };
     let body = record.body.into_bytes();
-    let committed = ctx
-        .complete(result, Some(body), move |txn, now| {
-            if let Some(experience) = &experience {
-                experience::record_deferred_in(txn, experience, now)?;
-            }
-            add_usage_in(txn, &queue, usage)?;
-            also(txn, now)
-        })
-        .await;
+    let committed = ctx.complete(result, Some(body), extras).await;
     let committed = match committed {
         Ok(committed) => committed,
         // The job record with its result (or the experience) does not fit in a record.
@@ -70,6 +67,40 @@ where
         stats.add_cost(cost);
     }
     Ok(())
+}
+
+/// What a chat job's completion writes beside the queue's part.
+struct ChatExtras {
+    experience: Option<NewExperience>,
+    /// The batch whose totals `usage` adds to.
+    queue: String,
+    usage: Usage,
+    /// The strategy's own writes (rule scores, the cache row, a blackboard).
+    also: AlsoFn,
+}
+
+/// A strategy's own writes in a completion's transaction, given the commit time.
+type AlsoFn = Box<dyn Fn(&WriteTransaction, u64) -> Result<()> + Send>;
+
+impl Extras for ChatExtras {
+    /// The experiences of a burst in one record call (their tables opened once, each
+    /// domain's counter and pattern written once) and each batch's totals in one write.
+    fn apply_all(txn: &WriteTransaction, done: &[&Self], now: u64) -> Result<()> {
+        let experiences: Vec<&NewExperience> =
+            done.iter().filter_map(|d| d.experience.as_ref()).collect();
+        experience::record_with_in(txn, &experiences, now, Indexing::Deferred)?;
+        let mut totals: Vec<(&str, Usage)> = Vec::new();
+        for d in done {
+            match totals.iter_mut().find(|(q, _)| *q == d.queue) {
+                Some((_, sum)) => sum.add(&d.usage),
+                None => totals.push((&d.queue, d.usage)),
+            }
+        }
+        for (queue, usage) in totals {
+            add_usage_in(txn, queue, usage)?;
+        }
+        done.iter().try_for_each(|d| (d.also)(txn, now))
+    }
 }
 
 /// `record` encoded for the job's result; the error says why it cannot be stored.

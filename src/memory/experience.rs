@@ -159,20 +159,22 @@ pub enum Indexing {
 }
 
 /// [`record_many_in`] with a choice of [`Indexing`].
-pub fn record_with_in(
+pub fn record_with_in<E: std::borrow::Borrow<NewExperience>>(
     txn: &WriteTransaction,
-    items: &[NewExperience],
+    items: &[E],
     now: u64,
     indexing: Indexing,
 ) -> Result<Vec<u64>> {
-    items.iter().try_for_each(|item| item.data.validate())?;
+    items
+        .iter()
+        .try_for_each(|item| item.borrow().data.validate())?;
     if items.is_empty() {
         return Ok(Vec::new());
     }
     let first = allocate_ids(txn, NEXT_EXPERIENCE_ID, items.len() as u64)?;
     let exps: Vec<Experience> = (first..)
         .zip(items)
-        .map(|(id, item)| item.to_experience(id, now))
+        .map(|(id, item)| item.borrow().to_experience(id, now))
         .collect();
     Tables::open(txn)?.insert_all(&exps, indexing)?;
     Ok(exps.iter().map(|e| e.id).collect())

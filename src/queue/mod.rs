@@ -24,12 +24,12 @@ pub use job::{
     FREE_INTERRUPTIONS, FREE_SNOOZES,
 };
 pub use ops::{
-    cancel_in, checkpoint_in, complete_in, complete_many_in, complete_with_body_in,
-    enqueue_answered_in, enqueue_in, enqueue_many_in, fail_in, heartbeat_in, lease_ids_in,
-    lease_in, prune_in, release_in, rescue_expired_in, rescue_interrupted_in, retry_in, snooze_in,
-    REMOTE_LEASE,
+    cancel_in, checkpoint_in, complete_all_in, complete_in, complete_many_in,
+    complete_with_body_in, enqueue_answered_in, enqueue_in, enqueue_many_in, fail_in, heartbeat_in,
+    lease_ids_in, lease_in, prune_in, release_in, rescue_expired_in, rescue_interrupted_in,
+    retry_in, snooze_in, REMOTE_LEASE,
 };
-pub use ops::{rescue_at_open, Known};
+pub use ops::{rescue_at_open, Completing, Known};
 pub use read::{
     counts_read, find_by_dedup_read, finished_read, get_read, jobs_in_queue_read, list_read,
     load_checkpoint_read, queue_names, queues_read, waiting_ids_read, Whole,

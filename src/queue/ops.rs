@@ -314,20 +314,48 @@ pub fn complete_many_in(
     done: &[(Lease, Vec<u8>)],
     now: u64,
 ) -> Result<Vec<Result<()>>> {
+    let done: Vec<Completing<'_>> = done
+        .iter()
+        .map(|(lease, result)| Completing {
+            lease,
+            result,
+            body: None,
+        })
+        .collect();
+    complete_all_in(txn, &done, now)
+}
+
+/// One leased job's completion: its result record and the response body it refers to.
+pub struct Completing<'a> {
+    pub lease: &'a Lease,
+    pub result: &'a [u8],
+    pub body: Option<&'a [u8]>,
+}
+
+/// [`complete_with_body_in`] for many jobs, with each table opened and each count written
+/// once. Each entry gets its own outcome: a lost lease fails that entry only (nothing of it
+/// is written).
+pub fn complete_all_in(
+    txn: &WriteTransaction,
+    done: &[Completing<'_>],
+    now: u64,
+) -> Result<Vec<Result<()>>> {
     let mut t = JobTables::open(txn)?;
     let mut outcomes = Vec::with_capacity(done.len());
-    for (lease, result) in done {
-        outcomes.push(match complete_with(txn, &mut t, lease, result, None, now) {
-            Err(e @ Error::LeaseLost { .. }) => Err(e),
-            other => Ok(other?),
-        });
+    for c in done {
+        outcomes.push(
+            match complete_with(txn, &mut t, c.lease, c.result, c.body, now) {
+                Err(e @ Error::LeaseLost { .. }) => Err(e),
+                other => Ok(other?),
+            },
+        );
     }
     t.finish()?;
     let mut checkpoints = txn.open_table(tables::JOB_CHECKPOINTS)?;
     if !checkpoints.is_empty()? {
-        for ((lease, _), outcome) in done.iter().zip(&outcomes) {
+        for (c, outcome) in done.iter().zip(&outcomes) {
             if outcome.is_ok() {
-                checkpoints.remove(lease.job.id)?;
+                checkpoints.remove(c.lease.job.id)?;
             }
         }
     }

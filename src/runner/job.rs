@@ -11,7 +11,10 @@ use super::stats::RunStats;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::llm::LlmError;
-use crate::queue::{checkpoint_in, complete_with_body_in, Failure, Job, JobState, Lease, Queue};
+use crate::queue::{
+    checkpoint_in, complete_all_in, Completing, Failure, Job, JobState, Lease, Queue,
+};
+use crate::store::join::Join;
 use crate::store::Store;
 
 /// Shortest snooze a server's `Retry-After` gets.
@@ -89,29 +92,29 @@ impl JobCtx {
     }
 
     /// Completes the job with `result` and the response `body` it refers to (stored once,
-    /// see [`crate::store::bodies`]), running `also` (given the commit time) in the same
-    /// fenced transaction. Returns false when the lease was lost: another worker owns the job
-    /// now and its result is the one kept.
-    pub async fn complete<F>(&self, result: Vec<u8>, body: Option<Vec<u8>>, also: F) -> Result<bool>
-    where
-        F: Fn(&WriteTransaction, u64) -> Result<()> + Send + 'static,
-    {
-        let lease = self.lease.clone();
-        let committed = self
-            .store()
-            .write(move |txn| {
-                let now = now_ms();
-                complete_with_body_in(txn, &lease, &result, body.as_deref(), now)?;
-                also(txn, now)
-            })
-            .await;
-        match committed {
-            Ok(()) => {
-                RunStats::bump(&self.stats.completed);
-                Ok(true)
-            }
-            Err(e) => ignore_lost(e).map(|()| false),
+    /// see [`crate::store::bodies`]), writing `extras` in the same fenced transaction.
+    /// Completions waiting for the writer together commit as one joined write (see
+    /// [`Extras`]). Returns false when the lease was lost: another worker owns the job now
+    /// and its result is the one kept.
+    pub async fn complete<X: Extras>(
+        &self,
+        result: Vec<u8>,
+        body: Option<Vec<u8>>,
+        extras: X,
+    ) -> Result<bool> {
+        let done = Done {
+            lease: self.lease.clone(),
+            result,
+            body,
+            extras,
+        };
+        let committed = self.store().write_joined::<Completion<X>>(done).await?;
+        if committed {
+            RunStats::bump(&self.stats.completed);
+        } else {
+            tracing::warn!(job = self.lease.job.id, "lease lost; result discarded");
         }
+        Ok(committed)
     }
 
     /// Saves the job's progress with `also` in one fenced transaction; false when the lease
@@ -212,6 +215,73 @@ impl JobCtx {
             RunStats::bump(&self.stats.failed);
         }
         Ok(())
+    }
+}
+
+/// What a job kind writes with each completion, in the completion's transaction. A burst
+/// of completions waiting for the writer is applied in one call: the queue's part with its
+/// tables opened once, then [`Extras::apply_all`] with the extras of the jobs whose leases
+/// held, so a kind can open its own tables once and sum its counters too.
+pub trait Extras: Send + 'static {
+    /// Writes `done` (given the commit time). An `Err` fails every completion of the call;
+    /// the writer then commits each alone, so only the faulty one fails.
+    fn apply_all(txn: &WriteTransaction, done: &[&Self], now: u64) -> Result<()>;
+}
+
+/// Extras as one closure a job, run in turn (for completions that write nothing to share).
+pub struct Also<F>(pub F);
+
+impl<F> Extras for Also<F>
+where
+    F: Fn(&WriteTransaction, u64) -> Result<()> + Send + 'static,
+{
+    fn apply_all(txn: &WriteTransaction, done: &[&Self], now: u64) -> Result<()> {
+        done.iter().try_for_each(|also| (also.0)(txn, now))
+    }
+}
+
+/// A completion waiting for the writer.
+struct Done<X> {
+    lease: Lease,
+    result: Vec<u8>,
+    body: Option<Vec<u8>>,
+    extras: X,
+}
+
+/// Completions of jobs whose extras are of type `X`, joined by the writer.
+struct Completion<X>(std::marker::PhantomData<fn() -> X>);
+
+impl<X: Extras> Join for Completion<X> {
+    type Item = Done<X>;
+    /// False: the lease was lost.
+    type Out = bool;
+
+    fn apply(txn: &WriteTransaction, items: &[Done<X>]) -> Result<Vec<Result<bool>>> {
+        let now = now_ms();
+        let completing: Vec<Completing<'_>> = items
+            .iter()
+            .map(|d| Completing {
+                lease: &d.lease,
+                result: &d.result,
+                body: d.body.as_deref(),
+            })
+            .collect();
+        let outcomes = complete_all_in(txn, &completing, now)?;
+        let held: Vec<&X> = items
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_ok())
+            .map(|(d, _)| &d.extras)
+            .collect();
+        X::apply_all(txn, &held, now)?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(()) => Ok(true),
+                Err(Error::LeaseLost { .. }) => Ok(false),
+                Err(e) => Err(e),
+            })
+            .collect())
     }
 }
 

@@ -28,7 +28,7 @@ pub use breaker::{Breaker, Trip, ACCOUNT_ERRORS, CONNECT_FAILURES};
 pub use budget::{Budget, Reservation, Standing, BUDGET_REACHED};
 pub use failure::FailureRecord;
 pub use gateway::{billed_tokens, CacheWrite, CallError, Gateway, GatewaySettings};
-pub use job::{ignore_lost, Heartbeat, JobCtx, SNOOZE_CAP, SNOOZE_FLOOR};
+pub use job::{ignore_lost, Also, Extras, Heartbeat, JobCtx, SNOOZE_CAP, SNOOZE_FLOOR};
 pub use stats::{RunCounts, RunStats};
 
 use crate::error::{Error, Result};

@@ -12,6 +12,7 @@
 
 pub mod bodies;
 pub mod check;
+pub mod join;
 pub mod sizes;
 pub mod tables;
 
@@ -218,6 +219,20 @@ impl Store {
         rx.blocking_recv().map_err(|_| Error::Closed)?
     }
 
+    /// Applies `item` with the other items of kind `J` waiting for the writer, in one call
+    /// ([`join`]), grouped and made durable as [`Store::write`] does; returns its own outcome.
+    pub async fn write_joined<J: join::Join>(&self, item: J::Item) -> Result<J::Out> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Box::new(join::Joined::<J>::new(item, reply)))?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn send(&self, op: Box<dyn WriteOp>) -> Result<()> {
+        let guard = self.inner.writer.lock().map_err(|_| Error::Closed)?;
+        let writer = guard.as_ref().ok_or(Error::Closed)?;
+        writer.tx.send(op).map_err(|_| Error::Closed)
+    }
+
     fn submit<R, F>(&self, f: F, relaxed: bool) -> Result<oneshot::Receiver<Result<R>>>
     where
         F: Fn(&WriteTransaction) -> Result<R> + Send + 'static,
@@ -230,9 +245,7 @@ impl Store {
             reply: Some(reply),
             relaxed,
         });
-        let guard = self.inner.writer.lock().map_err(|_| Error::Closed)?;
-        let writer = guard.as_ref().ok_or(Error::Closed)?;
-        writer.tx.send(op).map_err(|_| Error::Closed)?;
+        self.send(op)?;
         Ok(rx)
     }
 
@@ -450,6 +463,21 @@ trait WriteOp: Send {
     /// Whether this write may be committed without its own fsync.
     fn relaxed(&self) -> bool;
     fn reply(self: Box<Self>, outcome: Result<()>);
+    /// The kind of a joined write ([`join`]); `None` for a plain one.
+    fn kind(&self) -> Option<std::any::TypeId> {
+        None
+    }
+    /// Takes in `other`, a write of the same kind (given back otherwise).
+    fn absorb(&mut self, other: Box<dyn WriteOp>) -> std::result::Result<(), Box<dyn WriteOp>> {
+        Err(other)
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+    /// The callers' writes this one carries, to be run alone when it failed as a whole.
+    fn split(self: Box<Self>) -> Vec<Box<dyn WriteOp>>;
+    /// How many callers' writes it carries.
+    fn parts(&self) -> usize {
+        1
+    }
 }
 
 struct TypedOp<F, R> {
@@ -461,8 +489,8 @@ struct TypedOp<F, R> {
 
 impl<F, R> WriteOp for TypedOp<F, R>
 where
-    F: Fn(&WriteTransaction) -> Result<R> + Send,
-    R: Send,
+    F: Fn(&WriteTransaction) -> Result<R> + Send + 'static,
+    R: Send + 'static,
 {
     fn apply(&mut self, txn: &WriteTransaction) -> Result<()> {
         // A panicking write must fail alone, not kill the writer thread (and the store) for
@@ -474,6 +502,14 @@ where
 
     fn relaxed(&self) -> bool {
         self.relaxed
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+
+    fn split(self: Box<Self>) -> Vec<Box<dyn WriteOp>> {
+        vec![self]
     }
 
     fn reply(mut self: Box<Self>, outcome: Result<()>) {
@@ -511,7 +547,7 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                if commit_group(db, group, durability) {
+                if commit_group(db, join::join(group), durability) {
                     unsynced_since.get_or_insert_with(Instant::now);
                 }
             }
@@ -580,12 +616,20 @@ fn commit_group(
         }
     }
     let mut unsynced = false;
-    for mut op in group {
+    // In order: popped from the back.
+    let mut alone: Vec<Box<dyn WriteOp>> = group.into_iter().rev().collect();
+    while let Some(mut op) = alone.pop() {
         let level = effective(std::slice::from_ref(&op));
         let outcome = begin(db, level).and_then(|txn| {
             op.apply(&txn)?;
             txn.commit().map_err(Error::from)
         });
+        if outcome.is_err() && op.parts() > 1 {
+            // A joined write failed as a whole: each of its callers' writes runs alone, so
+            // only the faulty one fails.
+            alone.extend(op.split().into_iter().rev());
+            continue;
+        }
         unsynced |= outcome.is_ok() && level == Durability::None;
         op.reply(outcome);
     }
