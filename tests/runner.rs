@@ -36,6 +36,7 @@ impl Handler for Answers {
                 },
                 experience: Some(NewExperience::new("q", "a")),
                 tokens: Some((1, 1)),
+                cache: None,
             };
             finish(&ctx, &job, answer, |_, _| Ok(())).await
         })

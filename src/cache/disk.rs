@@ -126,31 +126,39 @@ fn lookup(
 /// Stores `response` (already stamped, see [`CachedResponse::stamped`]) under `key`,
 /// replacing any previous entry and its expiry index row.
 pub fn put_in(txn: &WriteTransaction, key: &CacheKey, response: &CachedResponse) -> Result<()> {
-    let hash = bodies::put_in(txn, &response.body)?;
-    let row = Row {
-        status: response.status,
-        request_id: response.request_id.clone(),
-        body: RowBody::Stored(hash),
-        created_at: response.created_at,
-        expires_at: response.expires_at,
-    };
-    let bytes = codec::encode(&row)?;
+    put_many_in(txn, &[(key, response)])
+}
+
+/// [`put_in`] for many entries, each table opened once (a burst of completions' rows).
+pub fn put_many_in(txn: &WriteTransaction, rows: &[(&CacheKey, &CachedResponse)]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut bodies = bodies::Bodies::open(txn)?;
     let mut table = txn.open_table(CACHE)?;
     let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
-    let old = table
-        .insert(key.as_bytes(), bytes.as_slice())?
-        .map(|old| codec::decode::<Row>(old.value()));
-    drop(table);
-    // An undecodable old row leaves its index row behind; prune_in copes with that.
-    if let Some(Ok(old)) = old {
-        by_expiry.remove((old.expires_at, key.as_bytes()))?;
-        drop(by_expiry);
-        if let Some(body) = old.stored_body() {
-            bodies::release_in(txn, &body)?;
+    for (key, response) in rows {
+        let hash = bodies.put(&response.body)?;
+        let row = Row {
+            status: response.status,
+            request_id: response.request_id.clone(),
+            body: RowBody::Stored(hash),
+            created_at: response.created_at,
+            expires_at: response.expires_at,
+        };
+        let bytes = codec::encode(&row)?;
+        let old = table
+            .insert(key.as_bytes(), bytes.as_slice())?
+            .map(|old| codec::decode::<Row>(old.value()));
+        // An undecodable old row leaves its index row behind; prune_in copes with that.
+        if let Some(Ok(old)) = old {
+            by_expiry.remove((old.expires_at, key.as_bytes()))?;
+            if let Some(body) = old.stored_body() {
+                bodies.release(&body)?;
+            }
         }
-        by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
+        by_expiry.insert((response.expires_at, key.as_bytes()), ())?;
     }
-    by_expiry.insert((response.expires_at, key.as_bytes()), ())?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
-pub use disk::{get_in, get_read, len_read, prune_in, put_in};
+pub use disk::{get_in, get_read, len_read, prune_in, put_in, put_many_in};
 pub use key::{CacheKey, IGNORED_FIELDS};
 pub use policy::{cacheable, CachePolicy};
 pub use response::CachedResponse;

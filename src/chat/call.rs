@@ -33,12 +33,7 @@ pub(super) async fn run(engine: &Engine, ctx: JobCtx, job: ChatJob) -> Result<()
         record,
         experience: None,
         tokens: Some((usage.prompt_tokens, usage.completion_tokens)),
+        cache: cache_write,
     };
-    finish(&ctx, &job, answer, move |txn, _now| {
-        if let Some(write) = &cache_write {
-            write.put_in(txn)?;
-        }
-        Ok(())
-    })
-    .await
+    finish(&ctx, &job, answer, |_, _| Ok(())).await
 }

@@ -10,7 +10,7 @@ use crate::cost::Money;
 use crate::error::{Error, Result};
 use crate::memory::experience::{self, Indexing, NewExperience};
 use crate::queue::{add_usage_in, Failure, Usage};
-use crate::runner::{Extras, FailureRecord, JobCtx, RunStats};
+use crate::runner::{CacheWrite, Extras, FailureRecord, JobCtx, RunStats};
 
 /// How a chat job ended well.
 pub struct Answer {
@@ -22,6 +22,8 @@ pub struct Answer {
     /// Tokens this run paid for, counted at completion when the answer was not cached
     /// (`None`: already counted, step by step).
     pub tokens: Option<(u64, u64)>,
+    /// The disk-cache row of a fresh answer, written with it.
+    pub cache: Option<CacheWrite>,
 }
 
 /// Completes `job` with `answer`; `also` runs in the same transaction. A lost lease is not
@@ -35,6 +37,7 @@ where
         record,
         experience,
         tokens,
+        cache,
     } = answer;
     let cached = record.cached;
     let result = match encoded(&record) {
@@ -45,6 +48,7 @@ where
     let cost = usage_cost(&usage);
     let extras = ChatExtras {
         experience,
+        cache,
         queue: ctx.job().queue.clone(),
         usage,
         also: Box::new(also),
@@ -72,6 +76,7 @@ where
 /// What a chat job's completion writes beside the queue's part.
 struct ChatExtras {
     experience: Option<NewExperience>,
+    cache: Option<CacheWrite>,
     /// The batch whose totals `usage` adds to.
     queue: String,
     usage: Usage,
@@ -99,6 +104,8 @@ impl Extras for ChatExtras {
         for (queue, usage) in totals {
             add_usage_in(txn, queue, usage)?;
         }
+        let rows: Vec<&CacheWrite> = done.iter().filter_map(|d| d.cache.as_ref()).collect();
+        CacheWrite::put_all_in(txn, &rows)?;
         done.iter().try_for_each(|d| (d.also)(txn, now))
     }
 }

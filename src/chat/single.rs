@@ -142,7 +142,7 @@ pub(crate) async fn complete(
         return rejected(ctx, job, &record, &usage, violation).await;
     }
     let Learned {
-        answer,
+        mut answer,
         used_rules,
         outcome: judged_outcome,
     } = learned(
@@ -154,13 +154,10 @@ pub(crate) async fn complete(
         memory,
         ctx.job().id,
     );
+    answer.cache = cache_write;
     let domain = job.domain.clone();
     finish(ctx, job, answer, move |txn, _now| {
-        rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)?;
-        if let Some(write) = &cache_write {
-            write.put_in(txn)?;
-        }
-        Ok(())
+        rules::apply_outcome_in(txn, &domain, &used_rules, judged_outcome)
     })
     .await
 }
@@ -234,6 +231,7 @@ pub(crate) fn learned(
             record,
             experience: Some(experience),
             tokens: Some((usage.prompt_tokens, usage.completion_tokens)),
+            cache: None,
         },
         used_rules: memory.used_rules,
         outcome: judged.outcome,

@@ -54,6 +54,7 @@ pub(crate) struct JobTables<'txn> {
     /// Opened on first use: most transitions touch neither.
     payloads: Option<Table<'txn, u64, &'static [u8]>>,
     results: Option<ResultTable<'txn>>,
+    bodies: Option<bodies::Bodies<'txn>>,
     txn: &'txn WriteTransaction,
     counts: Table<'txn, (&'static str, u8), u64>,
     /// (queue, state code, delta), merged so a batch of 64 jobs makes a few count writes.
@@ -69,6 +70,7 @@ impl<'txn> JobTables<'txn> {
             finished: txn.open_table(tables::JOBS_FINISHED)?,
             payloads: None,
             results: None,
+            bodies: None,
             txn,
             counts: txn.open_table(tables::JOBS_COUNTS)?,
             deltas: Vec::new(),
@@ -100,6 +102,16 @@ impl<'txn> JobTables<'txn> {
         self.results
             .as_mut()
             .ok_or_else(|| Error::Task("the result table did not open".into()))
+    }
+
+    /// The response bodies (see [`bodies`]).
+    fn bodies(&mut self) -> Result<&mut bodies::Bodies<'txn>> {
+        if self.bodies.is_none() {
+            self.bodies = Some(bodies::Bodies::open(self.txn)?);
+        }
+        self.bodies
+            .as_mut()
+            .ok_or_else(|| Error::Task("the body tables did not open".into()))
     }
 
     /// The job with its payload (what a lease hands to a worker).
@@ -146,33 +158,27 @@ impl<'txn> JobTables<'txn> {
     }
 
     /// Stores a completed job's result and its body (shared, see [`bodies`]).
-    pub fn put_result(
-        &mut self,
-        txn: &WriteTransaction,
-        id: u64,
-        record: &[u8],
-        body: Option<&[u8]>,
-    ) -> Result<()> {
-        let hash = body.map(|b| bodies::put_in(txn, b)).transpose()?;
+    pub fn put_result(&mut self, id: u64, record: &[u8], body: Option<&[u8]>) -> Result<()> {
+        let hash = body.map(|b| self.bodies()?.put(b)).transpose()?;
         let old = self
             .results()?
             .insert(id, (record, hash))?
             .and_then(|v| v.value().1);
         if let Some(old) = old {
-            bodies::release_in(txn, &old)?;
+            self.bodies()?.release(&old)?;
         }
         Ok(())
     }
 
     /// Removes a job with its payload, result and state index entries (the caller removes
     /// queue/dedup entries).
-    pub fn delete(&mut self, txn: &WriteTransaction, job: &Job) -> Result<()> {
+    pub fn delete(&mut self, job: &Job) -> Result<()> {
         self.unindex(job, Placed::of(job))?;
         self.jobs.remove(job.id)?;
         self.payloads()?.remove(job.id)?;
         let body = self.results()?.remove(job.id)?.and_then(|v| v.value().1);
         if let Some(body) = body {
-            bodies::release_in(txn, &body)?;
+            self.bodies()?.release(&body)?;
         }
         Ok(())
     }

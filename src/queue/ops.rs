@@ -80,7 +80,7 @@ pub fn enqueue_answered_in(
                     job.state = JobState::Completed;
                     job.attempt = 1;
                     job.finished_at = Some(now);
-                    t.put_result(txn, id, result, body)?;
+                    t.put_result(id, result, body)?;
                 }
                 t.save(None, &job)?;
                 by_queue.insert((job.queue.as_str(), id), ())?;
@@ -300,7 +300,7 @@ pub fn complete_with_body_in(
     now: u64,
 ) -> Result<()> {
     let mut t = JobTables::open(txn)?;
-    complete_with(txn, &mut t, lease, result, body, now)?;
+    complete_with(&mut t, lease, result, body, now)?;
     t.finish()?;
     txn.open_table(tables::JOB_CHECKPOINTS)?
         .remove(lease.job.id)?;
@@ -344,7 +344,7 @@ pub fn complete_all_in(
     let mut outcomes = Vec::with_capacity(done.len());
     for c in done {
         outcomes.push(
-            match complete_with(txn, &mut t, c.lease, c.result, c.body, now) {
+            match complete_with(&mut t, c.lease, c.result, c.body, now) {
                 Err(e @ Error::LeaseLost { .. }) => Err(e),
                 other => Ok(other?),
             },
@@ -363,7 +363,6 @@ pub fn complete_all_in(
 }
 
 fn complete_with(
-    txn: &WriteTransaction,
     t: &mut JobTables<'_>,
     lease: &Lease,
     result: &[u8],
@@ -374,7 +373,7 @@ fn complete_with(
     let before = Placed::of(&job);
     leave_running(&mut job, JobState::Completed);
     job.finished_at = Some(now);
-    t.put_result(txn, job.id, result, body)?;
+    t.put_result(job.id, result, body)?;
     t.save(Some(before), &job)
 }
 
@@ -696,7 +695,7 @@ pub fn prune_in(txn: &WriteTransaction, retention: &Retention, now: u64) -> Resu
             .collect::<Result<Vec<u64>, _>>()?;
         for id in ids {
             let job = t.load_existing(id)?;
-            t.delete(txn, &job)?;
+            t.delete(&job)?;
             by_queue.remove((job.queue.as_str(), id))?;
             if let Some(key) = job.dedup_key.as_deref() {
                 let holder = dedup.get((job.queue.as_str(), key))?.map(|v| v.value());

@@ -97,6 +97,12 @@ impl CacheWrite {
     pub fn put_in(&self, txn: &redb::WriteTransaction) -> Result<()> {
         crate::cache::put_in(txn, &self.key, &self.response)
     }
+
+    /// [`CacheWrite::put_in`] for many, the cache tables opened once.
+    pub fn put_all_in(txn: &redb::WriteTransaction, writes: &[&CacheWrite]) -> Result<()> {
+        let rows: Vec<_> = writes.iter().map(|w| (&w.key, &w.response)).collect();
+        crate::cache::put_many_in(txn, &rows)
+    }
 }
 
 impl Gateway {

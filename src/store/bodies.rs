@@ -2,7 +2,7 @@
 //! results and cache rows that refer to it, so the cache row and the job of a fresh answer
 //! share one copy, and identical answers share one too.
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use sha2::{Digest, Sha256};
 
 use super::tables::{BodyHash, BODIES, BODY_REFS};
@@ -13,29 +13,53 @@ pub fn hash(body: &[u8]) -> BodyHash {
     Sha256::digest(body).into()
 }
 
+/// The body tables of a write transaction, opened once for many references.
+pub struct Bodies<'t> {
+    refs: Table<'t, &'static BodyHash, u64>,
+    bodies: Table<'t, &'static BodyHash, &'static [u8]>,
+}
+
+impl<'t> Bodies<'t> {
+    /// Opens the body tables.
+    pub fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        Ok(Bodies {
+            refs: txn.open_table(BODY_REFS)?,
+            bodies: txn.open_table(BODIES)?,
+        })
+    }
+
+    /// Adds one reference to `body`, storing it if it is new; returns its hash.
+    pub fn put(&mut self, body: &[u8]) -> Result<BodyHash> {
+        let key = hash(body);
+        let n = self.refs.get(&key)?.map_or(0, |v| v.value());
+        if n == 0 {
+            self.bodies.insert(&key, body)?;
+        }
+        self.refs.insert(&key, n + 1)?;
+        Ok(key)
+    }
+
+    /// Drops one reference; the body goes with the last one.
+    pub fn release(&mut self, key: &BodyHash) -> Result<()> {
+        let n = self.refs.get(key)?.map_or(0, |v| v.value());
+        if n > 1 {
+            self.refs.insert(key, n - 1)?;
+        } else {
+            self.refs.remove(key)?;
+            self.bodies.remove(key)?;
+        }
+        Ok(())
+    }
+}
+
 /// Adds one reference to `body`, storing it if it is new; returns its hash.
 pub fn put_in(txn: &WriteTransaction, body: &[u8]) -> Result<BodyHash> {
-    let key = hash(body);
-    let mut refs = txn.open_table(BODY_REFS)?;
-    let n = refs.get(&key)?.map_or(0, |v| v.value());
-    if n == 0 {
-        txn.open_table(BODIES)?.insert(&key, body)?;
-    }
-    refs.insert(&key, n + 1)?;
-    Ok(key)
+    Bodies::open(txn)?.put(body)
 }
 
 /// Drops one reference; the body goes with the last one.
 pub fn release_in(txn: &WriteTransaction, key: &BodyHash) -> Result<()> {
-    let mut refs = txn.open_table(BODY_REFS)?;
-    let n = refs.get(key)?.map_or(0, |v| v.value());
-    if n > 1 {
-        refs.insert(key, n - 1)?;
-    } else {
-        refs.remove(key)?;
-        txn.open_table(BODIES)?.remove(key)?;
-    }
-    Ok(())
+    Bodies::open(txn)?.release(key)
 }
 
 /// The body stored under `key`.

@@ -243,6 +243,8 @@ async fn complete(engine: &Engine, ctx: &JobCtx, job: &ChatJob, board: Board) ->
         record,
         experience: Some(experience),
         tokens: None,
+        // Each step's cache row was written with that step.
+        cache: None,
     };
     finish(ctx, job, answer, move |txn, _now| {
         board::save_in(txn, &done, first_new)
