@@ -20,7 +20,8 @@
 //! - [`runner`]: drains a queue with a handler per job kind; a running job's context
 //!   ([`runner::JobCtx`]) and the one gateway for LLM calls ([`runner::Gateway`]).
 //! - [`queue`], [`cache`]: the durable job queue and the two-tier prompt cache, on the store.
-//! - [`store`]: the redb file, its typed tables and the group-committing writer thread.
+//! - [`store`]: the redb file, its typed tables and the group-committing writer thread (which
+//!   also joins waiting writes of one kind, such as a burst of job completions, into one call).
 //! - [`error`], [`codec`], [`cost`], [`llm`], [`sim`], [`shutdown`], [`clock`]: the ground
 //!   floor: the error type, the versioned record codec, prices and token estimates, the tuned
 //!   hyper client, the loopback server that speaks the providers' wire format, signal

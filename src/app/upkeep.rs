@@ -119,12 +119,14 @@ impl Upkeep {
                 }
             }
         });
-        // The retrieval index, off the completions' path (see memory::index).
+        // The retrieval index, off the completions' path (see memory::index): one batch a
+        // tick, so it keeps up with a drain (10k experiences a second) without taking the
+        // writer from an enqueue pass; searches catch up on the rest first.
         let indexer = store.clone();
         every(&mut tasks, &stop, INDEX_EVERY, move || {
             let store = indexer.clone();
             async move {
-                if let Err(e) = crate::memory::index::catch_up(&store).await {
+                if let Err(e) = crate::memory::index::index_some(&store).await {
                     tracing::warn!(error = %e, "indexing experiences failed; retried later");
                 }
             }

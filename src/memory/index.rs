@@ -72,6 +72,16 @@ pub async fn catch_up(store: &Store) -> Result<usize> {
     Ok(total)
 }
 
+/// Indexes one batch (at most [`INDEX_BATCH`]) of the experiences waiting for the index,
+/// if any wait: the background indexer's step, which leaves the writer to other work
+/// between steps. Returns how many.
+pub async fn index_some(store: &Store) -> Result<usize> {
+    if store.read(pending_read).await? == 0 {
+        return Ok(0);
+    }
+    store.write(|txn| index_pending_in(txn, INDEX_BATCH)).await
+}
+
 /// Terms longer than this (bytes) are not indexed: they are noise (hashes, base64) and keys.
 pub const MAX_TERM_BYTES: usize = 64;
 
