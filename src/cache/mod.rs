@@ -274,6 +274,15 @@ impl Cache {
         }
     }
 
+    /// A fresh answer to `key` is on disk now (its caller committed the row): it leaves the
+    /// memory tier, which held it for the concurrent askers of single flight. A batch of
+    /// distinct prompts would otherwise fill the memory tier with answers nobody asks for
+    /// again; a repeat finds the row on disk and brings it back to memory (a disk hit is
+    /// remembered), so what the memory tier holds is what was asked for twice.
+    pub fn settle(&self, key: CacheKey) {
+        self.memory.remove(&key);
+    }
+
     /// Drops expired entries from memory and returns how many; for a periodic task.
     pub fn sweep(&self) -> usize {
         let now = self.now();

@@ -46,6 +46,7 @@ where
     };
     let usage = usage_of(&record, tokens);
     let cost = usage_cost(&usage);
+    let settle = cache.as_ref().map(CacheWrite::settler);
     let extras = ChatExtras {
         experience,
         cache,
@@ -62,6 +63,9 @@ where
         Err(e) => return Err(e),
     };
     if committed {
+        if let Some(settle) = settle {
+            settle();
+        }
         let stats = ctx.stats();
         if cached {
             RunStats::bump(&stats.cached);

@@ -86,13 +86,31 @@ impl From<Error> for CallError {
 
 /// A fresh response for the disk tier of the cache, to be written in the caller's
 /// transaction.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CacheWrite {
     key: CacheKey,
     response: CachedResponse,
+    /// The cache whose memory tier holds the answer until the row is committed.
+    cache: Arc<Cache>,
+}
+
+impl std::fmt::Debug for CacheWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheWrite")
+            .field("key", &self.key)
+            .field("response", &self.response)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CacheWrite {
+    /// What to call once the row is committed: the answer then leaves the memory tier
+    /// ([`Cache::settle`]).
+    pub fn settler(&self) -> impl FnOnce() + Send + 'static {
+        let (cache, key) = (Arc::clone(&self.cache), self.key);
+        move || cache.settle(key)
+    }
+
     /// Writes the response into the cache table within `txn`.
     pub fn put_in(&self, txn: &redb::WriteTransaction) -> Result<()> {
         crate::cache::put_in(txn, &self.key, &self.response)
@@ -282,10 +300,11 @@ impl Gateway {
             return Ok((outcome, None));
         }
         self.cache.remember(key, response.clone());
-        let write = self
-            .settings
-            .persist_cache
-            .then_some(CacheWrite { key, response });
+        let write = self.settings.persist_cache.then(|| CacheWrite {
+            key,
+            response,
+            cache: Arc::clone(&self.cache),
+        });
         Ok((outcome, write))
     }
 
@@ -353,6 +372,7 @@ impl Gateway {
         let write = keep.then(|| CacheWrite {
             key,
             response: cached,
+            cache: Arc::clone(&self.cache),
         });
         Ok((outcome, hit, write))
     }
