@@ -512,3 +512,22 @@ async fn with_no_memory_budget_answers_still_come_from_disk() {
     assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Disk);
     assert_eq!((cache.stats().memory_entries, upstream.calls()), (0, 1));
 }
+
+/// A fresh answer whose row is on disk leaves the memory tier (what a batch's completion
+/// does once it commits the row): the next ask reads it from disk, paying nothing, and
+/// brings it back to memory, where the one after finds it.
+#[tokio::test]
+async fn a_settled_answer_leaves_memory_and_a_repeat_brings_it_back() {
+    let (_dir, store) = temp_store();
+    let (clock, upstream) = (ManualClock::new(), Upstream::default());
+    let cache = cache(Some(store), &clock);
+    let (first, hit) = ask(&cache, &upstream, "q").await;
+    assert_eq!(hit, Hit::Miss);
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Memory);
+
+    cache.settle(key_for("q"));
+    let (again, hit) = ask(&cache, &upstream, "q").await;
+    assert_eq!((hit, again), (Hit::Disk, first));
+    assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Memory);
+    assert_eq!(upstream.calls(), 1, "asked once, whatever the tier");
+}
