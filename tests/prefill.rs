@@ -26,6 +26,17 @@ fn prefilled(out: &std::process::Output) -> u64 {
     digits.parse().unwrap()
 }
 
+/// `in.jsonl` as batch `name` into `name.jsonl`, logging at info; it must succeed.
+async fn batch_logged(env: &Env, name: &str) -> std::process::Output {
+    let out_file = format!("{name}.jsonl");
+    let args = [
+        "--log", "info", "batch", "in.jsonl", "--batch", name, "-o", &out_file,
+    ];
+    let out = env.run(&args).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_of_answered_prompts_is_answered_at_enqueue_without_a_call() {
     let env = Env::start(SimConfig::default()).await;
@@ -37,19 +48,7 @@ async fn a_replay_of_answered_prompts_is_answered_at_enqueue_without_a_call() {
     let asked = env.server.stats().live_chats;
     assert!(asked >= 30, "the first run asked the server: {asked}");
 
-    let replay = env
-        .run(&[
-            "--log",
-            "info",
-            "batch",
-            "in.jsonl",
-            "--batch",
-            "replay",
-            "-o",
-            "replay.jsonl",
-        ])
-        .await;
-    assert!(replay.status.success(), "{}", stderr(&replay));
+    let replay = batch_logged(&env, "replay").await;
     assert_eq!(prefilled(&replay), 30, "{}", stderr(&replay));
     assert_eq!(
         env.server.stats().live_chats,
@@ -129,19 +128,7 @@ async fn lines_whose_request_is_not_known_before_they_run_go_the_usual_way() {
         .run(&["batch", "in.jsonl", "--batch", "one", "-o", "one.jsonl"])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = env
-        .run(&[
-            "--log",
-            "info",
-            "batch",
-            "in.jsonl",
-            "--batch",
-            "two",
-            "-o",
-            "two.jsonl",
-        ])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = batch_logged(&env, "two").await;
     assert_eq!(prefilled(&out), 1, "only the plain line: {}", stderr(&out));
     let two = read_jsonl(&env.path("two.jsonl"));
     assert_eq!(two.len(), 3);
