@@ -265,7 +265,10 @@ async fn enqueue_file(
 ) -> Result<Enqueued> {
     let phase = std::time::Instant::now();
     let endpoint = connected.endpoint();
-    let prefill = Arc::new(Prefill::new(&connected.chat));
+    // With no row in the disk cache nothing can be answered at enqueue: a first run spares
+    // every line the request's shaping, key and lookup.
+    let rows = app.store.read(crate::cache::len_read).await?;
+    let prefill = (rows > 0).then(|| Arc::new(Prefill::new(&connected.chat)));
     let stats = Arc::clone(connected.runner.stats());
     // The reading thread parses, keys and encodes; this task commits. Two chunks in flight
     // keep both busy with bounded memory.
@@ -273,9 +276,10 @@ async fn enqueue_file(
     let reader = {
         let (opts, batch, endpoint) = (opts.clone(), batch.to_string(), endpoint.to_string());
         let model = app.config.model.clone();
-        let prefill = Arc::clone(&prefill);
+        let prefill = prefill.clone();
         tokio::task::spawn_blocking(move || {
-            let sent = read_chunks(&opts, &model, &scan, &batch, &endpoint, &prefill, &tx);
+            let prefill = prefill.as_deref();
+            let sent = read_chunks(&opts, &model, &scan, &batch, &endpoint, prefill, &tx);
             if let Err(e) = sent {
                 let _ = tx.blocking_send(Err(e));
             }
@@ -507,7 +511,7 @@ fn read_chunks(
     scan: &Scan,
     batch: &str,
     endpoint: &str,
-    prefill: &Prefill,
+    prefill: Option<&Prefill>,
     tx: &tokio::sync::mpsc::Sender<Result<Chunk>>,
 ) -> Result<()> {
     let unreadable =
@@ -536,25 +540,39 @@ fn read_chunks(
         let job = chat_job(opts, scan, &item);
         let mut new = NewJob::new(batch, chat::KIND, codec::encode(&job)?);
         new.dedup_key = Some(job.dedup_key(endpoint));
-        asked.push((chunk.jobs.len(), job.clone()));
         if let Some(key) = job.legacy_dedup_key(endpoint) {
-            chunk.legacy.push((chunk.jobs.len(), key, job));
+            chunk.legacy.push((chunk.jobs.len(), key, job.clone()));
+        }
+        if prefill.is_some() {
+            asked.push((chunk.jobs.len(), job));
         }
         chunk.jobs.push(new);
         if chunk.jobs.len() == ENQUEUE_CHUNK {
             let mut full = std::mem::replace(&mut chunk, empty(n as u64 + 1));
-            full.answered = prefill.answers_blocking(&asked)?;
-            asked.clear();
+            full.answered = answers(prefill, &mut asked)?;
             if tx.blocking_send(Ok(full)).is_err() {
                 return Ok(());
             }
         }
     }
     if !chunk.jobs.is_empty() {
-        chunk.answered = prefill.answers_blocking(&asked)?;
+        chunk.answered = answers(prefill, &mut asked)?;
         let _ = tx.blocking_send(Ok(chunk));
     }
     Ok(())
+}
+
+/// The cache's answers to the jobs `asked` (emptied), when `prefill` is on.
+fn answers(
+    prefill: Option<&Prefill>,
+    asked: &mut Vec<(usize, ChatJob)>,
+) -> Result<Vec<(usize, Prefilled)>> {
+    let answered = match prefill {
+        Some(prefill) => prefill.answers_blocking(asked)?,
+        None => Vec::new(),
+    };
+    asked.clear();
+    Ok(answered)
 }
 
 /// The chat job of a line: batch options are the defaults of lines that do not say.
