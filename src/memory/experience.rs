@@ -188,14 +188,6 @@ pub fn record_in(txn: &WriteTransaction, item: &NewExperience, now: u64) -> Resu
         .ok_or_else(|| Error::Task("recording produced no id".into()))
 }
 
-/// [`record_in`] for a job's completion: indexed later by the background indexer.
-pub fn record_deferred_in(txn: &WriteTransaction, item: &NewExperience, now: u64) -> Result<u64> {
-    record_with_in(txn, std::slice::from_ref(item), now, Indexing::Deferred)?
-        .first()
-        .copied()
-        .ok_or_else(|| Error::Task("recording produced no id".into()))
-}
-
 /// Deletes every experience with `created_at < cutoff_ms`; returns how many.
 pub fn delete_older_than_in(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64> {
     let mut tables = Tables::open(txn)?;
