@@ -1,18 +1,27 @@
 //! The runner with handlers of its own: jobs go to the handler of their kind, an unknown
-//! kind is discarded, and an answer too large to store fails its own job, not the run.
+//! kind is discarded, an answer too large to store fails its own job, not the run, and a
+//! kind's own writes commit with its completions (`Also`), a failing one failing its job only.
 
 use std::time::Duration;
+
+use redb::ReadableTable;
 
 use futures_util::future::BoxFuture;
 use reasonq::chat::finish::{finish, Answer};
 use reasonq::chat::{ChatJob, ResponseRecord};
 use reasonq::codec::{self, MAX_RECORD_BYTES};
 use reasonq::memory::experience::NewExperience;
+use reasonq::queue::Failure;
 use reasonq::queue::{JobState, NewJob, Queue, QueueConfig};
-use reasonq::runner::{DrainEnd, FailureRecord, Handler, JobCtx, Registry, Runner, RunnerConfig};
+use reasonq::runner::{
+    Also, DrainEnd, FailureRecord, Handler, JobCtx, Registry, Runner, RunnerConfig,
+};
 use reasonq::shutdown::Shutdown;
 use reasonq::store::StoreConfig;
 use reasonq::Result;
+
+/// A table of the test's own job kind: job id -> the line its completion noted.
+const NOTES: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("test_notes");
 
 /// Answers every job through `chat::finish` with a body of `size` bytes.
 struct Answers {
@@ -175,4 +184,104 @@ async fn a_job_whose_retries_run_out_counts_as_failed() {
     );
     let counts = runner.stats().snapshot();
     assert_eq!((counts.failed, counts.retried), (1, 2), "{counts:?}");
+}
+
+/// A kind that completes with a note of its own in the completion's transaction (`Also`);
+/// the note of line `refuse` fails, and the handler then fails that job.
+struct Notes {
+    refuse: u64,
+}
+
+impl Handler for Notes {
+    fn run(&self, ctx: JobCtx) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let job: ChatJob = codec::decode(&ctx.job().payload)?;
+            let (id, line, refuse) = (ctx.job().id, job.line, self.refuse);
+            let note = Also(move |txn: &redb::WriteTransaction, _now| {
+                if line == refuse {
+                    return Err(reasonq::Error::Invalid(format!("line {line} refused")));
+                }
+                txn.open_table(NOTES)?.insert(id, line)?;
+                Ok(())
+            });
+            match ctx.complete(b"noted".to_vec(), None, note).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let failure = FailureRecord::new("note_failed", e.to_string());
+                    ctx.fail(&failure, Failure::Fatal).await
+                }
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinds_own_writes_commit_with_its_completions_and_a_failing_one_fails_its_job_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(
+        StoreConfig::new(dir.path().join("r.redb")),
+        QueueConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut registry = Registry::default();
+    registry.register("noted", Notes { refuse: 7 });
+    // Many in flight, so completions wait for the writer together and are joined.
+    let runner = Runner::new(
+        queue.clone(),
+        registry,
+        RunnerConfig {
+            concurrency: 16,
+            lease: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
+            owner: RunnerConfig::owner_name(),
+        },
+    );
+    let jobs: Vec<NewJob> = (1..=40).map(|line| job("noted", line)).collect();
+    let ids: Vec<u64> = queue
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let end = runner.drain("q", Shutdown::new().listener()).await.unwrap();
+    assert_eq!(end, DrainEnd::Finished);
+
+    let notes: Vec<(u64, u64)> = queue
+        .store()
+        .read(|txn| {
+            let notes = txn.open_table(NOTES)?;
+            let rows = notes
+                .iter()?
+                .map(|row| row.map(|(k, v)| (k.value(), v.value())));
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap();
+    let expected: Vec<(u64, u64)> = ids
+        .iter()
+        .zip(1..)
+        .filter(|&(_, line)| line != 7)
+        .map(|(&id, line)| (id, line))
+        .collect();
+    assert_eq!(
+        notes, expected,
+        "each completed job's note, and none for line 7"
+    );
+    for (&id, line) in ids.iter().zip(1u64..) {
+        let stored = queue.get(id).await.unwrap().unwrap();
+        if line == 7 {
+            assert_eq!(stored.state, JobState::Discarded);
+            let failure = FailureRecord::from_last_error(stored.last_error.as_deref().unwrap());
+            assert_eq!(failure.code, "note_failed");
+            assert!(
+                failure.message.contains("line 7 refused"),
+                "{}",
+                failure.message
+            );
+        } else {
+            assert_eq!(stored.state, JobState::Completed, "line {line}");
+        }
+    }
 }

@@ -84,7 +84,7 @@ struct ChatExtras {
     /// The batch whose totals `usage` adds to.
     queue: String,
     usage: Usage,
-    /// The strategy's own writes (rule scores, the cache row, a blackboard).
+    /// The strategy's own writes (rule scores, a blackboard).
     also: AlsoFn,
 }
 

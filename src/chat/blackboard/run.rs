@@ -125,13 +125,20 @@ async fn commit_step(
         steps_done: board.session.steps_done,
     })?;
     let board = board.clone();
-    ctx.checkpoint(progress, move |txn| {
-        if let Some(write) = &cache_write {
-            write.put_in(txn)?;
-        }
-        board::save_in(txn, &board, first_new)
-    })
-    .await
+    // Once the row is on disk the answer leaves the memory tier, as a completion's does.
+    let settle = cache_write.as_ref().map(CacheWrite::settler);
+    let committed = ctx
+        .checkpoint(progress, move |txn| {
+            if let Some(write) = &cache_write {
+                write.put_in(txn)?;
+            }
+            board::save_in(txn, &board, first_new)
+        })
+        .await?;
+    if let (true, Some(settle)) = (committed, settle) {
+        settle();
+    }
+    Ok(committed)
 }
 
 /// The request of one step: the line's request (model, parameters, system prompt) with the
