@@ -431,3 +431,47 @@ fn early_termination_returns_exactly_the_exhaustive_top_k() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_indexer_steps_aside_while_the_writer_is_busy() {
+    let (_dir, store) = open();
+    let items: Vec<NewExperience> = (0..30)
+        .map(|i| NewExperience::new(format!("question {i}"), format!("answer {i}")))
+        .collect();
+    store
+        .write(move |txn| {
+            experience::record_with_in(txn, &items, NOW, experience::Indexing::Deferred).map(drop)
+        })
+        .await
+        .unwrap();
+    let pacer = index::Pacer::new(&store);
+    // Foreground writes keep the writer busy for nearly the whole step.
+    for _ in 0..4 {
+        store
+            .write(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(60));
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        pacer.step(&store).await.unwrap(),
+        0,
+        "a busy writer is left alone"
+    );
+    assert_eq!(store.read(index::pending_read).await.unwrap(), 30);
+    // An idle writer: the step indexes what waits.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(pacer.step(&store).await.unwrap(), 30);
+    assert_eq!(store.read(index::pending_read).await.unwrap(), 0);
+    assert_eq!(index_stats(&store).docs, 30);
+}
+
+#[test]
+fn a_large_index_debt_is_paid_even_while_the_writer_is_busy() {
+    assert!(index::steps_aside(1, 0.9));
+    assert!(index::steps_aside(index::MAX_DEBT, 0.9));
+    assert!(!index::steps_aside(index::MAX_DEBT + 1, 0.9));
+    assert!(!index::steps_aside(1, index::BUSY_SHARE / 2.0));
+}

@@ -84,6 +84,9 @@ pub struct Summary {
     pub connection_reuse_ratio: Option<f64>,
     pub last_run: Option<RunRecord>,
     pub experiences: u64,
+    /// Experiences not yet in the retrieval index (the next search or idle moment indexes
+    /// them; the background indexer steps aside while the writer is busy).
+    pub unindexed: u64,
     pub cached_responses_on_disk: u64,
 }
 
@@ -122,8 +125,13 @@ pub async fn summary(store: &Store) -> Result<Summary> {
     }
     let lookups = totals.cache_hits_memory + totals.cache_hits_disk + totals.cache_misses;
     let experiences = store.experience_counts().await?.total;
-    let cached_responses_on_disk = store
-        .read(|txn| Ok(txn.open_table(tables::CACHE)?.len()?))
+    let (cached_responses_on_disk, unindexed) = store
+        .read(|txn| {
+            Ok((
+                txn.open_table(tables::CACHE)?.len()?,
+                crate::memory::index::pending_read(txn)?,
+            ))
+        })
         .await?;
     Ok(Summary {
         runs: runs.len() as u64,
@@ -136,6 +144,7 @@ pub async fn summary(store: &Store) -> Result<Summary> {
         last_run: runs.last().cloned(),
         totals,
         experiences,
+        unindexed,
         cached_responses_on_disk,
     })
 }
@@ -183,6 +192,14 @@ impl fmt::Display for Summary {
                 last.batch
             )?;
         }
-        write!(f, "experiences stored:   {}", self.experiences)
+        write!(f, "experiences stored:   {}", self.experiences)?;
+        if self.unindexed > 0 {
+            write!(
+                f,
+                " ({} not in the retrieval index yet: the next search or idle moment adds them)",
+                self.unindexed
+            )?;
+        }
+        Ok(())
     }
 }

@@ -18,8 +18,9 @@ use crate::error::Result;
 use crate::queue::Queue;
 use crate::store::Store;
 
-/// How often the indexer looks for experiences to index: often enough that searches rarely
-/// wait for it, seldom enough that each pass takes thousands at once in a batch run.
+/// How often the indexer looks for experiences to index (and whether the writer has room
+/// for it): often enough that an idle moment is used, seldom enough that each pass takes
+/// thousands at once.
 const INDEX_EVERY: Duration = Duration::from_millis(500);
 
 /// What one cleanup pass removed.
@@ -120,13 +121,14 @@ impl Upkeep {
             }
         });
         // The retrieval index, off the completions' path (see memory::index): one batch a
-        // tick, so it keeps up with a drain (10k experiences a second) without taking the
-        // writer from an enqueue pass; searches catch up on the rest first.
+        // tick, and none while the writer is busy with foreground work (a drain, an
+        // enqueue) until the debt grows large; searches catch up on the rest first.
         let indexer = store.clone();
+        let pacer = Arc::new(crate::memory::index::Pacer::new(store));
         every(&mut tasks, &stop, INDEX_EVERY, move || {
-            let store = indexer.clone();
+            let (store, pacer) = (indexer.clone(), pacer.clone());
             async move {
-                if let Err(e) = crate::memory::index::index_some(&store).await {
+                if let Err(e) = pacer.step(&store).await {
                     tracing::warn!(error = %e, "indexing experiences failed; retried later");
                 }
             }

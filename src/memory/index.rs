@@ -8,7 +8,8 @@
 //! (`MEMORY_UNINDEXED`, one small write in the completion's commit); the indexer
 //! ([`index_pending_in`], run in the background and before every search) builds the postings
 //! of many experiences at once, in the transaction that clears their marks, so each is
-//! indexed exactly once whatever stops the process. Other writers index at once. Deleting an
+//! indexed exactly once whatever stops the process. The background steps wait while the
+//! writer is busy with foreground work ([`Pacer`]). Other writers index at once. Deleting an
 //! experience removes its postings or its mark in the same transaction.
 
 use std::collections::BTreeMap;
@@ -64,22 +65,83 @@ pub fn pending_read(txn: &ReadTransaction) -> Result<u64> {
 /// they see every recorded experience, as if it had been indexed when recorded.
 pub async fn catch_up(store: &Store) -> Result<usize> {
     let mut total = 0;
-    while store.read(pending_read).await? > 0 {
+    let mut pending = store.read(pending_read).await?;
+    if pending > INDEX_BATCH as u64 {
+        tracing::info!(
+            pending,
+            "indexing the experiences recorded since the last search"
+        );
+    }
+    while pending > 0 {
         total += store
             .write(|txn| index_pending_in(txn, INDEX_BATCH))
             .await?;
+        pending = store.read(pending_read).await?;
     }
     Ok(total)
 }
 
-/// Indexes one batch (at most [`INDEX_BATCH`]) of the experiences waiting for the index,
-/// if any wait: the background indexer's step, which leaves the writer to other work
-/// between steps. Returns how many.
-pub async fn index_some(store: &Store) -> Result<usize> {
-    if store.read(pending_read).await? == 0 {
-        return Ok(0);
+/// The background indexer steps aside while the writer spent more than this share of the
+/// time since its last step in transactions: the index is on no job's path, and the writer
+/// sets a drain's pace (docs/benchmarks.md).
+pub const BUSY_SHARE: f64 = 0.5;
+
+/// ... unless more than this many experiences wait: a search indexes what waits first, and
+/// this bounds that wait (about 8 s at the 62k experiences a second the indexer does alone).
+pub const MAX_DEBT: u64 = 500_000;
+
+/// Whether the background indexer leaves `pending` experiences for later when the writer
+/// was busy `busy_share` of the time since its last step.
+pub fn steps_aside(pending: u64, busy_share: f64) -> bool {
+    busy_share > BUSY_SHARE && pending <= MAX_DEBT
+}
+
+/// The background indexer's pace: one batch (at most [`INDEX_BATCH`]) a step, taken only
+/// when the writer has room for it ([`steps_aside`]).
+pub struct Pacer {
+    /// When the last step ended, and the writer's busy time then.
+    since: std::sync::Mutex<(std::time::Instant, std::time::Duration)>,
+}
+
+impl Pacer {
+    /// A pacer that measures the writer from now.
+    pub fn new(store: &Store) -> Pacer {
+        Pacer {
+            since: std::sync::Mutex::new((std::time::Instant::now(), store.writer_busy())),
+        }
     }
-    store.write(|txn| index_pending_in(txn, INDEX_BATCH)).await
+
+    /// One step: indexes one batch of the experiences waiting, unless the writer is busy
+    /// with other work and the debt is still small. Returns how many it indexed.
+    pub async fn step(&self, store: &Store) -> Result<usize> {
+        let share = self.busy_share(store);
+        let pending = store.read(pending_read).await?;
+        let indexed = if pending == 0 || steps_aside(pending, share) {
+            tracing::trace!(pending, share, "indexer steps aside");
+            0
+        } else {
+            store
+                .write(|txn| index_pending_in(txn, INDEX_BATCH))
+                .await?
+        };
+        // Its own transaction is not the foreground's business: measure from here.
+        self.reset(store);
+        Ok(indexed)
+    }
+
+    fn busy_share(&self, store: &Store) -> f64 {
+        let (at, busy) = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let wall = at.elapsed().as_secs_f64();
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        store.writer_busy().saturating_sub(busy).as_secs_f64() / wall
+    }
+
+    fn reset(&self, store: &Store) {
+        *self.since.lock().unwrap_or_else(|e| e.into_inner()) =
+            (std::time::Instant::now(), store.writer_busy());
+    }
 }
 
 /// Terms longer than this (bytes) are not indexed: they are noise (hashes, base64) and keys.

@@ -17,6 +17,7 @@ pub mod sizes;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -112,6 +113,8 @@ struct Inner {
     db: Option<Arc<redb::Database>>,
     path: PathBuf,
     writer: Mutex<Option<Writer>>,
+    /// Nanoseconds the writer thread has spent in transactions (fsync included).
+    busy_ns: Arc<AtomicU64>,
 }
 
 struct Writer {
@@ -152,9 +155,11 @@ impl Store {
         let thread_db = db.clone();
         let durability = config.durability;
         let max_group = config.max_group.max(1);
+        let busy_ns = Arc::new(AtomicU64::new(0));
+        let thread_busy = busy_ns.clone();
         let thread = std::thread::Builder::new()
             .name("reasonq-writer".into())
-            .spawn(move || writer_loop(&thread_db, &rx, durability, max_group))
+            .spawn(move || writer_loop(&thread_db, &rx, durability, max_group, &thread_busy))
             .map_err(|e| Error::BadDatabase {
                 path: config.path.display().to_string(),
                 message: format!("cannot start the writer thread: {e}"),
@@ -164,6 +169,7 @@ impl Store {
                 db: Some(db),
                 path: config.path,
                 writer: Mutex::new(Some(Writer { tx, thread })),
+                busy_ns,
             }),
         })
     }
@@ -178,6 +184,13 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How long the writer thread has spent in transactions since the store opened, fsync
+    /// included: sampled twice, it says how busy the writer was in between (the background
+    /// indexer steps aside while foreground writes keep it busy).
+    pub fn writer_busy(&self) -> Duration {
+        Duration::from_nanos(self.inner.busy_ns.load(Ordering::Relaxed))
     }
 
     /// Runs `f` in a write transaction on the writer thread, grouped with other waiting writes
@@ -534,11 +547,14 @@ fn writer_loop(
     rx: &mpsc::Receiver<Box<dyn WriteOp>>,
     durability: Durability,
     max_group: usize,
+    busy_ns: &AtomicU64,
 ) {
     // Since when commits wait for a durable one.
     let mut unsynced_since: Option<Instant> = None;
     loop {
-        match rx.recv_timeout(SYNC_EVERY) {
+        let received = rx.recv_timeout(SYNC_EVERY);
+        let started = Instant::now();
+        match received {
             Ok(first) => {
                 let mut group = vec![first];
                 while group.len() < max_group {
@@ -557,6 +573,8 @@ fn writer_loop(
         if unsynced_since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) && sync(db) {
             unsynced_since = None;
         }
+        let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        busy_ns.fetch_add(spent, Ordering::Relaxed);
     }
     // Relaxed or non-durable commits still end on disk: one empty immediate commit persists
     // the rest.
