@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 . benches/nginx_up.sh
 trap nginx_down EXIT
 nginx_up
+if [ -n "${SCALE_DIR:-}" ]; then mkdir -p "$SCALE_DIR"; fi
 df -h "${SCALE_DIR:-${TMPDIR:-/tmp}}" >&2
 cargo build --release --quiet
 SCALE_BASE_URL="$NGINX_BASE" cargo bench --quiet --bench scale

@@ -602,6 +602,7 @@ impl Prepared {
         let (end, remote) = self.send(app, connected, shutdown).await?;
         tracing::info!(elapsed = ?phase.elapsed(), "drained");
 
+        let phase = std::time::Instant::now();
         let written = self.write_files(app).await?;
         tracing::info!(elapsed = ?phase.elapsed(), "exported");
         let counts = connected.runner.stats().snapshot();
