@@ -5,6 +5,7 @@
 mod support;
 
 use reasonq::sim::SimConfig;
+use reasonq::store::bodies::Stored;
 use reasonq::store::tables;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use support::{questions, stderr, stdout, Env};
@@ -18,27 +19,53 @@ async fn a_batch_stores_each_payload_and_body_once_and_keeps_totals_for_status()
     let status = env.run(&["status", "--json"]).await;
     let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
 
+    // A new batch of the same questions: every line a cache hit, its job referring to the
+    // copy the hit was read from.
+    let replay = env
+        .run(&["batch", "in.jsonl", "--batch", "again", "-o", "again.jsonl"])
+        .await;
+    assert!(replay.status.success(), "{}", stderr(&replay));
+
     let db = redb::Database::open(env.db()).unwrap();
     let txn = db.begin_read().unwrap();
     let len = |t: redb::TableDefinition<u64, &[u8]>| txn.open_table(t).unwrap().len().unwrap();
-    assert_eq!(len(tables::JOBS), 6);
-    assert_eq!(len(tables::JOB_PAYLOADS), 6, "one payload per job");
-    // Six distinct answers, each stored once and referred to by its job and its cache row.
-    let bodies = txn.open_table(tables::BODIES).unwrap();
+    assert_eq!(len(tables::JOBS), 12);
+    assert_eq!(len(tables::JOB_PAYLOADS), 12, "one payload per job");
+    // Six distinct answers, each stored once, under sequence numbers, and referred to by its
+    // job, its cache row and the job of the replayed line.
+    let bodies = txn.open_table(tables::BODIES_BY_ID).unwrap();
     assert_eq!(bodies.len().unwrap(), 6);
-    let refs = txn.open_table(tables::BODY_REFS).unwrap();
+    let ids: Vec<u64> = bodies
+        .iter()
+        .unwrap()
+        .map(|r| r.unwrap().0.value())
+        .collect();
+    assert_eq!(
+        ids,
+        (ids[0]..ids[0] + 6).collect::<Vec<u64>>(),
+        "appended in sequence"
+    );
+    let refs = txn.open_table(tables::BODY_ID_REFS).unwrap();
     for row in refs.iter().unwrap() {
         assert_eq!(
             row.unwrap().1.value(),
-            2,
-            "a job and a cache row share a body"
+            3,
+            "a job, its cache row and the replayed job share a body"
         );
     }
+    assert_eq!(
+        txn.open_table(tables::BODIES).unwrap().len().unwrap(),
+        0,
+        "no hash-keyed copies"
+    );
     let results = txn.open_table(tables::JOB_RESULTS).unwrap();
     for row in results.iter().unwrap() {
         let (_, body) = row.unwrap().1.value();
         let body = body.expect("a completed job refers to its body");
-        assert!(bodies.get(&body).unwrap().is_some());
+        let Stored::Id(id) = Stored::of(&body) else {
+            panic!("a new body is stored by sequence number");
+        };
+        assert!(bodies.get(id).unwrap().is_some());
     }
     // The job record holds its state only: no copy of the prompt or the answer.
     let jobs = txn.open_table(tables::JOBS).unwrap();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{CacheKey, CachedResponse};
 use crate::codec::{self, CodecError};
 use crate::store::bodies;
-use crate::store::tables::{BodyHash, CACHE, CACHE_BY_EXPIRY};
+use crate::store::tables::{BodyKey, CACHE, CACHE_BY_EXPIRY};
 use crate::Result;
 
 /// A stored cache entry: the response without its body, which is stored once beside it.
@@ -31,8 +31,8 @@ pub struct Row {
 enum RowBody {
     /// In the row (rows written before bodies were shared).
     Inline(Bytes),
-    /// In `store::bodies`, under this hash.
-    Stored(BodyHash),
+    /// In `store::bodies`, at this key.
+    Stored(BodyKey),
 }
 
 impl codec::Record for Row {
@@ -64,21 +64,25 @@ impl Row {
         now >= self.expires_at
     }
 
-    fn stored_body(&self) -> Option<BodyHash> {
+    fn stored_body(&self) -> Option<BodyKey> {
         match self.body {
-            RowBody::Stored(hash) => Some(hash),
+            RowBody::Stored(key) => Some(key),
             RowBody::Inline(_) => None,
         }
     }
 
     fn resolve(
         self,
-        body: impl FnOnce(&BodyHash) -> Result<Option<Vec<u8>>>,
+        body: impl FnOnce(&BodyKey) -> Result<Option<Vec<u8>>>,
     ) -> Result<Option<CachedResponse>> {
         let body = match self.body {
             RowBody::Inline(bytes) => bytes,
-            RowBody::Stored(hash) => match body(&hash)? {
-                Some(bytes) => Bytes::from(bytes),
+            RowBody::Stored(key) => match body(&key)? {
+                Some(bytes) => {
+                    // The job this hit completes then refers to the same copy.
+                    bodies::note_read(&key, &bytes);
+                    Bytes::from(bytes)
+                }
                 // A row whose body is gone is a miss, never a wrong answer.
                 None => return Ok(None),
             },
@@ -138,11 +142,11 @@ pub fn put_many_in(txn: &WriteTransaction, rows: &[(&CacheKey, &CachedResponse)]
     let mut table = txn.open_table(CACHE)?;
     let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
     for (key, response) in rows {
-        let hash = bodies.put(&response.body)?;
+        let body_key = bodies.put(&response.body)?;
         let row = Row {
             status: response.status,
             request_id: response.request_id.clone(),
-            body: RowBody::Stored(hash),
+            body: RowBody::Stored(body_key),
             created_at: response.created_at,
             expires_at: response.expires_at,
         };

@@ -8,7 +8,7 @@ use super::job::{Job, JobState, Lease};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::store::bodies;
-use crate::store::tables::{self, BodyHash};
+use crate::store::tables::{self, BodyKey};
 
 /// Key of a waiting job in `JOBS_DUE`: best priority first, then earliest run_at, then FIFO.
 fn due_key(job: &Job, run_at: u64) -> (&str, u8, u64, u64) {
@@ -43,7 +43,7 @@ pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job> {
 }
 
 /// `JOB_RESULTS` open in a write transaction.
-pub(crate) type ResultTable<'txn> = Table<'txn, u64, (&'static [u8], Option<BodyHash>)>;
+pub(crate) type ResultTable<'txn> = Table<'txn, u64, (&'static [u8], Option<BodyKey>)>;
 
 /// Open job tables plus the count changes not yet written.
 pub(crate) struct JobTables<'txn> {
@@ -159,10 +159,10 @@ impl<'txn> JobTables<'txn> {
 
     /// Stores a completed job's result and its body (shared, see [`bodies`]).
     pub fn put_result(&mut self, id: u64, record: &[u8], body: Option<&[u8]>) -> Result<()> {
-        let hash = body.map(|b| self.bodies()?.put(b)).transpose()?;
+        let key = body.map(|b| self.bodies()?.put(b)).transpose()?;
         let old = self
             .results()?
-            .insert(id, (record, hash))?
+            .insert(id, (record, key))?
             .and_then(|v| v.value().1);
         if let Some(old) = old {
             self.bodies()?.release(&old)?;

@@ -17,7 +17,7 @@ pub struct Whole<'t> {
     txn: &'t ReadTransaction,
     jobs: redb::ReadOnlyTable<u64, &'static [u8]>,
     payloads: redb::ReadOnlyTable<u64, &'static [u8]>,
-    results: redb::ReadOnlyTable<u64, (&'static [u8], Option<tables::BodyHash>)>,
+    results: redb::ReadOnlyTable<u64, (&'static [u8], Option<tables::BodyKey>)>,
 }
 
 impl<'t> Whole<'t> {

@@ -15,6 +15,7 @@ pub const NEXT_JOB_ID: &str = "next_job_id";
 pub const NEXT_RUN_ID: &str = "next_run_id";
 pub const NEXT_RULE_ID: &str = "next_rule_id";
 pub const NEXT_REMOTE_ID: &str = "next_remote_id";
+pub const NEXT_BODY_ID: &str = "next_body_id";
 /// Layout of the job tables (2: payloads and results out of the job records).
 pub const JOB_LAYOUT: &str = "job_layout";
 /// Set once `BATCH_LINES` and `BATCH_USAGE` have been built for the batches of older files.
@@ -70,8 +71,8 @@ pub const MEMORY_RULES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 /// Job id -> payload, written once at enqueue: leases and completions never rewrite it.
 pub const JOB_PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_payloads");
-/// Job id -> (result record, hash of the response body in [`BODIES`], if any).
-pub const JOB_RESULTS: TableDefinition<u64, (&[u8], Option<BodyHash>)> =
+/// Job id -> (result record, where its response body is stored ([`BodyKey`]), if any).
+pub const JOB_RESULTS: TableDefinition<u64, (&[u8], Option<BodyKey>)> =
     TableDefinition::new("job_results");
 /// (queue, job id) -> (): a queue's (batch's) jobs in enqueue order, for export and listing.
 pub const JOBS_BY_QUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("jobs_by_queue");
@@ -96,12 +97,20 @@ pub const JOBS_COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("
 
 // ---- response bodies, stored once (store/bodies.rs) ----
 
-/// SHA-256 of a body.
-pub type BodyHash = [u8; 32];
-/// Body hash -> body: one copy of each response, shared by jobs and cache rows.
-pub const BODIES: TableDefinition<&BodyHash, &[u8]> = TableDefinition::new("bodies");
-/// Body hash -> number of job results and cache rows referring to it.
-pub const BODY_REFS: TableDefinition<&BodyHash, u64> = TableDefinition::new("body_refs");
+/// Where a body is stored, as job results and cache rows refer to it: a sequence number in
+/// [`BODIES_BY_ID`], or (bodies stored before those) a SHA-256 in [`BODIES`];
+/// `store::bodies::Stored` reads it.
+pub type BodyKey = [u8; 32];
+/// Body id -> body: one copy of each response, shared by its job and its cache row.
+/// Sequence numbers, so a batch's bodies are appended, not scattered over the tree.
+pub const BODIES_BY_ID: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies_by_id");
+/// Body id -> number of job results and cache rows referring to it.
+pub const BODY_ID_REFS: TableDefinition<u64, u64> = TableDefinition::new("body_id_refs");
+/// SHA-256 of a body -> body: how bodies were stored before [`BODIES_BY_ID`]; read and
+/// released, no longer written.
+pub const BODIES: TableDefinition<&BodyKey, &[u8]> = TableDefinition::new("bodies");
+/// SHA-256 of a body -> number of references, for [`BODIES`].
+pub const BODY_REFS: TableDefinition<&BodyKey, u64> = TableDefinition::new("body_refs");
 
 // ---- response cache (cache.rs) ----
 
@@ -199,6 +208,8 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(JOB_RESULTS)?;
     txn.open_table(BODIES)?;
     txn.open_table(BODY_REFS)?;
+    txn.open_table(BODIES_BY_ID)?;
+    txn.open_table(BODY_ID_REFS)?;
     txn.open_table(JOBS_BY_QUEUE)?;
     txn.open_table(JOBS_DUE)?;
     txn.open_table(JOBS_LEASED)?;
