@@ -67,15 +67,31 @@ fn job(kind: &str, line: u64) -> NewJob {
     NewJob::new("q", kind, codec::encode(&chat).unwrap())
 }
 
+/// A queue in its own database under `dir`.
+async fn queue_in(dir: &tempfile::TempDir, config: QueueConfig) -> Queue {
+    Queue::open(StoreConfig::new(dir.path().join("r.redb")), config)
+        .await
+        .unwrap()
+}
+
+/// A runner over `queue` with `concurrency` jobs in flight and a one-minute lease.
+fn runner_of(queue: &Queue, registry: Registry, concurrency: usize) -> Runner {
+    Runner::new(
+        queue.clone(),
+        registry,
+        RunnerConfig {
+            concurrency,
+            lease: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
+            owner: RunnerConfig::owner_name(),
+        },
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_runs_its_handler_and_one_unstorable_answer_fails_only_its_job() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(
-        StoreConfig::new(dir.path().join("r.redb")),
-        QueueConfig::default(),
-    )
-    .await
-    .unwrap();
+    let queue = queue_in(&dir, QueueConfig::default()).await;
     let mut registry = Registry::default();
     registry.register("small", Answers { size: 10 });
     registry.register(
@@ -84,16 +100,7 @@ async fn each_kind_runs_its_handler_and_one_unstorable_answer_fails_only_its_job
             size: MAX_RECORD_BYTES + 1,
         },
     );
-    let runner = Runner::new(
-        queue.clone(),
-        registry,
-        RunnerConfig {
-            concurrency: 4,
-            lease: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(5),
-            owner: RunnerConfig::owner_name(),
-        },
-    );
+    let runner = runner_of(&queue, registry, 4);
     let jobs = vec![
         job("small", 1),
         job("huge", 2),
@@ -160,21 +167,10 @@ async fn a_job_whose_retries_run_out_counts_as_failed() {
         backoff_base: Duration::ZERO,
         ..QueueConfig::default()
     };
-    let queue = Queue::open(StoreConfig::new(dir.path().join("r.redb")), config)
-        .await
-        .unwrap();
+    let queue = queue_in(&dir, config).await;
     let mut registry = Registry::default();
     registry.register("slow", AlwaysTimesOut);
-    let runner = Runner::new(
-        queue.clone(),
-        registry,
-        RunnerConfig {
-            concurrency: 1,
-            lease: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(5),
-            owner: RunnerConfig::owner_name(),
-        },
-    );
+    let runner = runner_of(&queue, registry, 1);
     let id = queue.enqueue(job("slow", 1)).await.unwrap().id;
     let end = runner.drain("q", Shutdown::new().listener()).await.unwrap();
     assert_eq!(end, DrainEnd::Finished);
@@ -218,25 +214,11 @@ impl Handler for Notes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kinds_own_writes_commit_with_its_completions_and_a_failing_one_fails_its_job_only() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(
-        StoreConfig::new(dir.path().join("r.redb")),
-        QueueConfig::default(),
-    )
-    .await
-    .unwrap();
+    let queue = queue_in(&dir, QueueConfig::default()).await;
     let mut registry = Registry::default();
     registry.register("noted", Notes { refuse: 7 });
     // Many in flight, so completions wait for the writer together and are joined.
-    let runner = Runner::new(
-        queue.clone(),
-        registry,
-        RunnerConfig {
-            concurrency: 16,
-            lease: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(5),
-            owner: RunnerConfig::owner_name(),
-        },
-    );
+    let runner = runner_of(&queue, registry, 16);
     let jobs: Vec<NewJob> = (1..=40).map(|line| job("noted", line)).collect();
     let ids: Vec<u64> = queue
         .enqueue_many(jobs)
