@@ -62,8 +62,8 @@ impl Stored {
 /// row of a fresh answer finds the copy its job result just stored, and the job a cache hit
 /// completes finds the copy the hit was read from (an enqueue chunk's hits, 5,000 lines, are
 /// read before its jobs are written). Two generations of at most [`RECENT_MAX`] each keep
-/// the latest hints in about 1.3 MB. A hint is only used after the stored bytes are found
-/// equal, so a stale one costs a copy, never a wrong body.
+/// the latest hints in at most about 1.3 MB, grown as used. A hint is only used after the
+/// stored bytes are found equal, so a stale one costs a copy, never a wrong body.
 static RECENT: Mutex<Recent> = Mutex::new(Recent {
     new: None,
     old: None,
@@ -88,10 +88,7 @@ fn recent_put(hash: [u8; 32], id: u64) {
     if recent.new.as_ref().is_some_and(|m| m.len() >= RECENT_MAX) {
         recent.old = recent.new.take();
     }
-    recent
-        .new
-        .get_or_insert_with(|| HashMap::with_capacity(RECENT_MAX))
-        .insert(hash, id);
+    recent.new.get_or_insert_with(HashMap::new).insert(hash, id);
 }
 
 /// Notes that `body` was read from `key` (a cache hit): the job it completes then refers to
