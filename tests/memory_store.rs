@@ -461,8 +461,18 @@ async fn the_background_indexer_steps_aside_while_the_writer_is_busy() {
         "a busy writer is left alone"
     );
     assert_eq!(store.read(index::pending_read).await.unwrap(), 30);
-    // An idle writer: the step indexes what waits.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // `reasonq stats` says what waits.
+    let summary = reasonq::app::runs::summary(&store).await.unwrap();
+    assert_eq!(summary.unindexed, 30);
+    assert!(
+        summary
+            .to_string()
+            .contains("30 not in the retrieval index yet"),
+        "{summary}"
+    );
+    // An idle writer: the step indexes what waits. (The writer counts a write's time just
+    // after answering it, so the last 60 ms may land in this window: wait well past it.)
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(pacer.step(&store).await.unwrap(), 30);
     assert_eq!(store.read(index::pending_read).await.unwrap(), 0);
     assert_eq!(index_stats(&store).docs, 30);
