@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reasonq::cache::{
-    cacheable, get_read, len_read, prune_in, put_in, Cache, CacheConfig, CacheKey, CachePolicy,
-    CachedResponse, Hit,
+    cacheable, get_blocking, len_read, prune_in, put_in, Cache, CacheConfig, CacheKey, CachePolicy,
+    CachedResponse, Hit, Journal,
 };
 use reasonq::llm::Api;
 use reasonq::store::{tables, Store, StoreConfig};
@@ -199,10 +199,12 @@ async fn sweep_drops_expired_entries_from_memory() {
 #[tokio::test]
 async fn prune_removes_expired_rows_only() {
     let (_dir, store) = temp_store();
+    let journal = Journal::of(&store);
     let put = |text: &'static str, expires_at: u64| {
         let response =
             CachedResponse::new(200, None, text).stamped(0, Duration::from_millis(expires_at));
-        store.write(move |txn| put_in(txn, &key_for(text), &response))
+        let journal = journal.clone();
+        store.write(move |txn| put_in(txn, &journal, &key_for(text), &response))
     };
     for (text, expires_at) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
         put(text, expires_at).await.unwrap();
@@ -230,12 +232,8 @@ async fn prune_removes_expired_rows_only() {
         "only b's row is left due"
     );
     assert_eq!(disk_rows(&store), (3, 3));
-    let alive = |text: &'static str, now: u64| {
-        store
-            .read_blocking(|txn| get_read(txn, &key_for(text), now))
-            .unwrap()
-            .is_some()
-    };
+    let alive =
+        |text: &'static str, now: u64| get_blocking(&store, &key_for(text), now).unwrap().is_some();
     assert!(!alive("b", 0), "expired at 200 and pruned");
     assert!(alive("a", 200) && alive("c", 200) && alive("d", 200));
     assert_eq!(cache.prune_expired(200).await.unwrap(), 0);
@@ -407,9 +405,9 @@ async fn persist_off_reads_the_store_but_leaves_writing_to_the_caller() {
     let (fetched, _) = ask(&cache, &upstream, "q").await;
     assert_eq!(disk_rows(&store), (0, 0));
     // The caller stores it in its own transaction (e.g. the one completing the job)...
-    let stored = fetched.clone();
+    let (stored, journal) = (fetched.clone(), Journal::of(&store));
     store
-        .write(move |txn| put_in(txn, &key_for("q"), &stored))
+        .write(move |txn| put_in(txn, &journal, &key_for("q"), &stored))
         .await
         .unwrap();
     // ...and once memory is emptied, the answer comes from disk.
@@ -530,4 +528,172 @@ async fn a_settled_answer_leaves_memory_and_a_repeat_brings_it_back() {
     assert_eq!((hit, again), (Hit::Disk, first));
     assert_eq!(ask(&cache, &upstream, "q").await.1, Hit::Memory);
     assert_eq!(upstream.calls(), 1, "asked once, whatever the tier");
+}
+
+// ---- the journal: rows appended, merged into the hashed table in sorted runs ----
+
+/// Rows in (`cache`, `cache_journal`, `bodies_by_id`).
+fn layout(store: &Store) -> (u64, u64, u64) {
+    store
+        .read_blocking(|txn| {
+            Ok((
+                txn.open_table(tables::CACHE)?.len()?,
+                txn.open_table(tables::CACHE_JOURNAL)?.len()?,
+                txn.open_table(tables::BODIES_BY_ID)?.len()?,
+            ))
+        })
+        .unwrap()
+}
+
+/// Stores `body` as the answer to `text`, expiring at 10^12 ms.
+async fn store_answer(store: &Store, text: &'static str, body: &'static str) {
+    let journal = Journal::of(store);
+    let response = CachedResponse::new(200, None, body).stamped(0, Duration::from_secs(1 << 30));
+    store
+        .write(move |txn| put_in(txn, &journal, &key_for(text), &response))
+        .await
+        .unwrap();
+}
+
+fn answer(store: &Store, text: &str) -> Option<String> {
+    get_blocking(store, &key_for(text), T0)
+        .unwrap()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn rows_go_to_the_journal_then_into_the_table_and_the_newest_row_wins() {
+    let (_dir, store) = temp_store();
+    let cache = cache(Some(store.clone()), &ManualClock::new());
+    for (text, body) in [("a", "a1"), ("b", "b1"), ("c", "c1")] {
+        store_answer(&store, text, body).await;
+    }
+    assert_eq!(
+        layout(&store),
+        (0, 3, 3),
+        "appended, not in the hashed table"
+    );
+    assert_eq!(answer(&store, "a").as_deref(), Some("a1"));
+
+    assert_eq!(cache.merge_all().await.unwrap(), 3);
+    assert_eq!(layout(&store), (3, 0, 3));
+    assert_eq!(
+        Journal::of(&store).indexed(),
+        0,
+        "merged rows leave the index"
+    );
+    assert_eq!(answer(&store, "b").as_deref(), Some("b1"));
+
+    // Stored again: the journal row shadows the table's at once, replaces it at the merge,
+    // and the old body goes with it.
+    store_answer(&store, "a", "a2").await;
+    assert_eq!(answer(&store, "a").as_deref(), Some("a2"));
+    assert_eq!(layout(&store), (3, 1, 4));
+    // And again before a merge: the journal keeps only the newest.
+    store_answer(&store, "a", "a3").await;
+    assert_eq!(layout(&store), (3, 1, 4));
+    assert_eq!(answer(&store, "a").as_deref(), Some("a3"));
+    assert_eq!(cache.merge_all().await.unwrap(), 1);
+    assert_eq!(layout(&store), (3, 0, 3));
+    assert_eq!(answer(&store, "a").as_deref(), Some("a3"));
+    assert_eq!(disk_rows(&store), (3, 3), "one expiry row per entry");
+    assert_eq!(answer(&store, "d"), None);
+}
+
+#[tokio::test]
+async fn a_reopened_file_finds_the_rows_its_journal_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    store_answer(&store, "a", "a1").await;
+    store_answer(&store, "b", "b1").await;
+    store.close_async().await.unwrap();
+    drop(store);
+
+    let store = open_store(&dir);
+    assert_eq!(
+        Journal::of(&store).indexed(),
+        0,
+        "not loaded before it is needed"
+    );
+    assert_eq!(answer(&store, "a").as_deref(), Some("a1"));
+    assert_eq!(Journal::of(&store).indexed(), 2, "loaded from the file");
+    // An append after the reload replaces the row it found.
+    store_answer(&store, "b", "b2").await;
+    assert_eq!(answer(&store, "b").as_deref(), Some("b2"));
+    assert_eq!(layout(&store), (0, 2, 2));
+}
+
+#[tokio::test]
+async fn a_rolled_back_write_leaves_the_older_row_readable() {
+    let (_dir, store) = temp_store();
+    let cache = cache(Some(store.clone()), &ManualClock::new());
+    store_answer(&store, "a", "a1").await;
+    cache.merge_all().await.unwrap();
+    // The append enters the index before its commit; the commit never comes.
+    let journal = Journal::of(&store);
+    let failed = store
+        .write(move |txn| {
+            for (text, body) in [("a", "a2"), ("b", "b1")] {
+                let response = CachedResponse::new(200, None, body).stamped(0, Duration::MAX);
+                put_in(txn, &journal, &key_for(text), &response)?;
+            }
+            Err::<(), _>(Error::Task("rolled back".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(Journal::of(&store).indexed(), 2, "stale hints");
+    assert_eq!(answer(&store, "a").as_deref(), Some("a1"));
+    assert_eq!(answer(&store, "b"), None);
+    assert_eq!(layout(&store), (1, 0, 1));
+    store_answer(&store, "b", "b2").await;
+    assert_eq!(answer(&store, "b").as_deref(), Some("b2"));
+}
+
+#[tokio::test]
+async fn a_merge_waits_for_an_idle_writer_until_the_journal_is_full() {
+    let (_dir, store) = temp_store();
+    let cache = cache(Some(store.clone()), &ManualClock::new());
+    store_answer(&store, "a", "a1").await;
+    assert_eq!(cache.merge_step(false).await.unwrap(), 0, "busy writer");
+    assert_eq!(layout(&store), (0, 1, 1));
+    assert_eq!(cache.merge_step(true).await.unwrap(), 1, "idle writer");
+    assert_eq!(layout(&store), (1, 0, 1));
+    assert_eq!(cache.merge_step(true).await.unwrap(), 0, "nothing left");
+}
+
+/// Readers never miss a stored row while merges move rows from the journal to the table:
+/// they look the index up before taking their snapshot, and a merge leaves the index only
+/// after its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_during_merges_find_every_stored_row() {
+    let (_dir, store) = temp_store();
+    let cache = Arc::new(cache(Some(store.clone()), &ManualClock::new()));
+    const TEXTS: [&str; 8] = ["q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7"];
+    for text in TEXTS {
+        store_answer(&store, text, "x").await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        let keys: Vec<_> = TEXTS.iter().map(|t| key_for(t)).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut rounds = 0;
+            while !stop.load(SeqCst) {
+                let found = reasonq::cache::get_many_blocking(&store, &keys, T0).unwrap();
+                let misses = found.iter().filter(|f| !matches!(f, Ok(Some(_)))).count();
+                assert_eq!(misses, 0, "round {rounds}");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    for _ in 0..40 {
+        // Each key written again, then merged: the rows move back and forth.
+        for text in TEXTS {
+            store_answer(&store, text, "x").await;
+        }
+        cache.merge_all().await.unwrap();
+    }
+    stop.store(true, SeqCst);
+    assert!(reader.await.unwrap() > 0);
 }

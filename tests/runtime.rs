@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reasonq::app::App;
-use reasonq::cache::{put_in, CacheKey, CachedResponse};
+use reasonq::cache::{put_in, CacheKey, CachedResponse, Journal};
 use reasonq::clock::now_ms;
 use reasonq::config::Config;
 use reasonq::store::{Store, StoreConfig};
@@ -75,10 +75,11 @@ async fn cleanup_drops_expired_cache_rows_and_keeps_fresh_ones() {
     let expired =
         CachedResponse::new(200, None, "{}").stamped(now - 60_000, Duration::from_secs(1));
     let fresh = CachedResponse::new(200, None, "{}").stamped(now, Duration::from_secs(3600));
+    let journal = Journal::of(&app.store);
     app.store
         .write(move |txn| {
-            put_in(txn, &key(1), &expired)?;
-            put_in(txn, &key(2), &fresh)
+            put_in(txn, &journal, &key(1), &expired)?;
+            put_in(txn, &journal, &key(2), &fresh)
         })
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
@@ -128,7 +128,7 @@ pub async fn summary(store: &Store) -> Result<Summary> {
     let (cached_responses_on_disk, unindexed) = store
         .read(|txn| {
             Ok((
-                txn.open_table(tables::CACHE)?.len()?,
+                crate::cache::len_read(txn)?,
                 crate::memory::index::pending_read(txn)?,
             ))
         })

@@ -133,6 +133,20 @@ impl Upkeep {
                 }
             }
         });
+        // The prompt cache's journal, merged into its hashed table (see cache::Journal): a
+        // run a tick while the writer has room, and at once past JOURNAL_MAX rows.
+        let (merger, merge_store) = (cache.clone(), store.clone());
+        let meter = Arc::new(crate::store::BusyMeter::new(store));
+        every(&mut tasks, &stop, INDEX_EVERY, move || {
+            let (cache, store, meter) = (merger.clone(), merge_store.clone(), meter.clone());
+            async move {
+                let idle = meter.share(&store) <= crate::memory::index::BUSY_SHARE;
+                if let Err(e) = cache.merge_step(idle).await {
+                    tracing::warn!(error = %e, "merging the prompt cache's journal failed; retried later");
+                }
+                meter.reset(&store);
+            }
+        });
         let (queue, cleanup_cache, store) = (queue.clone(), cache.clone(), store.clone());
         let retention = ExperienceRetention::of(config);
         let interval = Duration::from_secs(config.retention.interval_s);

@@ -1,7 +1,8 @@
 //! Tier 2: the cache in the store, so a re-run batch after a restart pays nothing twice.
 //!
-//! `CACHE` maps key -> encoded [`Row`]; `CACHE_BY_EXPIRY` holds `(expires_at, key)` so
-//! pruning walks only the expired rows. A row refers to its body in `store::bodies`, where
+//! `CACHE` maps key -> encoded [`Row`]; new rows are appended to `CACHE_JOURNAL` first and
+//! merged into it in sorted runs (see `journal`); `CACHE_BY_EXPIRY` holds
+//! `(expires_at, key)` so pruning walks only the expired rows. A row refers to its body in `store::bodies`, where
 //! the job completed with the same answer refers to it too: one copy. These are
 //! transaction-level functions so a caller can, say, complete a job and cache its response
 //! in one commit.
@@ -10,10 +11,12 @@ use bytes::Bytes;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::journal::Journal;
 use super::{CacheKey, CachedResponse};
 use crate::codec::{self, CodecError};
 use crate::store::bodies;
-use crate::store::tables::{BodyKey, CACHE, CACHE_BY_EXPIRY};
+use crate::store::tables::{BodyKey, CACHE, CACHE_BY_EXPIRY, CACHE_JOURNAL};
+use crate::store::Store;
 use crate::Result;
 
 /// A stored cache entry: the response without its body, which is stored once beside it.
@@ -97,73 +100,161 @@ impl Row {
     }
 }
 
-/// The unexpired response stored for `key` at `now` (ms), seen from a read transaction.
-/// An expired row is a miss (it stays until [`prune_in`] removes it).
-pub fn get_read(txn: &ReadTransaction, key: &CacheKey, now: u64) -> Result<Option<CachedResponse>> {
-    match lookup(&txn.open_table(CACHE)?, key, now)? {
-        Some(row) => row.resolve(|h| bodies::get_read(txn, h)),
-        None => Ok(None),
-    }
-}
-
-/// [`get_read`] inside a write transaction (sees the transaction's own writes).
-pub fn get_in(txn: &WriteTransaction, key: &CacheKey, now: u64) -> Result<Option<CachedResponse>> {
-    let row = lookup(&txn.open_table(CACHE)?, key, now)?;
-    match row {
-        Some(row) => row.resolve(|h| bodies::get_in(txn, h)),
-        None => Ok(None),
-    }
-}
-
-fn lookup(
-    table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
-    key: &CacheKey,
+/// The unexpired responses stored for `keys` at `now` (ms), from one read transaction on
+/// the calling thread (not the async runtime's): `Err` if the transaction fails, else each
+/// key's own outcome. An expired row is a miss (it stays until [`prune_in`] removes it).
+pub fn get_many_blocking(
+    store: &Store,
+    keys: &[CacheKey],
     now: u64,
+) -> Result<Vec<Result<Option<CachedResponse>>>> {
+    // The journal's index before the snapshot (see `journal`).
+    let seqs = Journal::of(store).find(store, keys)?;
+    store.read_blocking(|txn| {
+        let (table, log) = (txn.open_table(CACHE)?, txn.open_table(CACHE_JOURNAL)?);
+        Ok(keys
+            .iter()
+            .zip(seqs)
+            .map(|(key, seqs)| match newest(&table, &log, key, seqs)? {
+                Some(row) if !row.is_expired(now) => row.resolve(|h| bodies::get_read(txn, h)),
+                _ => Ok(None),
+            })
+            .collect())
+    })
+}
+
+/// [`get_many_blocking`] for one key.
+pub fn get_blocking(store: &Store, key: &CacheKey, now: u64) -> Result<Option<CachedResponse>> {
+    get_many_blocking(store, std::slice::from_ref(key), now)?
+        .pop()
+        .unwrap_or(Ok(None))
+}
+
+/// The newest row of `key`, expired or not: its journal row at the first of `seqs` that
+/// holds one in this snapshot, else its row in `cache`.
+fn newest(
+    table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    log: &impl ReadableTable<u64, (&'static [u8; 32], &'static [u8])>,
+    key: &CacheKey,
+    seqs: [Option<u64>; 2],
 ) -> Result<Option<Row>> {
-    let Some(row) = table.get(key.as_bytes())? else {
-        return Ok(None);
-    };
-    let row: Row = codec::decode(row.value())?;
-    Ok((!row.is_expired(now)).then_some(row))
+    for seq in seqs.into_iter().flatten() {
+        if let Some(found) = log.get(seq)? {
+            let (at, row) = found.value();
+            if at == key.as_bytes() {
+                return Ok(Some(codec::decode(row)?));
+            }
+        }
+    }
+    match table.get(key.as_bytes())? {
+        Some(row) => Ok(Some(codec::decode(row.value())?)),
+        None => Ok(None),
+    }
 }
 
-/// Stores `response` (already stamped, see [`CachedResponse::stamped`]) under `key`,
-/// replacing any previous entry and its expiry index row.
-pub fn put_in(txn: &WriteTransaction, key: &CacheKey, response: &CachedResponse) -> Result<()> {
-    put_many_in(txn, &[(key, response)])
+/// Stores `response` (already stamped, see [`CachedResponse::stamped`]) under `key`: it
+/// shadows any older row of the key at once and replaces it when the journal is merged.
+pub fn put_in(
+    txn: &WriteTransaction,
+    journal: &Journal,
+    key: &CacheKey,
+    response: &CachedResponse,
+) -> Result<()> {
+    put_many_in(txn, journal, &[(key, response)])
 }
 
-/// [`put_in`] for many entries, each table opened once (a burst of completions' rows).
-pub fn put_many_in(txn: &WriteTransaction, rows: &[(&CacheKey, &CachedResponse)]) -> Result<()> {
+/// [`put_in`] for many entries, each table opened once (a burst of completions' rows): each
+/// row is appended to the journal, with its expiry index row and its body.
+pub fn put_many_in(
+    txn: &WriteTransaction,
+    journal: &Journal,
+    rows: &[(&CacheKey, &CachedResponse)],
+) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let mut bodies = bodies::Bodies::open(txn)?;
-    let mut table = txn.open_table(CACHE)?;
+    let mut log = txn.open_table(CACHE_JOURNAL)?;
     let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
-    for (key, response) in rows {
-        let body_key = bodies.put(&response.body)?;
+    let mut index = journal.loaded(&log)?;
+    let first = log.last()?.map_or(0, |(seq, _)| seq.value() + 1);
+    for (next, (key, response)) in (first..).zip(rows) {
+        let key = key.as_bytes();
+        // The key's older journal row goes (an older row in `cache` goes at the merge).
+        let mut replaced = None;
+        if let Some(seq) = index.get(key) {
+            let old = match log.get(seq)? {
+                Some(found) if found.value().0 == key => {
+                    Some(codec::decode::<Row>(found.value().1))
+                }
+                _ => None,
+            };
+            if let Some(old) = old {
+                replaced = Some(seq);
+                log.remove(seq)?;
+                // An undecodable old row leaves its index row behind; prune_in copes with that.
+                if let Ok(old) = old {
+                    by_expiry.remove((old.expires_at, key))?;
+                    if let Some(body) = old.stored_body() {
+                        bodies.release(&body)?;
+                    }
+                }
+            }
+        }
         let row = Row {
             status: response.status,
             request_id: response.request_id.clone(),
-            body: RowBody::Stored(body_key),
+            body: RowBody::Stored(bodies.put(&response.body)?),
             created_at: response.created_at,
             expires_at: response.expires_at,
         };
-        let bytes = codec::encode(&row)?;
+        log.insert(next, (key, codec::encode(&row)?.as_slice()))?;
+        by_expiry.insert((response.expires_at, key), ())?;
+        index.put(key, next, replaced);
+    }
+    Ok(())
+}
+
+/// Moves up to `max` of the oldest journal rows into `cache`, in key order, replacing older
+/// rows of their keys; returns the rows moved (key, sequence number), for
+/// [`Journal::forget`] once committed.
+pub fn merge_in(txn: &WriteTransaction, max: usize) -> Result<Vec<([u8; 32], u64)>> {
+    let mut log = txn.open_table(CACHE_JOURNAL)?;
+    let mut run = Vec::new();
+    for row in log.iter()?.take(max) {
+        let (seq, value) = row?;
+        run.push((*value.value().0, seq.value()));
+    }
+    if run.is_empty() {
+        return Ok(run);
+    }
+    // Key order, so neighbouring rows land in the same leaf; a key's newest row last.
+    run.sort_unstable();
+    let mut bodies = bodies::Bodies::open(txn)?;
+    let mut table = txn.open_table(CACHE)?;
+    let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
+    for (key, seq) in &run {
+        let Some(bytes) = log.get(*seq)?.map(|v| v.value().1.to_vec()) else {
+            continue;
+        };
         let old = table
-            .insert(key.as_bytes(), bytes.as_slice())?
+            .insert(key, bytes.as_slice())?
             .map(|old| codec::decode::<Row>(old.value()));
-        // An undecodable old row leaves its index row behind; prune_in copes with that.
         if let Some(Ok(old)) = old {
-            by_expiry.remove((old.expires_at, key.as_bytes()))?;
+            let expires_at = codec::decode::<Row>(&bytes).map(|row| row.expires_at);
+            // The new row's expiry index row stays (it may be the same).
+            if expires_at.ok() != Some(old.expires_at) {
+                by_expiry.remove((old.expires_at, key))?;
+            }
             if let Some(body) = old.stored_body() {
                 bodies.release(&body)?;
             }
         }
-        by_expiry.insert((response.expires_at, key.as_bytes()), ())?;
     }
-    Ok(())
+    for (_, seq) in &run {
+        log.remove(*seq)?;
+    }
+    Ok(run)
 }
 
 /// Removes up to `limit` entries expired at `now` (ms), walking the expiry index from the
@@ -171,7 +262,10 @@ pub fn put_many_in(txn: &WriteTransaction, rows: &[(&CacheKey, &CachedResponse)]
 ///
 /// A row is deleted only if it is itself expired (or unreadable), so a leftover index row can
 /// never delete an entry that was stored again with a later expiry.
+///
+/// The journal is merged first (all of it), so every row it judges is in `cache`.
 pub fn prune_in(txn: &WriteTransaction, now: u64, limit: usize) -> Result<usize> {
+    merge_in(txn, usize::MAX)?;
     let mut table = txn.open_table(CACHE)?;
     let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
     let mut due = Vec::new();
@@ -203,7 +297,13 @@ pub fn prune_in(txn: &WriteTransaction, now: u64, limit: usize) -> Result<usize>
     Ok(due.len())
 }
 
-/// How many entries tier 2 holds, expired or not.
+/// How many entries tier 2 holds, expired or not (a key stored again since the last merge
+/// counts twice until the next).
 pub fn len_read(txn: &ReadTransaction) -> Result<u64> {
-    Ok(txn.open_table(CACHE)?.len()?)
+    Ok(txn.open_table(CACHE)?.len()? + journal_len_read(txn)?)
+}
+
+/// How many rows wait in the journal.
+pub fn journal_len_read(txn: &ReadTransaction) -> Result<u64> {
+    Ok(txn.open_table(CACHE_JOURNAL)?.len()?)
 }

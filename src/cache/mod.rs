@@ -7,6 +7,7 @@
 //! nobody receives an error they did not cause.
 
 mod disk;
+mod journal;
 mod key;
 mod policy;
 mod response;
@@ -20,7 +21,11 @@ use std::time::Duration;
 
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
-pub use disk::{get_in, get_read, len_read, prune_in, put_in, put_many_in};
+pub use disk::{
+    get_blocking, get_many_blocking, journal_len_read, len_read, merge_in, prune_in, put_in,
+    put_many_in,
+};
+pub use journal::{Journal, JOURNAL_MAX, MERGE_RUN};
 pub use key::{CacheKey, IGNORED_FIELDS};
 pub use policy::{cacheable, CachePolicy};
 pub use response::CachedResponse;
@@ -73,6 +78,8 @@ type Memory =
 pub struct Cache {
     memory: Memory,
     store: Option<Store>,
+    /// The store's journal index (one per open file, shared by every cache over it).
+    journal: Option<Arc<Journal>>,
     config: CacheConfig,
     clock: Clock,
     counters: Counters,
@@ -111,6 +118,12 @@ impl Cache {
         self.store.as_ref()
     }
 
+    /// The journal index of the store behind the disk tier, for callers that write rows
+    /// themselves with [`put_in`]; `None` without a store.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
     /// [`Cache::new`] with a custom clock (tests).
     pub fn with_clock(store: Option<Store>, config: CacheConfig, clock: Clock) -> Cache {
         let counters = Counters::default();
@@ -126,6 +139,7 @@ impl Cache {
         );
         Cache {
             memory,
+            journal: store.as_ref().map(Journal::of),
             store,
             config,
             clock,
@@ -225,12 +239,9 @@ impl Cache {
         let Some(store) = &self.store else {
             return Ok(keys.iter().map(|_| None).collect());
         };
-        let now = self.now();
-        let found = store.read_blocking(|txn| {
-            keys.iter()
-                .map(|key| get_read(txn, key, now))
-                .collect::<Result<Vec<_>>>()
-        })?;
+        let found = get_many_blocking(store, keys, self.now())?
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         let hits = found.iter().filter(|f| f.is_some()).count() as u64;
         self.counters.hits_disk.fetch_add(hits, Relaxed);
         Ok(found)
@@ -256,12 +267,52 @@ impl Cache {
     }
 
     async fn persist(&self, key: CacheKey, response: &CachedResponse) -> Result<()> {
-        match &self.store {
-            Some(store) if self.config.persist => {
-                let response = response.clone();
-                store.write(move |txn| put_in(txn, &key, &response)).await
+        match (&self.store, &self.journal) {
+            (Some(store), Some(journal)) if self.config.persist => {
+                let (response, journal) = (response.clone(), journal.clone());
+                store
+                    .write(move |txn| put_in(txn, &journal, &key, &response))
+                    .await
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Merges one run of the journal into the hashed table if one is due: always while it
+    /// holds more than [`JOURNAL_MAX`] rows, and whenever it holds any if `writer_idle`
+    /// (background upkeep decides that, as for the retrieval indexer). Returns the rows
+    /// merged.
+    pub async fn merge_step(&self, writer_idle: bool) -> Result<usize> {
+        let (Some(store), Some(journal)) = (&self.store, &self.journal) else {
+            return Ok(0);
+        };
+        let waiting = store.read(journal_len_read).await?;
+        if !journal::merge_due(waiting, writer_idle) {
+            return Ok(0);
+        }
+        let merged = store.write(|txn| merge_in(txn, MERGE_RUN)).await?;
+        journal.forget(&merged);
+        tracing::debug!(
+            merged = merged.len(),
+            waiting,
+            "prompt cache journal merged"
+        );
+        Ok(merged.len())
+    }
+
+    /// Merges the whole journal into the hashed table, run by run; returns the rows merged.
+    pub async fn merge_all(&self) -> Result<usize> {
+        let (Some(store), Some(journal)) = (&self.store, &self.journal) else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            let merged = store.write(|txn| merge_in(txn, MERGE_RUN)).await?;
+            journal.forget(&merged);
+            total += merged.len();
+            if merged.len() < MERGE_RUN {
+                return Ok(total);
+            }
         }
     }
 
@@ -305,6 +356,9 @@ impl Cache {
         let Some(store) = &self.store else {
             return Ok(0);
         };
+        // Every row in the hashed table first (prune_in would merge them too, but without
+        // dropping their index entries).
+        self.merge_all().await?;
         let mut total = 0;
         loop {
             let n = store
@@ -364,13 +418,8 @@ fn read_pending(store: &Store, pending: &std::sync::Mutex<PendingReads>, clock: 
             }
             std::mem::take(&mut p.queue)
         };
-        let now = clock();
-        let found = store.read_blocking(|txn| {
-            Ok(batch
-                .iter()
-                .map(|(key, _)| get_read(txn, key, now))
-                .collect::<Vec<_>>())
-        });
+        let keys: Vec<CacheKey> = batch.iter().map(|(key, _)| *key).collect();
+        let found = get_many_blocking(store, &keys, clock());
         match found {
             Ok(found) => {
                 for ((key, reply), row) in batch.into_iter().zip(found) {

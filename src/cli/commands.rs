@@ -678,7 +678,7 @@ pub async fn check(config: Config, args: CheckArgs) -> CliResult {
                 "{} jobs, {} experiences, {} cached responses, {} runs",
                 get("jobs"),
                 get("experiences"),
-                get("cache"),
+                get("cache") + get("cache_journal"),
                 get("runs")
             )
         };

@@ -99,22 +99,21 @@ pub fn steps_aside(pending: u64, busy_share: f64) -> bool {
 /// The background indexer's pace: one batch (at most [`INDEX_BATCH`]) a step, taken only
 /// when the writer has room for it ([`steps_aside`]).
 pub struct Pacer {
-    /// When the last step ended, and the writer's busy time then.
-    since: std::sync::Mutex<(std::time::Instant, std::time::Duration)>,
+    busy: crate::store::BusyMeter,
 }
 
 impl Pacer {
     /// A pacer that measures the writer from now.
     pub fn new(store: &Store) -> Pacer {
         Pacer {
-            since: std::sync::Mutex::new((std::time::Instant::now(), store.writer_busy())),
+            busy: crate::store::BusyMeter::new(store),
         }
     }
 
     /// One step: indexes one batch of the experiences waiting, unless the writer is busy
     /// with other work and the debt is still small. Returns how many it indexed.
     pub async fn step(&self, store: &Store) -> Result<usize> {
-        let share = self.busy_share(store);
+        let share = self.busy.share(store);
         let pending = store.read(pending_read).await?;
         let indexed = if pending == 0 || steps_aside(pending, share) {
             tracing::trace!(pending, share, "indexer steps aside");
@@ -124,23 +123,8 @@ impl Pacer {
                 .write(|txn| index_pending_in(txn, INDEX_BATCH))
                 .await?
         };
-        // Its own transaction is not the foreground's business: measure from here.
-        self.reset(store);
+        self.busy.reset(store);
         Ok(indexed)
-    }
-
-    fn busy_share(&self, store: &Store) -> f64 {
-        let (at, busy) = *self.since.lock().unwrap_or_else(|e| e.into_inner());
-        let wall = at.elapsed().as_secs_f64();
-        if wall <= 0.0 {
-            return 0.0;
-        }
-        store.writer_busy().saturating_sub(busy).as_secs_f64() / wall
-    }
-
-    fn reset(&self, store: &Store) {
-        *self.since.lock().unwrap_or_else(|e| e.into_inner()) =
-            (std::time::Instant::now(), store.writer_busy());
     }
 }
 

@@ -113,13 +113,22 @@ impl CacheWrite {
 
     /// Writes the response into the cache table within `txn`.
     pub fn put_in(&self, txn: &redb::WriteTransaction) -> Result<()> {
-        crate::cache::put_in(txn, &self.key, &self.response)
+        Self::put_all_in(txn, &[self])
     }
 
     /// [`CacheWrite::put_in`] for many, the cache tables opened once.
     pub fn put_all_in(txn: &redb::WriteTransaction, writes: &[&CacheWrite]) -> Result<()> {
-        let rows: Vec<_> = writes.iter().map(|w| (&w.key, &w.response)).collect();
-        crate::cache::put_many_in(txn, &rows)
+        // Writes of one cache share its store's journal; a write whose cache has no store
+        // (nothing to write to) is skipped.
+        let Some(journal) = writes.iter().find_map(|w| w.cache.journal()) else {
+            return Ok(());
+        };
+        let rows: Vec<_> = writes
+            .iter()
+            .filter(|w| w.cache.journal().is_some())
+            .map(|w| (&w.key, &w.response))
+            .collect();
+        crate::cache::put_many_in(txn, journal, &rows)
     }
 }
 

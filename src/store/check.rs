@@ -130,6 +130,7 @@ fn counts_of(path: &Path) -> Result<Vec<(String, u64)>> {
         MEMORY_RULES,
         CACHE,
         CACHE_BY_EXPIRY,
+        CACHE_JOURNAL,
         RUNS,
         BOARD_SESSIONS,
         BOARD_ENTRIES,

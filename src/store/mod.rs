@@ -28,14 +28,20 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 
 /// Current schema version. Bump it and add a step to [`MIGRATIONS`] when the layout changes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// One schema upgrade step, run inside the open transaction.
 type Migration = fn(&WriteTransaction) -> Result<()>;
 
 /// `MIGRATIONS[i]` upgrades a database from schema version `i + 1` to `i + 2`.
-/// Empty while version 1 is the only one; the open path already runs it.
-const MIGRATIONS: &[Migration] = &[];
+const MIGRATIONS: &[Migration] = &[cache_journal];
+
+/// Version 2: new prompt cache rows go to `cache_journal` first (the open path creates it).
+/// Nothing moves; the bump keeps an older build, which would not look there, from opening
+/// the file.
+fn cache_journal(_txn: &WriteTransaction) -> Result<()> {
+    Ok(())
+}
 
 const _: () = assert!(MIGRATIONS.len() as u64 + 1 == SCHEMA_VERSION);
 
@@ -115,6 +121,8 @@ struct Inner {
     writer: Mutex<Option<Writer>>,
     /// Nanoseconds the writer thread has spent in transactions (fsync included).
     busy_ns: Arc<AtomicU64>,
+    /// See [`Store::shared`].
+    shared: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 struct Writer {
@@ -170,6 +178,7 @@ impl Store {
                 path: config.path,
                 writer: Mutex::new(Some(Writer { tx, thread })),
                 busy_ns,
+                shared: Mutex::default(),
             }),
         })
     }
@@ -191,6 +200,22 @@ impl Store {
     /// indexer steps aside while foreground writes keep it busy).
     pub fn writer_busy(&self) -> Duration {
         Duration::from_nanos(self.inner.busy_ns.load(Ordering::Relaxed))
+    }
+
+    /// State the layers above keep beside the open file (the prompt cache's journal index):
+    /// one value of each type per open file however many handles share it, made by `init`
+    /// on first use. It must not hold a `Store`, or the file would never close.
+    pub fn shared<T: Send + Sync + 'static>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut slots = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = slots
+            .iter()
+            .find_map(|s| Arc::clone(s).downcast::<T>().ok())
+        {
+            return found;
+        }
+        let made = Arc::new(init());
+        slots.push(made.clone());
+        made
     }
 
     /// Runs `f` in a write transaction on the writer thread, grouped with other waiting writes
@@ -535,6 +560,40 @@ where
             // The caller may have gone away (cancelled); the write is committed regardless.
             let _ = reply.send(result);
         }
+    }
+}
+
+/// How busy the writer was since the last [`BusyMeter::reset`]: background work (the
+/// retrieval indexer, the prompt cache's journal merges) steps aside while foreground writes
+/// (a drain, an enqueue) keep the writer busy, since the writer sets a drain's pace.
+pub struct BusyMeter {
+    /// When it was last reset, and the writer's busy time then.
+    since: Mutex<(Instant, Duration)>,
+}
+
+impl BusyMeter {
+    /// A meter that measures the writer from now.
+    pub fn new(store: &Store) -> BusyMeter {
+        BusyMeter {
+            since: Mutex::new((Instant::now(), store.writer_busy())),
+        }
+    }
+
+    /// The share of the time since the last reset the writer spent in transactions (0 to 1).
+    pub fn share(&self, store: &Store) -> f64 {
+        let (at, busy) = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let wall = at.elapsed().as_secs_f64();
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        store.writer_busy().saturating_sub(busy).as_secs_f64() / wall
+    }
+
+    /// Measures from now (after the background work's own transaction, which is not the
+    /// foreground's business).
+    pub fn reset(&self, store: &Store) {
+        *self.since.lock().unwrap_or_else(|e| e.into_inner()) =
+            (Instant::now(), store.writer_busy());
     }
 }
 

@@ -116,6 +116,10 @@ pub const BODY_REFS: TableDefinition<&BodyKey, u64> = TableDefinition::new("body
 
 /// SHA-256 key of a canonical request -> encoded cached response (with its expiry).
 pub const CACHE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("cache");
+/// Sequence number -> (key, encoded cached response): rows as they are written, appended
+/// rather than scattered over [`CACHE`], and merged into it in sorted runs (cache/journal.rs).
+pub const CACHE_JOURNAL: TableDefinition<u64, (&[u8; 32], &[u8])> =
+    TableDefinition::new("cache_journal");
 /// (expiry ms, key) -> (): pruning expired entries without a scan.
 pub const CACHE_BY_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> =
     TableDefinition::new("cache_by_expiry");
@@ -221,6 +225,7 @@ pub fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> 
     txn.open_table(JOB_ATTEMPTS)?;
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_BY_EXPIRY)?;
+    txn.open_table(CACHE_JOURNAL)?;
     txn.open_table(RUNS)?;
     txn.open_table(BATCH_ENDPOINTS)?;
     txn.open_table(BATCH_LINES)?;
