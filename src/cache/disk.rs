@@ -11,7 +11,7 @@ use bytes::Bytes;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::journal::Journal;
+use super::journal::{self, Journal};
 use super::{CacheKey, CachedResponse};
 use crate::codec::{self, CodecError};
 use crate::store::bodies;
@@ -216,14 +216,14 @@ pub fn put_many_in(
 }
 
 /// Moves up to `max` of the oldest journal rows into `cache`, in key order, replacing older
-/// rows of their keys; returns the rows moved (key, sequence number), for
+/// rows of their keys; returns the rows moved (short key, sequence number), for
 /// [`Journal::forget`] once committed.
-pub fn merge_in(txn: &WriteTransaction, max: usize) -> Result<Vec<([u8; 32], u64)>> {
+pub fn merge_in(txn: &WriteTransaction, max: usize) -> Result<Vec<(u64, u64)>> {
     let mut log = txn.open_table(CACHE_JOURNAL)?;
     let mut run = Vec::new();
     for row in log.iter()?.take(max) {
         let (seq, value) = row?;
-        run.push((*value.value().0, seq.value()));
+        run.push((journal::short(value.value().0), seq.value()));
     }
     if run.is_empty() {
         return Ok(run);
@@ -233,18 +233,21 @@ pub fn merge_in(txn: &WriteTransaction, max: usize) -> Result<Vec<([u8; 32], u64
     let mut bodies = bodies::Bodies::open(txn)?;
     let mut table = txn.open_table(CACHE)?;
     let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
-    for (key, seq) in &run {
-        let Some(bytes) = log.get(*seq)?.map(|v| v.value().1.to_vec()) else {
+    for (_, seq) in &run {
+        let Some((key, bytes)) = log.get(*seq)?.map(|v| {
+            let (key, bytes) = v.value();
+            (*key, bytes.to_vec())
+        }) else {
             continue;
         };
         let old = table
-            .insert(key, bytes.as_slice())?
+            .insert(&key, bytes.as_slice())?
             .map(|old| codec::decode::<Row>(old.value()));
         if let Some(Ok(old)) = old {
             let expires_at = codec::decode::<Row>(&bytes).map(|row| row.expires_at);
             // The new row's expiry index row stays (it may be the same).
             if expires_at.ok() != Some(old.expires_at) {
-                by_expiry.remove((old.expires_at, key))?;
+                by_expiry.remove((old.expires_at, &key))?;
             }
             if let Some(body) = old.stored_body() {
                 bodies.release(&body)?;
