@@ -283,37 +283,39 @@ impl Cache {
     /// (background upkeep decides that, as for the retrieval indexer). Returns the rows
     /// merged.
     pub async fn merge_step(&self, writer_idle: bool) -> Result<usize> {
-        let (Some(store), Some(journal)) = (&self.store, &self.journal) else {
+        let Some(store) = &self.store else {
             return Ok(0);
         };
         let waiting = store.read(journal_len_read).await?;
         if !journal::merge_due(waiting, writer_idle) {
             return Ok(0);
         }
-        let merged = store.write(|txn| merge_in(txn, MERGE_RUN)).await?;
-        journal.forget(&merged);
-        tracing::debug!(
-            merged = merged.len(),
-            waiting,
-            "prompt cache journal merged"
-        );
-        Ok(merged.len())
+        let merged = self.merge_run().await?;
+        tracing::debug!(merged, waiting, "prompt cache journal merged");
+        Ok(merged)
     }
 
     /// Merges the whole journal into the hashed table, run by run; returns the rows merged.
     pub async fn merge_all(&self) -> Result<usize> {
-        let (Some(store), Some(journal)) = (&self.store, &self.journal) else {
-            return Ok(0);
-        };
         let mut total = 0;
         loop {
-            let merged = store.write(|txn| merge_in(txn, MERGE_RUN)).await?;
-            journal.forget(&merged);
-            total += merged.len();
-            if merged.len() < MERGE_RUN {
+            let merged = self.merge_run().await?;
+            total += merged;
+            if merged < MERGE_RUN {
                 return Ok(total);
             }
         }
+    }
+
+    /// One merge transaction of at most [`MERGE_RUN`] rows; the index forgets them once it
+    /// has committed.
+    async fn merge_run(&self) -> Result<usize> {
+        let (Some(store), Some(journal)) = (&self.store, &self.journal) else {
+            return Ok(0);
+        };
+        let merged = store.write(|txn| merge_in(txn, MERGE_RUN)).await?;
+        journal.forget(&merged);
+        Ok(merged.len())
     }
 
     /// Puts a response (stamped, see [`CachedResponse::stamped`]) into memory only: for

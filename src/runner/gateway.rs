@@ -116,18 +116,13 @@ impl CacheWrite {
         Self::put_all_in(txn, &[self])
     }
 
-    /// [`CacheWrite::put_in`] for many, the cache tables opened once.
+    /// [`CacheWrite::put_in`] for many, the cache tables opened once. The writes come from
+    /// one gateway, so they share its cache and that cache's journal.
     pub fn put_all_in(txn: &redb::WriteTransaction, writes: &[&CacheWrite]) -> Result<()> {
-        // Writes of one cache share its store's journal; a write whose cache has no store
-        // (nothing to write to) is skipped.
-        let Some(journal) = writes.iter().find_map(|w| w.cache.journal()) else {
+        let Some(journal) = writes.first().and_then(|w| w.cache.journal()) else {
             return Ok(());
         };
-        let rows: Vec<_> = writes
-            .iter()
-            .filter(|w| w.cache.journal().is_some())
-            .map(|w| (&w.key, &w.response))
-            .collect();
+        let rows: Vec<_> = writes.iter().map(|w| (&w.key, &w.response)).collect();
         crate::cache::put_many_in(txn, journal, &rows)
     }
 }
@@ -239,6 +234,12 @@ impl Gateway {
         &self.client
     }
 
+    /// Whether fresh answers are written to the disk tier: the settings ask for it and the
+    /// cache has one (a [`CacheWrite`] exists only then).
+    fn keeps_on_disk(&self) -> bool {
+        self.settings.persist_cache && self.cache.journal().is_some()
+    }
+
     /// The endpoint's name in cache and dedup keys.
     pub fn endpoint(&self) -> &str {
         &self.settings.endpoint
@@ -309,7 +310,7 @@ impl Gateway {
             return Ok((outcome, None));
         }
         self.cache.remember(key, response.clone());
-        let write = self.settings.persist_cache.then(|| CacheWrite {
+        let write = self.keeps_on_disk().then(|| CacheWrite {
             key,
             response,
             cache: Arc::clone(&self.cache),
@@ -377,7 +378,7 @@ impl Gateway {
             Bytes::from(cached.body.to_vec()),
         )
         .map_err(CallError::Llm)?;
-        let keep = matches!(hit, Hit::Miss) && self.settings.persist_cache && cached.is_success();
+        let keep = matches!(hit, Hit::Miss) && self.keeps_on_disk() && cached.is_success();
         let write = keep.then(|| CacheWrite {
             key,
             response: cached,
