@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reasonq::cache::{
-    cacheable, get_blocking, len_read, prune_in, put_in, Cache, CacheConfig, CacheKey, CachePolicy,
-    CachedResponse, Hit, Journal,
+    cacheable, get_blocking, len_read, prune_in, put_in, put_many_in, Cache, CacheConfig, CacheKey,
+    CachePolicy, CachedResponse, Hit, Journal,
 };
 use reasonq::llm::Api;
 use reasonq::store::{tables, Store, StoreConfig};
@@ -237,6 +237,52 @@ async fn prune_removes_expired_rows_only() {
     assert!(!alive("b", 0), "expired at 200 and pruned");
     assert!(alive("a", 200) && alive("c", 200) && alive("d", 200));
     assert_eq!(cache.prune_expired(200).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_burst_that_stores_a_key_twice_keeps_one_expiry_row_for_the_newest() {
+    let (_dir, store) = temp_store();
+    let journal = Journal::of(&store);
+    let stamped = |body: &'static str, expires_at: u64| {
+        CachedResponse::new(200, None, body).stamped(0, Duration::from_millis(expires_at))
+    };
+    let rows = [
+        (key_for("a"), stamped("a1", 100)),
+        (key_for("b"), stamped("b1", 300)),
+        (key_for("a"), stamped("a2", 500)),
+    ];
+    store
+        .write(move |txn| {
+            let refs: Vec<(&CacheKey, &CachedResponse)> =
+                rows.iter().map(|(k, r)| (k, r)).collect();
+            put_many_in(txn, &journal, &refs)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        disk_rows(&store),
+        (2, 2),
+        "one row and one expiry row a key"
+    );
+    let cache = Cache::new(Some(store.clone()), config());
+    assert_eq!(
+        cache.prune_expired(200).await.unwrap(),
+        0,
+        "a1's expiry went with a1"
+    );
+    let body = |text: &str, now: u64| {
+        get_blocking(&store, &key_for(text), now)
+            .unwrap()
+            .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+    };
+    assert_eq!(body("a", 200).as_deref(), Some("a2"));
+    assert_eq!(
+        cache.prune_expired(400).await.unwrap(),
+        1,
+        "b is due at 300"
+    );
+    assert_eq!(disk_rows(&store), (1, 1));
+    assert_eq!(body("a", 400).as_deref(), Some("a2"));
 }
 
 /// Sends 10 identical requests at once. The n-th upstream call (from 0) answers `answer(n)`

@@ -7,6 +7,8 @@
 //! transaction-level functions so a caller can, say, complete a job and cache its response
 //! in one commit.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -178,6 +180,10 @@ pub fn put_many_in(
     let mut by_expiry = txn.open_table(CACHE_BY_EXPIRY)?;
     let mut index = journal.loaded(&log)?;
     let first = log.last()?.map_or(0, |(seq, _)| seq.value() + 1);
+    // The burst's expiry rows, inserted in key order after the loop: they share an expiry
+    // (or nearly), so in completion order they would land before one another and split the
+    // table's last leaves in half; in order they fill them.
+    let mut expiring: BTreeSet<(u64, [u8; 32])> = BTreeSet::new();
     for (next, (key, response)) in (first..).zip(rows) {
         let key = key.as_bytes();
         // The key's older journal row goes (an older row in `cache` goes at the merge).
@@ -194,7 +200,9 @@ pub fn put_many_in(
                 log.remove(seq)?;
                 // An undecodable old row leaves its index row behind; prune_in copes with that.
                 if let Ok(old) = old {
-                    by_expiry.remove((old.expires_at, key))?;
+                    if !expiring.remove(&(old.expires_at, *key)) {
+                        by_expiry.remove((old.expires_at, key))?;
+                    }
                     if let Some(body) = old.stored_body() {
                         bodies.release(&body)?;
                     }
@@ -209,8 +217,11 @@ pub fn put_many_in(
             expires_at: response.expires_at,
         };
         log.insert(next, (key, codec::encode(&row)?.as_slice()))?;
-        by_expiry.insert((response.expires_at, key), ())?;
+        expiring.insert((response.expires_at, *key));
         index.put(key, next, replaced);
+    }
+    for (expires_at, key) in &expiring {
+        by_expiry.insert((*expires_at, key), ())?;
     }
     Ok(())
 }

@@ -341,15 +341,22 @@ pub fn complete_all_in(
     now: u64,
 ) -> Result<Vec<Result<()>>> {
     let mut t = JobTables::open(txn)?;
-    let mut outcomes = Vec::with_capacity(done.len());
-    for c in done {
-        outcomes.push(
+    // In job order: a burst's results and finished-index rows then land at the end of their
+    // tables one after another (appends fill a leaf), where completion order would insert
+    // before rows just written and split leaves in half.
+    let mut order: Vec<usize> = (0..done.len()).collect();
+    order.sort_by_key(|&i| done[i].lease.job.id);
+    let mut outcomes: Vec<Option<Result<()>>> = (0..done.len()).map(|_| None).collect();
+    for i in order {
+        let c = &done[i];
+        outcomes[i] = Some(
             match complete_with(&mut t, c.lease, c.result, c.body, now) {
                 Err(e @ Error::LeaseLost { .. }) => Err(e),
                 other => Ok(other?),
             },
         );
     }
+    let outcomes: Vec<Result<()>> = outcomes.into_iter().flatten().collect();
     t.finish()?;
     let mut checkpoints = txn.open_table(tables::JOB_CHECKPOINTS)?;
     if !checkpoints.is_empty()? {

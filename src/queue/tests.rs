@@ -173,6 +173,57 @@ fn a_rescued_lease_cannot_complete_over_the_new_owner() {
 }
 
 #[test]
+fn a_burst_of_completions_in_any_order_gives_each_its_own_outcome() {
+    let f = fixture();
+    for _ in 0..3 {
+        f.enqueue(job(0, None), 100);
+    }
+    let leases = f.lease(3, 100);
+    let (a, b, c) = (leases[0].clone(), leases[1].clone(), leases[2].clone());
+    // `b`'s lease goes stale: its job is rescued and leased again.
+    let rescue_at = 100 + LEASE_MS;
+    let (a2, c2) = (a.clone(), c.clone());
+    f.write(move |txn| {
+        complete_in(txn, &a2, b"a", 110)?;
+        complete_in(txn, &c2, b"c", 110)
+    })
+    .unwrap();
+    f.write(move |txn| rescue_expired_in(txn, rescue_at))
+        .unwrap();
+    let b2 = f.lease(1, rescue_at).remove(0);
+    assert_eq!(b2.job.id, b.job.id);
+
+    // Applied in job order inside, answered in the caller's order.
+    let burst = vec![(b2.clone(), b"b2".to_vec()), (b.clone(), b"stale".to_vec())];
+    let out = f
+        .write(move |txn| complete_many_in(txn, &burst, rescue_at + 1))
+        .unwrap();
+    assert!(out[0].is_ok());
+    assert!(matches!(out[1], Err(Error::LeaseLost { job_id }) if job_id == b.job.id));
+    assert_eq!(f.job(b.job.id).result.as_deref(), Some(&b"b2"[..]));
+
+    // A fresh burst listed against job order: each result goes to its own job.
+    for _ in 0..4 {
+        f.enqueue(job(0, None), 200);
+    }
+    let mut leases = f.lease(4, 200);
+    leases.reverse();
+    let burst: Vec<(Lease, Vec<u8>)> = leases
+        .iter()
+        .map(|l| (l.clone(), format!("r{}", l.job.id).into_bytes()))
+        .collect();
+    let out = f
+        .write(move |txn| complete_many_in(txn, &burst, 210))
+        .unwrap();
+    assert!(out.iter().all(|o| o.is_ok()));
+    for l in &leases {
+        let done = f.job(l.job.id);
+        assert_eq!(done.state, JobState::Completed);
+        assert_eq!(done.result, Some(format!("r{}", l.job.id).into_bytes()));
+    }
+}
+
+#[test]
 fn retryable_failures_back_off_until_attempts_run_out() {
     let mut f = fixture();
     f.config.default_max_attempts = 2;
