@@ -2,8 +2,8 @@
 //!
 //! `CACHE` maps key -> encoded [`Row`]; new rows are appended to `CACHE_JOURNAL` first and
 //! merged into it in sorted runs (see `journal`); `CACHE_BY_EXPIRY` holds
-//! `(expires_at, key)` so pruning walks only the expired rows. A row refers to its body in `store::bodies`, where
-//! the job completed with the same answer refers to it too: one copy. These are
+//! `(expires_at, key)` so pruning walks only the expired rows. A row refers to its body in
+//! `store::bodies`, where the job completed with the same answer refers to it too: one copy. These are
 //! transaction-level functions so a caller can, say, complete a job and cache its response
 //! in one commit.
 

@@ -190,17 +190,25 @@ fn a_burst_of_completions_in_any_order_gives_each_its_own_outcome() {
     .unwrap();
     f.write(move |txn| rescue_expired_in(txn, rescue_at))
         .unwrap();
-    let b2 = f.lease(1, rescue_at).remove(0);
-    assert_eq!(b2.job.id, b.job.id);
+    let d_id = f.enqueue(job(0, None), rescue_at).id;
+    let mut again = f.lease(2, rescue_at);
+    let (b2, d) = (again.remove(0), again.remove(0));
+    assert_eq!((b2.job.id, d.job.id), (b.job.id, d_id));
 
-    // Applied in job order inside, answered in the caller's order.
-    let burst = vec![(b2.clone(), b"b2".to_vec()), (b.clone(), b"stale".to_vec())];
+    // Applied in job order inside (b's stale lease, b's new one, then d), answered in the
+    // caller's order.
+    let burst = vec![
+        (d.clone(), b"d".to_vec()),
+        (b.clone(), b"stale".to_vec()),
+        (b2.clone(), b"b2".to_vec()),
+    ];
     let out = f
         .write(move |txn| complete_many_in(txn, &burst, rescue_at + 1))
         .unwrap();
-    assert!(out[0].is_ok());
+    assert!(out[0].is_ok() && out[2].is_ok());
     assert!(matches!(out[1], Err(Error::LeaseLost { job_id }) if job_id == b.job.id));
     assert_eq!(f.job(b.job.id).result.as_deref(), Some(&b"b2"[..]));
+    assert_eq!(f.job(d.job.id).result.as_deref(), Some(&b"d"[..]));
 
     // A fresh burst listed against job order: each result goes to its own job.
     for _ in 0..4 {
